@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A small safe misc-device abstraction (Linux 6.12 ships none for Rust).
+//!
+//! A [`Registration`] owns a `struct miscdevice`, its `file_operations` and an
+//! `Arc<T::Shared>`. Every open file holds its own reference to the shared state, so a file
+//! that outlives the registration (the device was unbound while user space kept `/dev/rmnic`
+//! open) still points at live memory; the driver then answers `ENODEV`.
+
+use core::marker::PhantomPinned;
+use core::mem::offset_of;
+use core::pin::Pin;
+
+use kernel::bindings;
+use kernel::error::{to_result, Result};
+use kernel::ffi::{c_int, c_long, c_uint, c_ulong};
+use kernel::prelude::*;
+use kernel::str::CStr;
+use kernel::sync::Arc;
+use kernel::types::{ForeignOwnable, Opaque};
+
+/// `MISC_DYNAMIC_MINOR`: let the misc core pick the minor number.
+const MISC_DYNAMIC_MINOR: c_int = 255;
+
+/// File operations of a misc device.
+pub(crate) trait FileOps {
+    /// State every open file of the device shares.
+    type Shared: Send + Sync + 'static;
+
+    /// Handles `ioctl(fd, cmd, arg)`; `arg` is a user-space pointer for pointer-taking ioctls.
+    fn ioctl(shared: &Self::Shared, cmd: u32, arg: usize) -> Result<isize>;
+}
+
+/// A registered misc device; deregisters on drop.
+///
+/// # Invariants
+///
+/// `misc` is registered with the misc core from `new` until `drop`; its `fops` points at
+/// `fops`, and both stay pinned at the same address for that whole time.
+#[repr(C)]
+pub(crate) struct Registration<T: FileOps> {
+    misc: Opaque<bindings::miscdevice>,
+    fops: Opaque<bindings::file_operations>,
+    shared: Arc<T::Shared>,
+    _pinned: PhantomPinned,
+}
+
+// SAFETY: the C structures are only read by the misc core after registration, and `shared` is
+// `Send + Sync`.
+unsafe impl<T: FileOps> Send for Registration<T> {}
+// SAFETY: `&Registration` only hands out `&T::Shared`, which is `Sync`.
+unsafe impl<T: FileOps> Sync for Registration<T> {}
+
+impl<T: FileOps + 'static> Registration<T> {
+    /// Registers `/dev/<name>` whose open files share `shared`.
+    pub(crate) fn new(
+        name: &'static CStr,
+        shared: Arc<T::Shared>,
+        module: &'static ThisModule,
+    ) -> Result<Pin<KBox<Self>>> {
+        let reg = KBox::pin(
+            Self {
+                misc: Opaque::uninit(),
+                fops: Opaque::uninit(),
+                shared,
+                _pinned: PhantomPinned,
+            },
+            GFP_KERNEL,
+        )?;
+        let misc = reg.misc.get();
+        let fops = reg.fops.get();
+        // SAFETY: both structures are freshly allocated, pinned and not yet shared; all-zero
+        // is a valid `file_operations` and `miscdevice` (null pointers, `None` callbacks, empty
+        // list head that `misc_register` initialises).
+        unsafe {
+            core::ptr::write_bytes(fops, 0, 1);
+            (*fops).owner = module.as_ptr();
+            (*fops).open = Some(open_callback::<T>);
+            (*fops).release = Some(release_callback::<T>);
+            (*fops).unlocked_ioctl = Some(ioctl_callback::<T>);
+            core::ptr::write_bytes(misc, 0, 1);
+            (*misc).minor = MISC_DYNAMIC_MINOR;
+            (*misc).name = name.as_char_ptr();
+            (*misc).fops = fops;
+            (*misc).mode = 0o666;
+        }
+        // SAFETY: `misc` is fully initialised and stays pinned until `drop` deregisters it.
+        to_result(unsafe { bindings::misc_register(misc) })?;
+        // INVARIANT: registered just above; the box is pinned.
+        Ok(reg)
+    }
+}
+
+impl<T: FileOps> Drop for Registration<T> {
+    fn drop(&mut self) {
+        // SAFETY: registered by the type invariant. After `misc_deregister` no new open can
+        // reach `misc`; files already open hold their own `Arc` and never touch `misc` again.
+        unsafe { bindings::misc_deregister(self.misc.get()) }
+    }
+}
+
+unsafe extern "C" fn open_callback<T: FileOps + 'static>(
+    _inode: *mut bindings::inode,
+    file: *mut bindings::file,
+) -> c_int {
+    // SAFETY: `misc_open` stores the `miscdevice` it matched in `private_data` before calling
+    // us, and that `miscdevice` is the `misc` field of a live, registered `Registration<T>`
+    // (the misc core holds `misc_mtx` across open, so deregistration cannot race).
+    let reg = unsafe {
+        let misc = (*file).private_data.cast::<u8>();
+        &*misc
+            .sub(offset_of!(Registration<T>, misc))
+            .cast::<Registration<T>>()
+    };
+    let shared = reg.shared.clone();
+    // SAFETY: `file` is valid during open; the pointer is converted back in `release`.
+    unsafe { (*file).private_data = shared.into_foreign().cast_mut() };
+    0
+}
+
+unsafe extern "C" fn release_callback<T: FileOps + 'static>(
+    _inode: *mut bindings::inode,
+    file: *mut bindings::file,
+) -> c_int {
+    // SAFETY: `open_callback` stored an `Arc<T::Shared>` foreign pointer; release runs once per
+    // open file after every other file operation finished.
+    drop(unsafe { Arc::<T::Shared>::from_foreign((*file).private_data) });
+    0
+}
+
+unsafe extern "C" fn ioctl_callback<T: FileOps + 'static>(
+    file: *mut bindings::file,
+    cmd: c_uint,
+    arg: c_ulong,
+) -> c_long {
+    // SAFETY: `open_callback` stored an `Arc<T::Shared>` foreign pointer that `release` has not
+    // reclaimed yet (release cannot run while a file operation is in progress).
+    let shared = unsafe { Arc::<T::Shared>::borrow((*file).private_data) };
+    match T::ioctl(&shared, cmd, arg) {
+        Ok(ret) => ret,
+        Err(err) => err.to_errno() as c_long,
+    }
+}

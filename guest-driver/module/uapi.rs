@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The user-space ABI as the kernel sees it: the shared definitions, compiled from the same
+//! file the `rmnic-abi` crate uses, plus the marker traits that allow copying them to and from
+//! user memory.
+
+// The shared file is written for a library crate (`pub` items); here it is a private module.
+#[path = "../abi/src/abi.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod abi;
+
+pub(crate) use abi::*;
+
+use kernel::types::{AsBytes, FromBytes};
+
+// SAFETY: `VersionInfo` is `repr(C)` with only integer fields and no padding (24 bytes, checked
+// by `rmnic-abi`'s tests), so every byte is initialised and any byte pattern is valid.
+unsafe impl AsBytes for VersionInfo {}
+// SAFETY: as above: `repr(C)`, integer fields only, no padding.
+unsafe impl FromBytes for VersionInfo {}
+// SAFETY: `ScratchProbe` is `repr(C)` with two `u32` fields and no padding.
+unsafe impl AsBytes for ScratchProbe {}
+// SAFETY: as above.
+unsafe impl FromBytes for ScratchProbe {}

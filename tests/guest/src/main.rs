@@ -1,0 +1,168 @@
+//! `rmnic-guest`: the programs the test guest runs, as subcommands of one static binary.
+//!
+//! Output lines starting with `CHECK` are read by the host-side integration tests; keep
+//! their format (`CHECK <name> ok|FAILED <detail>`) stable.
+
+mod exit_port;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use rmnic_abi::Device;
+
+#[derive(Parser)]
+#[command(about = "Guest-side programs of the rmnic test bed")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checks the guest and the driver: CPU count, driver bound, ID, scratch round trip.
+    Probe {
+        /// Number of CPUs the guest must see.
+        #[arg(long)]
+        cpus: usize,
+    },
+    /// Prints the device ID and the driver version.
+    Demo,
+    /// Exits with `status` (tests that a guest failure reaches the host).
+    Fail {
+        /// Status to exit with.
+        #[arg(long)]
+        status: u8,
+    },
+    /// Ends the VM with `status` through the VMM's exit port (0xF4).
+    Exit {
+        /// Status the VMM should exit with.
+        status: u8,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Probe { cpus } => probe(cpus),
+        Command::Demo => demo().map(|()| ExitCode::SUCCESS),
+        Command::Fail { status } => {
+            println!("rmnic-guest: failing on purpose with status {status}");
+            Ok(ExitCode::from(status))
+        }
+        Command::Exit { status } => exit_port::exit(status).map(|()| ExitCode::FAILURE),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("rmnic-guest: error: {err:#}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Records named checks and prints them as `CHECK` lines.
+#[derive(Default)]
+struct Checks {
+    failed: usize,
+    total: usize,
+}
+
+impl Checks {
+    fn check(&mut self, name: &str, ok: bool, detail: impl std::fmt::Display) {
+        self.total += 1;
+        if ok {
+            println!("CHECK {name} ok {detail}");
+        } else {
+            self.failed += 1;
+            println!("CHECK {name} FAILED {detail}");
+        }
+    }
+}
+
+fn online_cpus() -> Result<usize> {
+    // /sys/devices/system/cpu/online is a range list like "0-1" or "0,2-3".
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .context("Cannot read /sys/devices/system/cpu/online")?;
+    let mut count = 0;
+    for part in text.trim().split(',') {
+        count += match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>()? - a.parse::<usize>()? + 1,
+            None => 1,
+        };
+    }
+    Ok(count)
+}
+
+fn kernel_log() -> String {
+    std::process::Command::new("dmesg")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn probe(want_cpus: usize) -> Result<ExitCode> {
+    let mut checks = Checks::default();
+    let cpus = online_cpus()?;
+    checks.check("cpus", cpus == want_cpus, format!("online={cpus} want={want_cpus}"));
+
+    let log = kernel_log();
+    let bound = log.contains("rmnic: bound, /dev/rmnic registered");
+    checks.check("driver-bound", bound, "dmesg shows the probe finished");
+    let self_test = log.contains("rmnic: scratch register round-trip ok");
+    checks.check("probe-scratch-self-test", self_test, "dmesg shows probe's scratch test");
+
+    let device = Device::open()?;
+    let info = device.version()?;
+    println!(
+        "DEVICE id={:#010x} version={:#010x} caps={:#010x} pci={:04x}:{:04x} driver={:#08x} abi={}",
+        info.device_id,
+        info.device_version,
+        info.device_caps,
+        info.pci_vendor,
+        info.pci_device,
+        info.driver_version,
+        info.abi_version
+    );
+    checks.check(
+        "abi-version",
+        info.abi_version == rmnic_abi::ABI_VERSION,
+        format!("driver={} user={}", info.abi_version, rmnic_abi::ABI_VERSION),
+    );
+    for value in [0xDEAD_BEEF_u32, 0x0000_0001, 0xFFFF_FFFF, 0] {
+        let readback = device.scratch_round_trip(value)?;
+        checks.check(
+            "scratch-round-trip",
+            readback == value,
+            format!("wrote={value:#010x} read={readback:#010x}"),
+        );
+    }
+    println!(
+        "probe summary: {} checks, {} failed",
+        checks.total, checks.failed
+    );
+    Ok(if checks.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn demo() -> Result<()> {
+    let device = Device::open()?;
+    let info = device.version()?;
+    println!(
+        "rmnic demo: device ID {:#010x} (\"{}\"), spec version {}.{}, PCI {:04x}:{:04x}",
+        info.device_id,
+        String::from_utf8_lossy(&info.device_id.to_be_bytes()),
+        info.device_version >> 16,
+        info.device_version & 0xffff,
+        info.pci_vendor,
+        info.pci_device
+    );
+    println!(
+        "rmnic demo: driver version {}.{}.{}, ABI {}",
+        info.driver_version >> 16,
+        (info.driver_version >> 8) & 0xff,
+        info.driver_version & 0xff,
+        info.abi_version
+    );
+    Ok(())
+}

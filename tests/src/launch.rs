@@ -1,0 +1,281 @@
+//! Boots the test guest once and returns what it printed and the status it chose.
+//!
+//! Direct mode runs `rmnic-vmm` here. Emulated mode runs QEMU (TCG, `-cpu max`, so the
+//! emulated CPU has SVM) on the same kernel with the host initramfs, whose init runs
+//! `rmnic-vmm` on the nested `/dev/kvm` and forwards its status to QEMU's `isa-debug-exit`
+//! (QEMU then exits with `status << 1 | 1`). Either way the caller sees the guest's status.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wait_timeout::ChildExt;
+
+use crate::host::{BadHostMode, HostMode};
+use crate::images::{Images, MissingImage, BZIMAGE, GUEST_INITRAMFS, HOST_INITRAMFS, VMM};
+
+/// Guest kernel command line shared by both modes (host-init uses the same words).
+pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4";
+
+/// Emulated host: QEMU options measured to give a working nested /dev/kvm here.
+const QEMU: &str = "qemu-system-x86_64";
+/// Memory of the emulated host; the guest's RAM comes out of it.
+const EMULATED_HOST_MEMORY: &str = "3G";
+/// Lines of console output an error message carries.
+const TAIL_LINES: usize = 40;
+
+/// Serialises boots within one test binary: two emulated hosts on two cores only slow each
+/// other down past their timeouts.
+static BOOT_LOCK: Mutex<()> = Mutex::new(());
+
+/// One guest boot.
+#[derive(Clone, Debug)]
+pub struct GuestRun {
+    /// `rmnic-guest` subcommand and arguments the guest's init runs.
+    pub command: Vec<String>,
+    /// Guest vCPUs.
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Give up (and kill the VM) after this long.
+    pub timeout: Duration,
+    /// Echo the console to stdout while it runs (the demo does; tests capture).
+    pub echo: bool,
+}
+
+impl GuestRun {
+    /// A run of `rmnic-guest <command...>` with 2 vCPUs, 512 MiB and the default timeout
+    /// (`RMNIC_BOOT_TIMEOUT` seconds, else 300).
+    pub fn new(command: &[&str]) -> Self {
+        let timeout = std::env::var("RMNIC_BOOT_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(300);
+        Self {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            cpus: 2,
+            memory_mib: 512,
+            timeout: Duration::from_secs(timeout),
+            echo: false,
+        }
+    }
+
+    fn run_word(&self) -> String {
+        format!("rmnic_run={}", self.command.join(","))
+    }
+}
+
+/// What a boot produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Exit status the guest chose (the byte written to the exit port) or the VMM's own
+    /// failure status.
+    pub status: i32,
+    /// Everything printed on the console (in emulated mode, the emulated host's lines too).
+    pub console: String,
+    /// How the guest ran.
+    pub mode: HostMode,
+    /// Wall time from launch to exit.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// Console lines starting with `prefix`.
+    pub fn lines_with<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.console.lines().filter(move |l| l.starts_with(prefix))
+    }
+
+    /// The last lines of the console, for failure messages.
+    pub fn tail(&self) -> String {
+        tail(&self.console)
+    }
+}
+
+/// Why a boot could not produce an [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The images are not built.
+    #[error(transparent)]
+    Images(#[from] MissingImage),
+    /// `RMNIC_HOST` is invalid.
+    #[error(transparent)]
+    HostMode(#[from] BadHostMode),
+    /// The VMM or QEMU could not be started.
+    #[error("Cannot start {program}")]
+    Spawn {
+        /// Program that failed to start.
+        program: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for the VM failed.
+    #[error("Waiting for the VM failed")]
+    Wait(#[source] std::io::Error),
+    /// The VM did not finish in time.
+    #[error("Guest did not finish within {seconds} s ({mode} mode); last console lines:\n{tail}")]
+    Timeout {
+        /// The limit.
+        seconds: u64,
+        /// Mode it ran in.
+        mode: HostMode,
+        /// Last console lines.
+        tail: String,
+    },
+    /// The emulated host ended without passing on a status (it crashed or rebooted).
+    #[error("Emulated host ended with QEMU status {code:?} and no guest status; last console lines:\n{tail}")]
+    HostFailed {
+        /// QEMU's exit code.
+        code: Option<i32>,
+        /// Last console lines.
+        tail: String,
+    },
+}
+
+/// Boots the guest once in the mode `RMNIC_HOST` or detection picks.
+pub fn run(images: &Images, guest: &GuestRun) -> Result<Outcome, LaunchError> {
+    let mode = HostMode::from_env()?;
+    run_in(mode, images, guest)
+}
+
+/// Boots the guest once in `mode`.
+pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outcome, LaunchError> {
+    let _serial = BOOT_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut cmd = match mode {
+        HostMode::Direct => direct_command(images, guest),
+        HostMode::Emulated => emulated_command(images, guest),
+    };
+    let program = format!("{:?}", cmd.get_program());
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| LaunchError::Spawn { program, source })?;
+    let console = Arc::new(Mutex::new(String::new()));
+    let readers = capture(&mut child, &console, guest.echo);
+    let waited = child.wait_timeout(guest.timeout).map_err(LaunchError::Wait)?;
+    let status = match waited {
+        Some(status) => status,
+        None => {
+            // Kill errors mean it exited meanwhile; either way it is gone after wait().
+            let _ = child.kill();
+            let _ = child.wait();
+            for reader in readers {
+                let _ = reader.join();
+            }
+            return Err(LaunchError::Timeout {
+                seconds: guest.timeout.as_secs(),
+                mode,
+                tail: tail(&lock(&console)),
+            });
+        }
+    };
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let console = lock(&console).clone();
+    let elapsed = start.elapsed();
+    let status = match mode {
+        HostMode::Direct => status.code().unwrap_or(-1),
+        HostMode::Emulated => match status.code() {
+            // isa-debug-exit: QEMU exits with (value << 1) | 1.
+            Some(code) if code % 2 == 1 => code >> 1,
+            code => {
+                return Err(LaunchError::HostFailed {
+                    code,
+                    tail: tail(&console),
+                })
+            }
+        },
+    };
+    Ok(Outcome {
+        status,
+        console,
+        mode,
+        elapsed,
+    })
+}
+
+fn direct_command(images: &Images, guest: &GuestRun) -> Command {
+    let mut cmd = Command::new(images.path(VMM));
+    cmd.arg("--kernel")
+        .arg(images.path(BZIMAGE))
+        .arg("--initrd")
+        .arg(images.path(GUEST_INITRAMFS))
+        .args(["--cpus", &guest.cpus.to_string()])
+        .args(["--memory", &guest.memory_mib.to_string()])
+        .arg("--cmdline")
+        .arg(format!("{GUEST_CMDLINE} {}", guest.run_word()));
+    cmd
+}
+
+fn emulated_command(images: &Images, guest: &GuestRun) -> Command {
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", "max"])
+        .args(["-smp", "2", "-m", EMULATED_HOST_MEMORY])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .args(["-no-reboot", "-nodefaults"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .arg("-kernel")
+        .arg(images.path(BZIMAGE))
+        .arg("-initrd")
+        .arg(images.path(HOST_INITRAMFS))
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet loglevel=4 {} rmnic_cpus={} rmnic_mem={}",
+            guest.run_word(),
+            guest.cpus,
+            guest.memory_mib
+        ));
+    cmd
+}
+
+/// Collects stdout and stderr into `console` (optionally echoing stdout lines as they come).
+fn capture(
+    child: &mut Child,
+    console: &Arc<Mutex<String>>,
+    echo: bool,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let mut handles = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        let console = Arc::clone(console);
+        handles.push(std::thread::spawn(move || collect(out, &console, echo)));
+    }
+    if let Some(err) = child.stderr.take() {
+        let console = Arc::clone(console);
+        handles.push(std::thread::spawn(move || collect(err, &console, echo)));
+    }
+    handles
+}
+
+fn collect(stream: impl std::io::Read, console: &Mutex<String>, echo: bool) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf).replace('\r', "");
+                if echo {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = stdout.write_all(line.as_bytes());
+                    let _ = stdout.flush();
+                }
+                lock(console).push_str(&line);
+            }
+        }
+    }
+}
+
+fn lock(console: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+    console.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}

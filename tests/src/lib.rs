@@ -1,0 +1,11 @@
+//! Test-bed harness: finds the images `cargo xtask images` built and boots the guest with a
+//! chosen guest program, directly under `rmnic-vmm` or inside an emulated host, returning the
+//! console output and the guest-chosen exit status.
+
+pub mod host;
+pub mod images;
+pub mod launch;
+
+pub use host::HostMode;
+pub use images::Images;
+pub use launch::{run, GuestRun, LaunchError, Outcome};

@@ -1,0 +1,51 @@
+//! Assembles the boot artifacts into the images directory the harness reads
+//! (`rmnic_tests::images`): kernel, guest initramfs, emulated-host initramfs, rmnic-vmm.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rmnic_tests::images::{BZIMAGE, GUEST_INITRAMFS, HOST_INITRAMFS, VMM};
+use rmnic_tests::Images;
+
+use crate::initramfs::Staging;
+use crate::{cache, driver, kernel, programs, progress};
+
+/// Builds everything (cached where heavy) and returns the images directory.
+pub fn build(repo: &Path) -> Result<PathBuf> {
+    let total = std::time::Instant::now();
+    let kernel = kernel::build(repo)?;
+    let module = driver::build(repo, &kernel)?;
+    let guest_program = programs::build_guest(repo)?;
+    let vmm = programs::build_vmm(repo)?;
+
+    let out = Images::default_dir();
+    fs::create_dir_all(&out).with_context(|| format!("Cannot create {}", out.display()))?;
+    let start = progress::step("Packing initramfs images");
+    let work = cache::root().join("staging");
+
+    let guest = Staging::new(&work.join("guest"), &repo.join("images/initramfs/guest-init"))?;
+    guest.add(&module, "lib/modules/rmnic.ko", 0o644)?;
+    guest.add(&guest_program, "bin/rmnic-guest", 0o755)?;
+    guest.pack(&out.join(GUEST_INITRAMFS))?;
+
+    fs::copy(&kernel.bzimage, out.join(BZIMAGE)).context("Cannot copy bzImage")?;
+    fs::copy(&vmm, out.join(VMM)).context("Cannot copy rmnic-vmm")?;
+
+    let host = Staging::new(&work.join("host"), &repo.join("images/initramfs/host-init"))?;
+    host.add_dynamic(&vmm, "bin/rmnic-vmm")?;
+    host.add(&guest_program, "bin/rmnic-guest", 0o755)?;
+    host.add(&kernel.bzimage, "guest/bzImage", 0o644)?;
+    host.add(&out.join(GUEST_INITRAMFS), "guest/initramfs.cpio", 0o644)?;
+    host.pack(&out.join(HOST_INITRAMFS))?;
+    progress::done("initramfs images", start);
+
+    eprintln!("==> Images ready in {} ({} total)", out.display(), progress::fmt_duration(total.elapsed()));
+    for name in [BZIMAGE, GUEST_INITRAMFS, HOST_INITRAMFS, VMM] {
+        let path = out.join(name);
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        eprintln!("    {:<24} {:>8} KiB  {}", name, size / 1024, path.display());
+    }
+    eprintln!("    kernel tree: {}", kernel.tree.display());
+    Ok(out)
+}
