@@ -64,7 +64,9 @@ pub(crate) mod testing {
 
         fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SinkEvent>> {
             // A test that panicked while holding the lock has failed already.
-            self.events.lock().unwrap_or_else(|poison| poison.into_inner())
+            self.events
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
         }
     }
 

@@ -355,7 +355,13 @@ mod tests {
     #[test]
     fn bad_widths_and_alignment_read_all_ones_and_drop_writes() {
         let mut file = RegisterFile::new();
-        for (offset, len) in [(REG_SCRATCH, 1), (REG_SCRATCH, 2), (0x9, 4), (0x4, 8), (0, 16)] {
+        for (offset, len) in [
+            (REG_SCRATCH, 1),
+            (REG_SCRATCH, 2),
+            (0x9, 4),
+            (0x4, 8),
+            (0, 16),
+        ] {
             let mut data = vec![0u8; len];
             assert!(matches!(
                 file.read(offset, &mut data),
@@ -403,7 +409,10 @@ mod tests {
             summary: "",
         };
         assert!(table_is_valid(&[register]));
-        assert_eq!(masked_write(&register, 0x0000_0f0f, 0xffff_0103), 0x0000_0f0c);
+        assert_eq!(
+            masked_write(&register, 0x0000_0f0f, 0xffff_0103),
+            0x0000_0f0c
+        );
         assert_eq!(masked_write(&register, 0x0000_0f0f, 0), 0x0000_0f0f);
     }
 
@@ -417,7 +426,10 @@ mod tests {
             writable: 0x0000_ffff,
             summary: "",
         };
-        assert_eq!(masked_write(&register, 0xabcd_0000, 0x1234_5678), 0xabcd_5678);
+        assert_eq!(
+            masked_write(&register, 0xabcd_0000, 0x1234_5678),
+            0xabcd_5678
+        );
     }
 
     #[test]

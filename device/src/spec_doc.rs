@@ -21,10 +21,13 @@ pub(crate) struct SpecRow {
     pub(crate) writable: u32,
 }
 
-/// Parses `0x…` hexadecimal, with optional `_` separators.
-pub(crate) fn parse_hex(text: &str) -> Option<u64> {
-    let digits = text.trim().strip_prefix("0x")?.replace('_', "");
-    u64::from_str_radix(&digits, 16).ok()
+/// Parses `0x…` hexadecimal or decimal, with optional `_` separators.
+fn parse_number(text: &str) -> Option<u64> {
+    let text = text.trim().replace('_', "");
+    match text.strip_prefix("0x") {
+        Some(digits) => u64::from_str_radix(digits, 16).ok(),
+        None => text.parse().ok(),
+    }
 }
 
 /// The cells of a Markdown table row, trimmed, with code quotes removed.
@@ -48,12 +51,12 @@ pub(crate) fn register_rows() -> Vec<SpecRow> {
         .filter(|cells| cells.len() >= 6 && cells[1].starts_with("REG_"))
         .filter_map(|cells| {
             Some(SpecRow {
-                offset: parse_hex(cells[0])?,
+                offset: parse_number(cells[0])?,
                 name: cells[1].to_string(),
                 width: cells[2].to_string(),
                 access: cells[3].to_string(),
-                reset: u32::try_from(parse_hex(cells[4])?).ok()?,
-                writable: u32::try_from(parse_hex(cells[5])?).ok()?,
+                reset: u32::try_from(parse_number(cells[4])?).ok()?,
+                writable: u32::try_from(parse_number(cells[5])?).ok()?,
             })
         })
         .collect()
@@ -64,5 +67,5 @@ pub(crate) fn constant(name: &str) -> Option<u64> {
     SPEC.lines()
         .filter_map(cells)
         .find(|cells| cells.first() == Some(&name))
-        .and_then(|cells| cells.get(1).and_then(|value| parse_hex(value)))
+        .and_then(|cells| cells.get(1).and_then(|value| parse_number(value)))
 }

@@ -22,6 +22,10 @@ pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4";
 const QEMU: &str = "qemu-system-x86_64";
 /// Memory of the emulated host; the guest's RAM comes out of it.
 const EMULATED_HOST_MEMORY: &str = "3G";
+/// Printed by the guest's init when it starts (images/initramfs/guest-init).
+const GUEST_INIT_MARKER: &str = "rmnic-guest: init reached";
+/// Printed by the emulated host's init right before it starts rmnic-vmm.
+const HOST_VMM_START_MARKER: &str = "rmnic-host: starting rmnic-vmm";
 /// Lines of console output an error message carries.
 const TAIL_LINES: usize = 40;
 
@@ -78,12 +82,31 @@ pub struct Outcome {
     pub mode: HostMode,
     /// Wall time from launch to exit.
     pub elapsed: Duration,
+    /// When each `rmnic-host:` / `rmnic-guest:` line arrived, counted from launch.
+    pub timeline: Vec<(Duration, String)>,
 }
 
 impl Outcome {
     /// Console lines starting with `prefix`.
     pub fn lines_with<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.console.lines().filter(move |l| l.starts_with(prefix))
+    }
+
+    /// Time from `rmnic-vmm` starting to the guest's init running: from launch in direct
+    /// mode, from the emulated host's "starting rmnic-vmm" line in emulated mode.
+    pub fn vmm_start_to_guest_init(&self) -> Option<Duration> {
+        let at = |marker: &str| {
+            self.timeline
+                .iter()
+                .find(|(_, line)| line.contains(marker))
+                .map(|(t, _)| *t)
+        };
+        let init = at(GUEST_INIT_MARKER)?;
+        let start = match self.mode {
+            HostMode::Direct => Duration::ZERO,
+            HostMode::Emulated => at(HOST_VMM_START_MARKER)?,
+        };
+        init.checked_sub(start)
     }
 
     /// The last lines of the console, for failure messages.
@@ -154,8 +177,8 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| LaunchError::Spawn { program, source })?;
-    let console = Arc::new(Mutex::new(String::new()));
-    let readers = capture(&mut child, &console, guest.echo);
+    let console = Arc::new(Mutex::new(Console::default()));
+    let readers = capture(&mut child, &console, guest.echo, start);
     let waited = child.wait_timeout(guest.timeout).map_err(LaunchError::Wait)?;
     let status = match waited {
         Some(status) => status,
@@ -169,14 +192,14 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
             return Err(LaunchError::Timeout {
                 seconds: guest.timeout.as_secs(),
                 mode,
-                tail: tail(&lock(&console)),
+                tail: tail(&lock(&console).text),
             });
         }
     };
     for reader in readers {
         let _ = reader.join();
     }
-    let console = lock(&console).clone();
+    let Console { text: console, timeline } = std::mem::take(&mut *lock(&console));
     let elapsed = start.elapsed();
     let status = match mode {
         HostMode::Direct => status.code().unwrap_or(-1),
@@ -196,6 +219,7 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
         console,
         mode,
         elapsed,
+        timeline,
     })
 }
 
@@ -233,25 +257,33 @@ fn emulated_command(images: &Images, guest: &GuestRun) -> Command {
     cmd
 }
 
-/// Collects stdout and stderr into `console` (optionally echoing stdout lines as they come).
+/// Console text and the arrival times of the marker lines.
+#[derive(Default)]
+struct Console {
+    text: String,
+    timeline: Vec<(Duration, String)>,
+}
+
+/// Collects stdout and stderr into `console` (optionally echoing lines as they come).
 fn capture(
     child: &mut Child,
-    console: &Arc<Mutex<String>>,
+    console: &Arc<Mutex<Console>>,
     echo: bool,
+    start: Instant,
 ) -> Vec<std::thread::JoinHandle<()>> {
     let mut handles = Vec::new();
     if let Some(out) = child.stdout.take() {
         let console = Arc::clone(console);
-        handles.push(std::thread::spawn(move || collect(out, &console, echo)));
+        handles.push(std::thread::spawn(move || collect(out, &console, echo, start)));
     }
     if let Some(err) = child.stderr.take() {
         let console = Arc::clone(console);
-        handles.push(std::thread::spawn(move || collect(err, &console, echo)));
+        handles.push(std::thread::spawn(move || collect(err, &console, echo, start)));
     }
     handles
 }
 
-fn collect(stream: impl std::io::Read, console: &Mutex<String>, echo: bool) {
+fn collect(stream: impl std::io::Read, console: &Mutex<Console>, echo: bool, start: Instant) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -265,13 +297,19 @@ fn collect(stream: impl std::io::Read, console: &Mutex<String>, echo: bool) {
                     let _ = stdout.write_all(line.as_bytes());
                     let _ = stdout.flush();
                 }
-                lock(console).push_str(&line);
+                let mut console = lock(console);
+                if line.contains("rmnic-host:") || line.contains("rmnic-guest:") {
+                    console
+                        .timeline
+                        .push((start.elapsed(), line.trim_end().to_string()));
+                }
+                console.text.push_str(&line);
             }
         }
     }
 }
 
-fn lock(console: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+fn lock(console: &Mutex<Console>) -> std::sync::MutexGuard<'_, Console> {
     console.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

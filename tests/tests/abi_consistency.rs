@@ -28,11 +28,11 @@ fn driver_constants() -> HashMap<String, u64> {
 fn driver_register_map_matches_device_model() {
     let driver = driver_constants();
     let expect = [
-        ("BAR0_SIZE", rmnic_device::BAR0_SIZE as u64),
-        ("REG_ID", rmnic_device::REG_ID as u64),
-        ("REG_VERSION", rmnic_device::REG_VERSION as u64),
-        ("REG_SCRATCH", rmnic_device::REG_SCRATCH as u64),
-        ("REG_CAPS", rmnic_device::REG_CAPS as u64),
+        ("BAR0_SIZE", rmnic_device::BAR0_SIZE),
+        ("REG_ID", rmnic_device::REG_ID),
+        ("REG_VERSION", rmnic_device::REG_VERSION),
+        ("REG_SCRATCH", rmnic_device::REG_SCRATCH),
+        ("REG_CAPS", rmnic_device::REG_CAPS),
         ("ID_MAGIC", u64::from(rmnic_device::RMNIC_ID_MAGIC)),
         ("PCI_VENDOR_ID", u64::from(rmnic_device::RMNIC_VENDOR_ID)),
         ("PCI_DEVICE_ID", u64::from(rmnic_device::RMNIC_DEVICE_ID)),

@@ -21,9 +21,10 @@ fn boot_and_probe() {
         Err(err) => panic!("boot failed: {err}"),
     };
     eprintln!(
-        "boot_and_probe: {} mode, {:.1} s, status {}",
+        "boot_and_probe: {} mode, {:.1} s in all, rmnic-vmm start to guest init {:?}, status {}",
         outcome.mode,
         outcome.elapsed.as_secs_f64(),
+        outcome.vmm_start_to_guest_init(),
         outcome.status
     );
     let checks: Vec<&str> = outcome.lines_with("CHECK ").collect();

@@ -91,7 +91,7 @@ pub fn build(repo: &Path) -> Result<Kernel> {
         return Ok(kernel);
     }
     let start = progress::step(&format!(
-        "Building kernel {hash} (Linux 6.12 + Rust; about 12 minutes on 2 cores)"
+        "Building kernel {hash} (Linux 6.12 + Rust; about 6 to 8 minutes on 2 cores)"
     ));
     entry.reset()?;
     progress::run(

@@ -91,6 +91,7 @@ fn real_main() -> Result<ExitCode> {
         }
         Cmd::Test { args } => {
             deps::ensure()?;
+            lint(&repo)?;
             let dir = images::build(&repo)?;
             let start = progress::step("cargo test --workspace");
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -109,6 +110,25 @@ fn real_main() -> Result<ExitCode> {
     }
 }
 
+/// `cargo fmt --check` and `cargo clippy -D warnings` over the workspace: host code must be
+/// formatted and lint-clean before anything boots.
+fn lint(repo: &std::path::Path) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let start = progress::step("cargo fmt --check, cargo clippy -D warnings");
+    progress::run(Command::new(&cargo).current_dir(repo).args(["fmt", "--all", "--check"]))?;
+    progress::run(Command::new(&cargo).current_dir(repo).args([
+        "clippy",
+        "--quiet",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    progress::done("lint", start);
+    Ok(())
+}
+
 /// Boots the guest running `rmnic-guest <args>`, echoing its console; exits with the guest's
 /// status.
 fn boot(args: &[String], cpus: u32) -> Result<ExitCode> {
@@ -124,5 +144,11 @@ fn boot(args: &[String], cpus: u32) -> Result<ExitCode> {
     ));
     let outcome = rmnic_tests::launch::run_in(mode, &images, &guest)?;
     progress::done(&format!("guest run (status {})", outcome.status), start);
+    if let Some(boot) = outcome.vmm_start_to_guest_init() {
+        eprintln!(
+            "    rmnic-vmm start to guest init: {}",
+            progress::fmt_duration(boot)
+        );
+    }
     Ok(ExitCode::from(u8::try_from(outcome.status).unwrap_or(u8::MAX)))
 }

@@ -214,7 +214,10 @@ pub struct BarConfig {
 enum BarSlot {
     Unused,
     /// The BAR's first (or only) register.
-    Base { size: u64, kind: BarKind },
+    Base {
+        size: u64,
+        kind: BarKind,
+    },
     /// The high half of the 64-bit BAR named by the previous register.
     UpperHalf,
 }
@@ -290,7 +293,12 @@ impl ConfigurationSpace {
             0,
         );
         // Interrupt line is a scratch byte for the OS; the pin is fixed.
-        space.declare(REG_INTERRUPT, u32::from(identity.interrupt_pin) << 8, 0xff, 0);
+        space.declare(
+            REG_INTERRUPT,
+            u32::from(identity.interrupt_pin) << 8,
+            0xff,
+            0,
+        );
         space
     }
 
@@ -532,9 +540,7 @@ impl ConfigurationSpace {
             return Err(ConfigurationError::BarNotImplemented { index });
         };
         let fits = match kind {
-            BarKind::Memory32 => address
-                .checked_add(size)
-                .is_some_and(|end| end <= 1 << 32),
+            BarKind::Memory32 => address.checked_add(size).is_some_and(|end| end <= 1 << 32),
             BarKind::Memory64 => true,
         };
         if address % size != 0 || !fits {
@@ -938,7 +944,9 @@ mod tests {
                 offset: 0x40
             })
         );
-        space.add_capability(0x11, &[0; 48], &[0; 48]).expect("fits");
+        space
+            .add_capability(0x11, &[0; 48], &[0; 48])
+            .expect("fits");
     }
 
     #[test]

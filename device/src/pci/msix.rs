@@ -47,8 +47,12 @@ pub const MSIX_VECTOR_CONTROL_MASKED: u32 = 1;
 const ENTRY_DWORDS: usize = 4;
 /// Bits the guest may change in each entry dword. The address's bits 1:0 are reserved (the
 /// address is dword aligned); the vector control's bits 31:1 are reserved.
-const ENTRY_WRITABLE: [u32; ENTRY_DWORDS] =
-    [0xffff_fffc, 0xffff_ffff, 0xffff_ffff, MSIX_VECTOR_CONTROL_MASKED];
+const ENTRY_WRITABLE: [u32; ENTRY_DWORDS] = [
+    0xffff_fffc,
+    0xffff_ffff,
+    0xffff_ffff,
+    MSIX_VECTOR_CONTROL_MASKED,
+];
 /// An entry after reset: zero message, masked.
 const ENTRY_RESET: [u32; ENTRY_DWORDS] = [0, 0, 0, MSIX_VECTOR_CONTROL_MASKED];
 /// Bytes per PBA qword.
@@ -61,7 +65,9 @@ pub enum MsixError {
     #[error(transparent)]
     Mmio(#[from] MmioError),
     /// The access falls outside the table.
-    #[error("MSI-X table access of {len} bytes at {offset:#x} is outside the {table_bytes}-byte table")]
+    #[error(
+        "MSI-X table access of {len} bytes at {offset:#x} is outside the {table_bytes}-byte table"
+    )]
     TableOutOfRange {
         /// Offset of the access within the table.
         offset: u64,
@@ -279,7 +285,10 @@ impl Msix {
                 vectors: self.vectors(),
             })?;
         if !self.enabled || !self.bus_master {
-            debug!(vector, "MSI-X vector dropped: MSI-X or bus mastering disabled");
+            debug!(
+                vector,
+                "MSI-X vector dropped: MSI-X or bus mastering disabled"
+            );
             return Ok(Delivery::Dropped);
         }
         if self.function_masked || entry[3] & MSIX_VECTOR_CONTROL_MASKED != 0 {
@@ -293,13 +302,15 @@ impl Msix {
 
     /// The guest reads the table at `offset`; `data` gets all ones if the access is refused.
     pub fn read_table(&self, offset: u64, data: &mut [u8]) -> Result<(), MsixError> {
-        let result = self.locate_table(offset, data.len()).map(|(vector, dword, width)| {
-            let entry = &self.entries[vector];
-            match width {
-                MmioWidth::Dword => [entry[dword], 0],
-                MmioWidth::Qword => [entry[dword], entry[dword + 1]],
-            }
-        });
+        let result = self
+            .locate_table(offset, data.len())
+            .map(|(vector, dword, width)| {
+                let entry = &self.entries[vector];
+                match width {
+                    MmioWidth::Dword => [entry[dword], 0],
+                    MmioWidth::Qword => [entry[dword], entry[dword + 1]],
+                }
+            });
         store_or_all_ones(data, result)
     }
 
@@ -343,7 +354,11 @@ impl Msix {
     }
 
     /// Checks a table access; returns (vector, first dword, width).
-    fn locate_table(&self, offset: u64, len: usize) -> Result<(usize, usize, MmioWidth), MsixError> {
+    fn locate_table(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Result<(usize, usize, MmioWidth), MsixError> {
         let width = MmioWidth::decode(offset, len)?;
         let table_bytes = self.table_bytes();
         let out_of_range = MsixError::TableOutOfRange {
@@ -351,7 +366,10 @@ impl Msix {
             len,
             table_bytes,
         };
-        if offset.checked_add(width.bytes()).is_none_or(|end| end > table_bytes) {
+        if offset
+            .checked_add(width.bytes())
+            .is_none_or(|end| end > table_bytes)
+        {
             return Err(out_of_range);
         }
         let vector = usize::try_from(offset / MSIX_ENTRY_SIZE).map_err(|_| out_of_range)?;
@@ -369,7 +387,10 @@ impl Msix {
             len,
             pba_bytes,
         };
-        if offset.checked_add(width.bytes()).is_none_or(|end| end > pba_bytes) {
+        if offset
+            .checked_add(width.bytes())
+            .is_none_or(|end| end > pba_bytes)
+        {
             return Err(out_of_range);
         }
         let qword = usize::try_from(offset / PBA_QWORD_BYTES).map_err(|_| out_of_range)?;
@@ -415,7 +436,10 @@ fn pending_position(vector: u16) -> (usize, u64) {
 }
 
 /// Stores a read's result, or all ones if it was refused.
-fn store_or_all_ones(data: &mut [u8], result: Result<[u32; 2], MsixError>) -> Result<(), MsixError> {
+fn store_or_all_ones(
+    data: &mut [u8],
+    result: Result<[u32; 2], MsixError>,
+) -> Result<(), MsixError> {
     match result {
         Ok(dwords) => {
             mmio::store_dwords(data, dwords);
@@ -694,7 +718,10 @@ mod tests {
             )]
         );
         write32(&mut msix, 8, 0x77);
-        assert!(sink.take().is_empty(), "an unchanged message is not announced");
+        assert!(
+            sink.take().is_empty(),
+            "an unchanged message is not announced"
+        );
     }
 
     #[test]

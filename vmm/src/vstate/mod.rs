@@ -1,0 +1,9 @@
+//! The machine as KVM sees it: the VM (memory slots, irqchip, PIT) and the vCPUs (boot
+//! state, CPUID, run loop).
+
+pub mod cpuid;
+pub mod vcpu;
+pub mod vm;
+
+pub use vcpu::{Vcpu, VcpuError, VcpuExitContext};
+pub use vm::{Vm, VmError};
