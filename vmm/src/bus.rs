@@ -214,8 +214,15 @@ mod tests {
     #[test]
     fn overlapping_insertions_are_refused_on_both_sides() {
         let mut bus = Bus::new();
-        bus.insert(range(0x100, 0x10), probe()).expect("first insert");
-        for (base, len) in [(0xf8, 0x9), (0x10f, 1), (0x100, 0x10), (0x104, 2), (0, 0x1000)] {
+        bus.insert(range(0x100, 0x10), probe())
+            .expect("first insert");
+        for (base, len) in [
+            (0xf8, 0x9),
+            (0x10f, 1),
+            (0x100, 0x10),
+            (0x104, 2),
+            (0, 0x1000),
+        ] {
             assert!(
                 matches!(
                     bus.insert(range(base, len), probe()),
@@ -225,8 +232,10 @@ mod tests {
             );
         }
         // Touching ranges do not overlap (half-open).
-        bus.insert(range(0xf0, 0x10), probe()).expect("adjacent below");
-        bus.insert(range(0x110, 0x10), probe()).expect("adjacent above");
+        bus.insert(range(0xf0, 0x10), probe())
+            .expect("adjacent below");
+        bus.insert(range(0x110, 0x10), probe())
+            .expect("adjacent above");
     }
 
     #[test]
@@ -238,10 +247,7 @@ mod tests {
         assert!(bus.read(0x3fd, &mut data));
         assert_eq!(data, [5]);
         assert!(bus.write(0x3f9, &[0xab]));
-        assert_eq!(
-            dev.lock().expect("lock").last_write,
-            Some((1, vec![0xab]))
-        );
+        assert_eq!(dev.lock().expect("lock").last_write, Some((1, vec![0xab])));
     }
 
     #[test]
@@ -253,7 +259,10 @@ mod tests {
         assert!(!bus.read(0x100d, &mut data), "crosses the end");
         assert!(!bus.read(0xffe, &mut data), "starts before the base");
         assert!(!bus.write(0x1010, &[1]), "first address past the end");
-        assert!(!bus.read(u64::MAX - 1, &mut data), "wraps the address space");
+        assert!(
+            !bus.read(u64::MAX - 1, &mut data),
+            "wraps the address space"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! pins for GSI 0..=15, IOAPIC pins for GSI 0..=23, as in KVM's `default_routing`) plus
 //! all active MSI routes.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -281,26 +282,21 @@ impl DeviceMsi {
         message: Option<MsiMessage>,
     ) -> Result<(), InterruptError> {
         let mut vectors = self.vectors();
-        if !vectors.contains_key(&vector) {
-            if message.is_none() {
-                // Never routed: nothing to take down.
-                return Ok(());
-            }
-            let gsi = self.router.allocate_gsi()?;
-            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(InterruptError::EventFd)?;
-            self.router.register_irqfd(&evt, gsi)?;
-            tracing::debug!(device = %self.name, vector, gsi, "MSI vector gets GSI");
-            vectors.insert(
-                vector,
-                VectorRoute {
+        let route = match vectors.entry(vector) {
+            Entry::Occupied(e) => e.into_mut(),
+            // Never routed: nothing to take down.
+            Entry::Vacant(_) if message.is_none() => return Ok(()),
+            Entry::Vacant(e) => {
+                let gsi = self.router.allocate_gsi()?;
+                let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(InterruptError::EventFd)?;
+                self.router.register_irqfd(&evt, gsi)?;
+                tracing::debug!(device = %self.name, vector, gsi, "MSI vector gets GSI");
+                e.insert(VectorRoute {
                     gsi,
                     evt,
                     active: false,
-                },
-            );
-        }
-        let Some(route) = vectors.get_mut(&vector) else {
-            return Ok(());
+                })
+            }
         };
         self.router.set_msi_route(route.gsi, message)?;
         route.active = message.is_some();
@@ -465,7 +461,11 @@ mod tests {
                 message: msg(0x55)
             }]
         );
-        assert_eq!(kvm.irqfds.lock().expect("lock").len(), 1, "irqfd registered once");
+        assert_eq!(
+            kvm.irqfds.lock().expect("lock").len(),
+            1,
+            "irqfd registered once"
+        );
     }
 
     #[test]
@@ -499,7 +499,10 @@ mod tests {
         dev.trigger(0);
         dev.trigger(9); // never configured
         assert_eq!(dev.dropped_triggers(), 2);
-        assert!(kvm.irqfds.lock().expect("lock")[0].0.read().is_err(), "no write");
+        assert!(
+            kvm.irqfds.lock().expect("lock")[0].0.read().is_err(),
+            "no write"
+        );
     }
 
     #[test]
@@ -533,7 +536,10 @@ mod tests {
         assert_eq!((last.gsi, last.type_), (30, KVM_IRQ_ROUTING_MSI));
         // SAFETY: the entry was built with type MSI, so `msi` is the initialised member.
         let m = unsafe { last.u.msi };
-        assert_eq!((m.address_lo, m.address_hi, m.data), (0xfee0_1000, 1, 0x4041));
+        assert_eq!(
+            (m.address_lo, m.address_hi, m.data),
+            (0xfee0_1000, 1, 0x4041)
+        );
         let first = entries[0];
         assert_eq!(first.type_, KVM_IRQ_ROUTING_IRQCHIP);
         // SAFETY: the entry was built with type IRQCHIP, so `irqchip` is initialised.

@@ -89,10 +89,7 @@ mod tests {
         let mut buf = [0u8; 4];
         std::os::unix::fs::FileExt::read_exact_at(&*ram.file, &mut buf, 0x1000).expect("pread");
         assert_eq!(u32::from_le_bytes(buf), 0xdead_beef);
-        assert!(ram
-            .memory
-            .iter()
-            .all(|r| r.file_offset().is_some()));
+        assert!(ram.memory.iter().all(|r| r.file_offset().is_some()));
     }
 
     #[test]

@@ -70,12 +70,15 @@ mod tests {
     #[test]
     fn data_segment_is_flat_read_write() {
         let ds = segment_from_gdt(BOOT_GDT[2], DATA_SELECTOR);
-        assert_eq!((ds.db, ds.type_, ds.limit, ds.unusable), (1, 3, 0xffff_ffff, 0));
+        assert_eq!(
+            (ds.db, ds.type_, ds.limit, ds.unusable),
+            (1, 3, 0xffff_ffff, 0)
+        );
     }
 
     #[test]
     fn gdt_entry_round_trips_base_and_limit() {
-        let e = gdt_entry(0x808b, 0x1234_5678, 0xabcde);
+        let e = gdt_entry(0x008b, 0x1234_5678, 0xabcde);
         let s = segment_from_gdt(e, TSS_SELECTOR);
         assert_eq!(s.base, 0x1234_5678);
         assert_eq!(s.type_, 0xb);

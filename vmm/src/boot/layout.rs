@@ -96,11 +96,7 @@ pub fn ram_regions(mem_bytes: u64) -> Vec<RamRegion> {
 /// The e820 map handed to Linux for `regions` (as built by [`ram_regions`]): the BIOS
 /// area and everything in the hole are never RAM.
 pub fn e820_entries(regions: &[RamRegion]) -> Vec<boot_e820_entry> {
-    let entry = |addr: u64, size: u64, r#type: u32| boot_e820_entry {
-        addr,
-        size,
-        r#type,
-    };
+    let entry = |addr: u64, size: u64, r#type: u32| boot_e820_entry { addr, size, r#type };
     let mut out = Vec::new();
     for r in regions {
         if r.start < HIMEM_START {
@@ -191,6 +187,9 @@ mod tests {
                 assert!(a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0, "{a:x?} vs {b:x?}");
             }
         }
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+        const {
+            assert!(BOOT_STACK_POINTER < PML4_START);
+            assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+        }
     }
 }

@@ -151,7 +151,8 @@ pub fn load_linux<M: GuestMemoryBackend>(
         OLD_CMDLINE_MAX
     };
     // Cmdline's capacity counts the terminating NUL.
-    let cl = Cmdline::try_from(cmdline, cmdline_max.saturating_add(1)).map_err(BootError::Cmdline)?;
+    let cl =
+        Cmdline::try_from(cmdline, cmdline_max.saturating_add(1)).map_err(BootError::Cmdline)?;
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
         .map_err(BootError::WriteCmdline)?;
 
@@ -235,10 +236,16 @@ pub fn load_linux<M: GuestMemoryBackend>(
     })?;
     for (i, entry) in gdt::BOOT_GDT.iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + 8 * i as u64))
-            .map_err(|source| BootError::GuestMemory { what: "GDT", source })?;
+            .map_err(|source| BootError::GuestMemory {
+                what: "GDT",
+                source,
+            })?;
     }
     mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))
-        .map_err(|source| BootError::GuestMemory { what: "IDT", source })?;
+        .map_err(|source| BootError::GuestMemory {
+            what: "IDT",
+            source,
+        })?;
     let mp = mptable::build(MPTABLE_START, num_cpus)?;
     mem.write_slice(&mp, GuestAddress(MPTABLE_START))
         .map_err(|source| BootError::GuestMemory {

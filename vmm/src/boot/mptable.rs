@@ -65,7 +65,10 @@ pub fn build(base: u64, num_cpus: u32) -> Result<Vec<u8>, MptableError> {
         .map_err(|_| MptableError::Address(base))?;
     let ioapic_id = u8::try_from(num_cpus).map_err(|_| MptableError::CpuCount(num_cpus))?;
 
-    let mut entries: Vec<u8> = Vec::new();
+    let small_entries = 2 + 1 + usize::from(ISA_IRQS) + 2; // buses, IOAPIC, IRQs, LINTs
+    let mut entries: Vec<u8> = Vec::with_capacity(
+        usize::from(ioapic_id) * PROCESSOR_ENTRY_LEN + small_entries * SMALL_ENTRY_LEN,
+    );
     let mut count: u16 = 0;
     for cpu in 0..ioapic_id {
         let flags = CPU_ENABLED | if cpu == 0 { CPU_BOOT_PROCESSOR } else { 0 };
@@ -96,8 +99,8 @@ pub fn build(base: u64, num_cpus: u32) -> Result<Vec<u8>, MptableError> {
         count += 1;
     }
 
-    let table_len = u16::try_from(HEADER_LEN + entries.len())
-        .map_err(|_| MptableError::CpuCount(num_cpus))?;
+    let table_len =
+        u16::try_from(HEADER_LEN + entries.len()).map_err(|_| MptableError::CpuCount(num_cpus))?;
     let mut table = Vec::with_capacity(usize::from(table_len));
     table.extend_from_slice(b"PCMP");
     table.extend_from_slice(&table_len.to_le_bytes());
@@ -221,9 +224,6 @@ mod tests {
     fn zero_or_too_many_cpus_is_an_error() {
         assert_eq!(build(0xf_0000, 0), Err(MptableError::CpuCount(0)));
         assert_eq!(build(0xf_0000, 255), Err(MptableError::CpuCount(255)));
-        assert!(matches!(
-            build(1 << 32, 1),
-            Err(MptableError::Address(_))
-        ));
+        assert!(matches!(build(1 << 32, 1), Err(MptableError::Address(_))));
     }
 }

@@ -58,10 +58,18 @@ mod tests {
 
     #[test]
     fn first_4g_is_identity_mapped_and_nothing_above() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)])
-            .expect("test memory");
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("test memory");
         let cr3 = write_identity_tables(&mem).expect("tables fit");
-        for va in [0, 0x7000, 0x2_0000, 0x10_0200, 0x3fff_f000, 0xbfff_ffff, 0xffff_ffff] {
+        for va in [
+            0,
+            0x7000,
+            0x2_0000,
+            0x10_0200,
+            0x3fff_f000,
+            0xbfff_ffff,
+            0xffff_ffff,
+        ] {
             assert_eq!(translate(&mem, cr3, va), Some(va), "{va:#x}");
         }
         assert_eq!(translate(&mem, cr3, 1 << 32), None);

@@ -1,5 +1,10 @@
 //! i8042 keyboard controller, reduced to what Linux needs for `reboot=k`: the CPU reset
 //! command (0xFE written to port 0x64) stops the VM. Wraps `vm_superio::I8042Device`.
+//!
+//! Only the command/status port 0x64 is claimed. Port 0x61 (between the data port and
+//! this one) belongs to KVM's in-kernel PIT speaker logic, which Linux's PIT-based TSC
+//! calibration polls, and the data port 0x60 stays unclaimed (reads all ones), which
+//! makes Linux's i8042 driver give up quickly.
 
 use std::sync::Arc;
 
@@ -8,10 +13,12 @@ use vm_superio::{I8042Device, Trigger};
 use crate::bus::BusDevice;
 use crate::exit::{ExitLatch, ExitReason};
 
-/// First port of the controller (data port 0x60; command/status is 0x64).
-pub const I8042_PORT_BASE: u16 = 0x60;
-/// Ports 0x60..=0x64.
-pub const I8042_PORT_LEN: u64 = 5;
+/// Command (write) / status (read) port.
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// One port.
+pub const I8042_COMMAND_PORT_LEN: u64 = 1;
+/// `vm_superio` numbers registers from the data port: 0x64 is its offset 4.
+const COMMAND_OFFSET: u8 = 4;
 
 /// Turns the controller's reset request into a VM stop.
 pub struct ResetTrigger(Arc<ExitLatch>);
@@ -38,14 +45,18 @@ impl I8042 {
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // Status 0 tells Linux the input buffer is empty, so its reset loop writes at once.
-        let value = u8::try_from(offset).map_or(0xff, |o| self.0.read(o));
+        let value = if offset == 0 {
+            self.0.read(COMMAND_OFFSET)
+        } else {
+            0xff
+        };
         data.fill(value);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(offset), [value]) = (u8::try_from(offset), data) {
-            // Infallible trigger.
-            let _ = self.0.write(offset, *value);
+        if let (0, [value]) = (offset, data) {
+            // The trigger is infallible.
+            let _ = self.0.write(COMMAND_OFFSET, *value);
         }
     }
 }
@@ -58,16 +69,19 @@ mod tests {
     fn reset_command_on_port_64_stops_the_vm() {
         let latch = Arc::new(ExitLatch::new());
         let mut dev = I8042::new(latch.clone());
-        dev.write(4, &[0x20]);
+        dev.write(0, &[0x20]);
         assert!(!latch.is_set(), "other commands are ignored");
-        dev.write(4, &[0xfe]);
+        let mut status = [0xffu8];
+        dev.read(0, &mut status);
+        assert_eq!(status, [0], "input buffer empty");
+        dev.write(0, &[0xfe]);
         assert_eq!(latch.wait(None), ExitReason::I8042Reset);
     }
 
     #[test]
-    fn reset_value_on_data_port_is_ignored() {
+    fn wide_reset_write_is_ignored() {
         let latch = Arc::new(ExitLatch::new());
-        I8042::new(latch.clone()).write(0, &[0xfe]);
+        I8042::new(latch.clone()).write(0, &[0xfe, 0]);
         assert!(!latch.is_set());
     }
 }

@@ -18,7 +18,7 @@ const BAR_MEM_ADDR_MASK: u32 = !0xf;
 const MIN_BAR_ALIGN: u64 = 0x1000;
 
 /// Errors placing BARs.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BarError {
     /// The window has no room left for this BAR.
     #[error("No room for BAR {index} of 00:{slot:02x}.0 ({size:#x} bytes) in the MMIO window [{start:#x}, {end:#x})")]

@@ -348,7 +348,10 @@ mod tests {
     fn address_decoding_splits_fields() {
         let a = ConfigAddress(addr(3, 0x1f, 5, 0x3f) | 0b11);
         assert!(a.enabled());
-        assert_eq!((a.bus(), a.device(), a.function(), a.register()), (3, 0x1f, 5, 0x3f));
+        assert_eq!(
+            (a.bus(), a.device(), a.function(), a.register()),
+            (3, 0x1f, 5, 0x3f)
+        );
         assert!(!ConfigAddress(0x7fff_ffff).enabled());
     }
 
@@ -396,10 +399,7 @@ mod tests {
         io.write(6, &[0xaa, 0xbb]);
         io.write(5, &[0x07]);
         let writes = dev.lock().expect("lock").writes.clone();
-        assert_eq!(
-            writes,
-            vec![(1, 2, vec![0xaa, 0xbb]), (1, 1, vec![0x07])]
-        );
+        assert_eq!(writes, vec![(1, 2, vec![0xaa, 0xbb]), (1, 1, vec![0x07])]);
     }
 
     #[test]

@@ -87,7 +87,11 @@ mod tests {
         let mut hb = HostBridge::new();
         assert_eq!(hb.read_config_register(0) & 0xffff, u32::from(VENDOR_ID));
         assert_eq!(hb.read_config_register(2) >> 16, 0x0600);
-        assert_eq!((hb.read_config_register(3) >> 16) & 0x7f, 0, "header type 0");
+        assert_eq!(
+            (hb.read_config_register(3) >> 16) & 0x7f,
+            0,
+            "header type 0"
+        );
     }
 
     #[test]

@@ -9,5 +9,7 @@ pub mod bus;
 pub mod host_bridge;
 
 pub use bars::{assign_bars, BarError, BarInfo, BarPlacement};
-pub use bus::{ConfigAddress, PciConfigIo, PciError, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
+pub use bus::{
+    ConfigAddress, PciConfigIo, PciError, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN,
+};
 pub use host_bridge::HostBridge;

@@ -17,6 +17,10 @@ const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 /// CPUID.1:EDX bit 28, "max APIC IDs field is valid".
 const EDX_HTT: u32 = 1 << 28;
+/// CPUID.1:ECX bit 24, LAPIC TSC-deadline timer mode. KVM emulates it when it has
+/// KVM_CAP_TSC_DEADLINE_TIMER but leaves advertising it to the VMM; with it Linux skips
+/// LAPIC timer calibration (which fails under nested emulation).
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 
 /// Extended-topology level types (leaf 0xB/0x1F ECX[15:8]).
 const LEVEL_SMT: u32 = 1;
@@ -28,8 +32,8 @@ fn core_id_bits(n: u32) -> u32 {
 }
 
 /// Rewrites `entries` (as returned by KVM_GET_SUPPORTED_CPUID) for vCPU `cpu` of
-/// `num_cpus`.
-pub fn fixup_for_vcpu(entries: &mut [kvm_cpuid_entry2], cpu: u8, num_cpus: u8) {
+/// `num_cpus`; `tsc_deadline` says whether KVM can emulate the TSC-deadline timer.
+pub fn fixup_for_vcpu(entries: &mut [kvm_cpuid_entry2], cpu: u8, num_cpus: u8, tsc_deadline: bool) {
     let apic_id = u32::from(cpu);
     let n = u32::from(num_cpus).max(1);
     let shift = core_id_bits(n);
@@ -39,6 +43,9 @@ pub fn fixup_for_vcpu(entries: &mut [kvm_cpuid_entry2], cpu: u8, num_cpus: u8) {
                 // EBX[31:24] initial APIC ID, EBX[23:16] addressable logical processors.
                 e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((n.min(255)) << 16);
                 e.ecx |= ECX_HYPERVISOR;
+                if tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
                 if n > 1 {
                     e.edx |= EDX_HTT;
                 }
@@ -112,7 +119,7 @@ mod tests {
     fn each_vcpu_reports_its_own_apic_id() {
         for cpu in 0..4u8 {
             let mut t = table();
-            fixup_for_vcpu(&mut t, cpu, 4);
+            fixup_for_vcpu(&mut t, cpu, 4, false);
             assert_eq!(t[0].ebx >> 24, u32::from(cpu), "leaf 1");
             assert_eq!(t[0].ebx & 0xffff, 0x0800, "CLFLUSH size kept");
             for e in &t[1..4] {
@@ -125,12 +132,19 @@ mod tests {
     #[test]
     fn topology_counts_all_vcpus_in_one_package() {
         let mut t = table();
-        fixup_for_vcpu(&mut t, 0, 3);
+        fixup_for_vcpu(&mut t, 0, 3, true);
         assert_eq!((t[0].ebx >> 16) & 0xff, 3);
         assert_ne!(t[0].edx & EDX_HTT, 0);
         assert_ne!(t[0].ecx & ECX_HYPERVISOR, 0);
-        assert_eq!((t[1].eax, t[1].ebx, (t[1].ecx >> 8) & 0xff), (0, 1, LEVEL_SMT));
-        assert_eq!((t[2].eax, t[2].ebx, (t[2].ecx >> 8) & 0xff), (2, 3, LEVEL_CORE));
+        assert_ne!(t[0].ecx & ECX_TSC_DEADLINE, 0);
+        assert_eq!(
+            (t[1].eax, t[1].ebx, (t[1].ecx >> 8) & 0xff),
+            (0, 1, LEVEL_SMT)
+        );
+        assert_eq!(
+            (t[2].eax, t[2].ebx, (t[2].ecx >> 8) & 0xff),
+            (2, 3, LEVEL_CORE)
+        );
         assert_eq!((t[3].ebx, (t[3].ecx >> 8) & 0xff), (0, 0));
         assert_eq!(t[4].ecx & 0xff, 2);
         assert_eq!((t[4].ecx >> 12) & 0xf, 2);
@@ -139,7 +153,8 @@ mod tests {
     #[test]
     fn single_vcpu_needs_no_core_bits() {
         let mut t = table();
-        fixup_for_vcpu(&mut t, 0, 1);
+        fixup_for_vcpu(&mut t, 0, 1, false);
+        assert_eq!(t[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(t[0].edx & EDX_HTT, 0);
         assert_eq!(t[2].eax, 0);
         assert_eq!(core_id_bits(64), 6);

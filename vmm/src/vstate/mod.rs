@@ -5,5 +5,5 @@ pub mod cpuid;
 pub mod vcpu;
 pub mod vm;
 
-pub use vcpu::{Vcpu, VcpuError, VcpuExitContext};
+pub use vcpu::{CpuTemplate, Vcpu, VcpuError, VcpuExitContext};
 pub use vm::{Vm, VmError};
