@@ -39,8 +39,6 @@ pub(crate) struct Mm(Opaque<bindings::mm_struct>);
 // SAFETY: `mm_struct` is built for concurrent use: every field the methods below touch is either
 // immutable after creation (`pgd`) or protected by the kernel's own locks and atomics.
 unsafe impl Sync for Mm {}
-// SAFETY: an `Mm` is only ever reached through a reference; nothing in it is tied to a thread.
-unsafe impl Send for Mm {}
 
 impl Mm {
     /// Borrows an `Mm` from a raw pointer.
@@ -224,13 +222,6 @@ impl Drop for MmUsers {
 pub(crate) struct MmapReadGuard<'a> {
     mm: &'a MmUsers,
     _not_send: PhantomData<*mut ()>,
-}
-
-impl MmapReadGuard<'_> {
-    /// The address space whose lock is held.
-    pub(crate) fn mm(&self) -> &MmUsers {
-        self.mm
-    }
 }
 
 impl Drop for MmapReadGuard<'_> {

@@ -165,8 +165,6 @@ pub(crate) struct Handle(Opaque<bindings::mmu_interval_notifier>);
 // SAFETY: the sequence functions are designed to be called from any thread (they use the
 // subscription spinlock, `READ_ONCE`/`WRITE_ONCE` and the caller's own lock).
 unsafe impl Sync for Handle {}
-// SAFETY: only reached by reference; nothing in it is tied to a thread.
-unsafe impl Send for Handle {}
 
 impl Handle {
     /// # Safety

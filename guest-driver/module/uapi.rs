@@ -22,3 +22,18 @@ unsafe impl FromBytes for VersionInfo {}
 unsafe impl AsBytes for ScratchProbe {}
 // SAFETY: as above.
 unsafe impl FromBytes for ScratchProbe {}
+// SAFETY: `Command` is `repr(C)`, 56 bytes of integers with no padding (checked by rmnic-abi's
+// tests); any byte pattern is a valid value.
+unsafe impl FromBytes for Command {}
+// SAFETY: `Completion` is `repr(C)`, 32 bytes of integers with no padding.
+unsafe impl AsBytes for Completion {}
+// SAFETY: `Submit` is `repr(C)`, 16 bytes of integers with no padding.
+unsafe impl FromBytes for Submit {}
+// SAFETY: as above.
+unsafe impl AsBytes for Submit {}
+// SAFETY: `Wait` is `repr(C)`, 24 bytes of integers with no padding.
+unsafe impl FromBytes for Wait {}
+// SAFETY: as above.
+unsafe impl AsBytes for Wait {}
+// SAFETY: `ContextStats` is `repr(C)`, 80 bytes of integers with no padding.
+unsafe impl AsBytes for ContextStats {}

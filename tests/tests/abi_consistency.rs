@@ -52,4 +52,65 @@ fn c_header_matches_rust_abi() {
     )));
     assert!(header.contains("_IOR('r', 0x00, struct rmnic_version_info)"));
     assert!(header.contains("_IOWR('r', 0x01, struct rmnic_scratch_probe)"));
+    assert!(header.contains("_IOWR('r', 0x02, struct rmnic_submit)"));
+    assert!(header.contains("_IOWR('r', 0x03, struct rmnic_wait)"));
+    assert!(header.contains("_IOR('r', 0x04, struct rmnic_context_stats)"));
+}
+
+/// Compiles the C header with the system C compiler and compares what C computes (struct
+/// sizes, ioctl numbers) with the Rust ABI.
+#[test]
+fn c_header_compiles_to_the_same_abi() {
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-driver/abi/include");
+    let dir = std::env::temp_dir().join(format!("rmnic-abi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let src = dir.join("abi.c");
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include "rmnic.h"
+int main(void) {
+    printf("%zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct rmnic_version_info),
+           sizeof(struct rmnic_scratch_probe), sizeof(struct rmnic_command),
+           sizeof(struct rmnic_completion), sizeof(struct rmnic_submit),
+           sizeof(struct rmnic_wait), sizeof(struct rmnic_context_stats));
+    printf("%lu %lu %lu %lu %lu\n", (unsigned long)RMNIC_IOC_VERSION,
+           (unsigned long)RMNIC_IOC_SCRATCH, (unsigned long)RMNIC_IOC_SUBMIT,
+           (unsigned long)RMNIC_IOC_WAIT, (unsigned long)RMNIC_IOC_STATS);
+    return 0;
+}
+"#,
+    )
+    .expect("write C source");
+    let exe = dir.join("abi");
+    let status = std::process::Command::new("cc")
+        .arg("-I")
+        .arg(include)
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .expect("a C compiler (cc) is installed");
+    assert!(status.success(), "rmnic.h does not compile");
+    let out = std::process::Command::new(&exe).output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    use rmnic_abi::abi;
+    use std::mem::size_of;
+    let want = format!(
+        "{} {} {} {} {} {} {}\n{} {} {} {} {}\n",
+        size_of::<abi::VersionInfo>(),
+        size_of::<abi::ScratchProbe>(),
+        size_of::<abi::Command>(),
+        size_of::<abi::Completion>(),
+        size_of::<abi::Submit>(),
+        size_of::<abi::Wait>(),
+        size_of::<abi::ContextStats>(),
+        abi::IOC_VERSION,
+        abi::IOC_SCRATCH,
+        abi::IOC_SUBMIT,
+        abi::IOC_WAIT,
+        abi::IOC_STATS
+    );
+    assert_eq!(text, want, "C header and Rust ABI disagree");
 }

@@ -10,7 +10,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define RMNIC_ABI_VERSION 1
+#define RMNIC_ABI_VERSION 2
 
 struct rmnic_version_info {
 	__u32 abi_version;
@@ -27,7 +27,75 @@ struct rmnic_scratch_probe {
 	__u32 readback;
 };
 
+/* Opcodes and statuses: see docs/device-spec.md. */
+enum rmnic_opcode {
+	RMNIC_OP_NOP = 0, RMNIC_OP_COPY = 1, RMNIC_OP_FILL = 2, RMNIC_OP_READ64 = 3,
+	RMNIC_OP_WRITE64 = 4, RMNIC_OP_FETCH_ADD = 5, RMNIC_OP_CAS = 6, RMNIC_OP_SWAP = 7,
+	RMNIC_OP_FENCE = 8,
+};
+
+enum rmnic_status {
+	RMNIC_ST_OK = 0, RMNIC_ST_FAULT_UNRESOLVED = 1, RMNIC_ST_PERMISSION = 2,
+	RMNIC_ST_DEVICE_ERROR = 3, RMNIC_ST_INVALID_OPCODE = 4, RMNIC_ST_ABORTED = 5,
+	RMNIC_ST_ALIGNMENT = 6,
+};
+
+#define RMNIC_CMD_FLAG_INTERRUPT 1
+#define RMNIC_MAX_BATCH 256
+
+struct rmnic_command {
+	__u8 opcode;
+	__u8 flags;
+	__u16 reserved0;
+	__u32 reserved1;
+	__u64 id;
+	__u64 addr0;
+	__u64 addr1;
+	__u64 length;
+	__u64 operand0;
+	__u64 operand1;
+};
+
+struct rmnic_completion {
+	__u64 id;
+	__u32 status;
+	__u32 reserved;
+	__u64 result;
+	__u64 fault_va;
+};
+
+struct rmnic_submit {
+	__u64 commands;	/* user pointer to struct rmnic_command[count] */
+	__u32 count;
+	__u32 queued;	/* out */
+};
+
+struct rmnic_wait {
+	__u64 completions;	/* user pointer to struct rmnic_completion[max] */
+	__u32 max;
+	__u32 min;
+	__u32 timeout_ms;
+	__u32 count;	/* out */
+};
+
+struct rmnic_context_stats {
+	__u64 submitted;
+	__u64 completed;
+	__u64 faults;
+	__u64 dropins_4k;
+	__u64 dropins_2m;
+	__u64 aborts;
+	__u64 invalidations_received;
+	__u64 invalidations_sent;
+	__u64 retries;
+	__u32 asid;
+	__u32 context;
+};
+
 #define RMNIC_IOC_VERSION _IOR('r', 0x00, struct rmnic_version_info)
 #define RMNIC_IOC_SCRATCH _IOWR('r', 0x01, struct rmnic_scratch_probe)
+#define RMNIC_IOC_SUBMIT _IOWR('r', 0x02, struct rmnic_submit)
+#define RMNIC_IOC_WAIT _IOWR('r', 0x03, struct rmnic_wait)
+#define RMNIC_IOC_STATS _IOR('r', 0x04, struct rmnic_context_stats)
 
 #endif /* RMNIC_UAPI_H */

@@ -6,10 +6,10 @@
 //! (`include/rmnic.h`) and both Rust sides agree byte for byte.
 
 /// Version of this ABI. Bumped on every incompatible change; reported by [`IOC_VERSION`].
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Driver version as `major << 16 | minor << 8 | patch`.
-pub const DRIVER_VERSION: u32 = 0x00_01_00;
+pub const DRIVER_VERSION: u32 = 0x00_02_00;
 
 /// The ioctl "type" byte of every rmnic ioctl (`'r'`).
 pub const IOC_TYPE: u32 = b'r' as u32;
@@ -74,3 +74,155 @@ pub const IOC_SCRATCH: u32 = ioc(
     0x01,
     core::mem::size_of::<ScratchProbe>(),
 );
+
+/// Command opcodes (the device's, see docs/device-spec.md).
+pub mod opcode {
+    /// Does nothing; completes OK.
+    pub const NOP: u8 = 0;
+    /// Copies `length` bytes from `addr1` to `addr0`.
+    pub const COPY: u8 = 1;
+    /// Fills `length` bytes at `addr0` with the 64-bit pattern `operand0`.
+    pub const FILL: u8 = 2;
+    /// Reads the 64-bit word at `addr0` into `result`.
+    pub const READ64: u8 = 3;
+    /// Writes `operand0` to the 64-bit word at `addr0`.
+    pub const WRITE64: u8 = 4;
+    /// Adds `operand0` to the word at `addr0`; `result` is the old value.
+    pub const FETCH_ADD: u8 = 5;
+    /// If the word at `addr0` equals `operand0`, stores `operand1`; `result` is the old value.
+    pub const CAS: u8 = 6;
+    /// Stores `operand0` at `addr0`; `result` is the old value.
+    pub const SWAP: u8 = 7;
+    /// Completes after every earlier command of the context.
+    pub const FENCE: u8 = 8;
+}
+
+/// Completion statuses (the device's, see docs/device-spec.md).
+pub mod status {
+    /// The command completed.
+    pub const OK: u32 = 0;
+    /// An address was not mapped (or not accessible at all) in the process.
+    pub const FAULT_UNRESOLVED: u32 = 1;
+    /// The mapping exists but forbids the access (write to read-only memory).
+    pub const PERMISSION: u32 = 2;
+    /// The device failed (bad descriptor, DMA error).
+    pub const DEVICE_ERROR: u32 = 3;
+    /// Unknown opcode.
+    pub const INVALID_OPCODE: u32 = 4;
+    /// The context was torn down before the command ran.
+    pub const ABORTED: u32 = 5;
+    /// A 64-bit operation on an address that is not 8-byte aligned.
+    pub const ALIGNMENT: u32 = 6;
+}
+
+/// Command flag: raise a completion interrupt (the driver sets it itself when a waiter
+/// sleeps; user space may leave it clear).
+pub const CMD_FLAG_INTERRUPT: u8 = 1;
+
+/// One device command, as user space submits it (same layout as the device's command).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Command {
+    /// One of [`opcode`].
+    pub opcode: u8,
+    /// [`CMD_FLAG_INTERRUPT`] or 0.
+    pub flags: u8,
+    /// Must be zero.
+    pub reserved0: u16,
+    /// Must be zero.
+    pub reserved1: u32,
+    /// Caller's tag, echoed in the completion.
+    pub id: u64,
+    /// Destination (or the only) user virtual address.
+    pub addr0: u64,
+    /// Source user virtual address (COPY).
+    pub addr1: u64,
+    /// Length in bytes (COPY, FILL).
+    pub length: u64,
+    /// Pattern, value, addend or compare value.
+    pub operand0: u64,
+    /// Swap value (CAS).
+    pub operand1: u64,
+}
+
+/// One completion, as user space receives it (same layout as the device's record).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// The command's `id`.
+    pub id: u64,
+    /// One of [`status`].
+    pub status: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// READ64 value, or the old value for atomics.
+    pub result: u64,
+    /// Faulting user address when `status` is not OK.
+    pub fault_va: u64,
+}
+
+/// Argument of [`IOC_SUBMIT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Submit {
+    /// User pointer to an array of [`Command`].
+    pub commands: u64,
+    /// Number of commands in the array (at most [`MAX_BATCH`]).
+    pub count: u32,
+    /// Out: how many were queued (all of them, or fewer when the queue is full).
+    pub queued: u32,
+}
+
+/// Argument of [`IOC_WAIT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wait {
+    /// User pointer to an array of [`Completion`] to fill.
+    pub completions: u64,
+    /// Room in the array.
+    pub max: u32,
+    /// Block until at least this many completions are available (0: do not block).
+    pub min: u32,
+    /// Give up blocking after this many milliseconds (0: wait until `min` arrive).
+    pub timeout_ms: u32,
+    /// Out: completions written.
+    pub count: u32,
+}
+
+/// Per-context counters ([`IOC_STATS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContextStats {
+    /// Commands submitted.
+    pub submitted: u64,
+    /// Completions delivered.
+    pub completed: u64,
+    /// Fault records received for this context.
+    pub faults: u64,
+    /// Translations dropped into the device TLB (4 KiB).
+    pub dropins_4k: u64,
+    /// Translations dropped into the device TLB (2 MiB).
+    pub dropins_2m: u64,
+    /// Faults answered with an abort (unresolvable address).
+    pub aborts: u64,
+    /// Notifier invalidations received for this context's address space.
+    pub invalidations_received: u64,
+    /// Device invalidations sent for them (ranges that held device entries).
+    pub invalidations_sent: u64,
+    /// Miss-handling retries (an invalidation raced with the fault).
+    pub retries: u64,
+    /// Device ASID of the context.
+    pub asid: u32,
+    /// Device context number.
+    pub context: u32,
+}
+
+/// Largest batch one [`IOC_SUBMIT`] accepts.
+pub const MAX_BATCH: u32 = 256;
+
+/// `_IOWR('r', 0x02, Submit)`: queue commands.
+pub const IOC_SUBMIT: u32 = ioc(IOC_READ | IOC_WRITE, 0x02, core::mem::size_of::<Submit>());
+/// `_IOWR('r', 0x03, Wait)`: collect completions.
+pub const IOC_WAIT: u32 = ioc(IOC_READ | IOC_WRITE, 0x03, core::mem::size_of::<Wait>());
+/// `_IOR('r', 0x04, ContextStats)`: read this context's counters.
+pub const IOC_STATS: u32 = ioc(IOC_READ, 0x04, core::mem::size_of::<ContextStats>());
