@@ -218,7 +218,12 @@ impl Drop for CoherentBuffer {
         // SAFETY: by the type invariant this is the allocation made on `dev` with these
         // addresses and size, freed exactly once; the owner stopped the device from using it.
         unsafe {
-            bindings::dma_free_coherent(self.dev, self.alloc_len, self.cpu.as_ptr().cast(), self.dma)
+            bindings::dma_free_coherent(
+                self.dev,
+                self.alloc_len,
+                self.cpu.as_ptr().cast(),
+                self.dma,
+            )
         };
         // SAFETY: drops the reference taken in `alloc`, exactly once.
         unsafe { bindings::put_device(self.dev) };

@@ -224,7 +224,9 @@ impl<T: IrqHandler> ThreadedIrq<T> {
 
 impl<T: IrqHandler> Drop for ThreadedIrq<T> {
     fn drop(&mut self) {
-        let dev_id = core::ptr::from_ref::<T>(&self.data).cast_mut().cast::<c_void>();
+        let dev_id = core::ptr::from_ref::<T>(&self.data)
+            .cast_mut()
+            .cast::<c_void>();
         // SAFETY: registered with this `dev_id` by the type invariant, freed exactly once.
         // `free_irq` waits for running hard and thread handlers and stops the thread, so `data`
         // is unused once it returns (and is then freed by the field drop).

@@ -81,7 +81,9 @@ impl Mm {
         // SAFETY: the structure is allocated by the type invariant, so its counter may be raised.
         unsafe { bindings::mmgrab(self.as_raw()) };
         // INVARIANT: the `mmgrab` above is the reference the new `MmRef` owns.
-        MmRef { mm: self.non_null() }
+        MmRef {
+            mm: self.non_null(),
+        }
     }
 
     /// Takes an `mm_users` reference unless the address space is already gone
@@ -91,7 +93,9 @@ impl Mm {
         // `atomic_inc_not_zero` on `mm_users`.
         if unsafe { bindings::mmget_not_zero(self.as_raw()) } {
             // INVARIANT: the successful `mmget_not_zero` is the reference `MmUsers` owns.
-            Some(MmUsers { mm: self.non_null() })
+            Some(MmUsers {
+                mm: self.non_null(),
+            })
         } else {
             None
         }

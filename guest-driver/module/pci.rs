@@ -67,7 +67,7 @@ impl Device {
         unsafe { &*ptr.cast::<Self>() }
     }
 
-    fn as_raw(&self) -> *mut bindings::pci_dev {
+    pub(crate) fn as_raw(&self) -> *mut bindings::pci_dev {
         self.0.get()
     }
 

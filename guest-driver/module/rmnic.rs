@@ -12,7 +12,17 @@ use kernel::c_str;
 use kernel::prelude::*;
 
 mod device;
+#[expect(dead_code, reason = "wired up by the context code")]
+mod dma;
+#[expect(dead_code, reason = "wired up by the context code")]
+mod hmm;
+#[expect(dead_code, reason = "wired up by the context code")]
+mod irq;
 mod misc;
+#[expect(dead_code, reason = "wired up by the context code")]
+mod mm;
+#[expect(dead_code, reason = "wired up by the context code")]
+mod mmu;
 mod pci;
 mod regs;
 mod uapi;

@@ -80,8 +80,16 @@ mod tests {
         assert!(!latch.is_set(), "other commands are ignored");
         let mut status = [0xffu8];
         dev.read(0, &mut status);
-        assert_eq!(status[0] & 0x02, 0, "input buffer empty: Linux's kb_wait passes");
-        assert_eq!(status[0] & 0x01, 1, "output buffer full: Linux's i8042 probe gives up");
+        assert_eq!(
+            status[0] & 0x02,
+            0,
+            "input buffer empty: Linux's kb_wait passes"
+        );
+        assert_eq!(
+            status[0] & 0x01,
+            1,
+            "output buffer full: Linux's i8042 probe gives up"
+        );
         dev.write(0, &[0xfe]);
         assert_eq!(latch.wait(None), ExitReason::I8042Reset);
     }
