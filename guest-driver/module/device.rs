@@ -1,52 +1,297 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The rmnic driver logic: probe and remove, and the `/dev/rmnic` ioctls. No `unsafe` here;
-//! every kernel API goes through the [`crate::pci`] and [`crate::misc`] wrappers.
+//! The rmnic driver logic: probe and remove, the device-wide state ([`Rmnic`]) every context
+//! shares, the interrupt handlers and the `/dev/rmnic` file operations. No `unsafe` here;
+//! kernel APIs go through the wrapper modules.
 
 use core::pin::Pin;
 
-use kernel::c_str;
-use kernel::new_spinlock;
 use kernel::prelude::*;
 use kernel::sync::{Arc, SpinLock};
 use kernel::types::ScopeGuard;
 use kernel::uaccess::UserSlice;
+use kernel::{c_str, new_spinlock};
 
+use crate::context::Context;
+use crate::delay;
+use crate::dma::{self, CoherentRing};
+use crate::invq::{InvalidationQueue, Target};
+use crate::irq::{IrqHandler, IrqReturn, IrqVectors, ThreadReturn, ThreadedIrq};
 use crate::misc;
 use crate::pci;
-use crate::regs::{
-    BAR0_SIZE, ID_MAGIC, REG_CAPS, REG_ID, REG_SCRATCH, REG_VERSION,
-};
+use crate::regs::*;
 use crate::uapi;
 
 /// `PCI_VENDOR_ID` and `PCI_DEVICE_ID` configuration offsets.
 const PCI_CFG_VENDOR_ID: i32 = 0x00;
 const PCI_CFG_DEVICE_ID: i32 = 0x02;
-
 /// Patterns the probe self-test writes to the scratch register.
 const SCRATCH_PATTERNS: [u32; 3] = [0xA5A5_5A5A, 0x1234_5678, 0];
+/// Fault records in the fault ring.
+const FAULT_ENTRIES: u32 = 256;
+/// How long closing a context waits for the device to acknowledge the disable.
+const DISABLE_WAIT_MS: u32 = 1000;
 
-/// The rmnic PCI driver.
-pub(crate) struct Rmnic;
-
-/// State shared by the PCI binding and every open file of `/dev/rmnic`.
+/// MMIO access to BAR0, revocable: after remove, every access fails with `ENODEV`.
 #[pin_data]
-pub(crate) struct Shared {
-    /// BAR0, or `None` once the device was removed (open files then get `ENODEV`).
-    /// A spinlock, not a mutex: MMIO never sleeps, and the future notifier path must not.
+pub(crate) struct Hw {
+    /// A spinlock, not a mutex: MMIO never sleeps and the notifier may not sleep.
     #[pin]
     bar: SpinLock<Option<pci::Bar<BAR0_SIZE>>>,
+}
+
+impl Hw {
+    /// Reads a global register.
+    pub(crate) fn read(&self, offset: usize) -> Result<u32> {
+        self.bar.lock().as_ref().ok_or(ENODEV)?.try_read32(offset)
+    }
+
+    /// Writes a global register.
+    pub(crate) fn write(&self, offset: usize, value: u32) -> Result {
+        self.bar.lock().as_ref().ok_or(ENODEV)?.try_write32(offset, value)
+    }
+
+    fn ctx_offset(ctx: usize, offset: usize) -> Result<usize> {
+        if ctx >= MAX_CONTEXTS || offset >= CTX_BLOCK_SIZE {
+            return Err(EINVAL);
+        }
+        Ok(CTX_BLOCK_BASE + ctx * CTX_BLOCK_SIZE + offset)
+    }
+
+    /// Reads register `offset` of context `ctx`'s block.
+    pub(crate) fn ctx_read(&self, ctx: usize, offset: usize) -> Result<u32> {
+        self.read(Self::ctx_offset(ctx, offset)?)
+    }
+
+    /// Writes register `offset` of context `ctx`'s block.
+    pub(crate) fn ctx_write(&self, ctx: usize, offset: usize, value: u32) -> Result {
+        self.write(Self::ctx_offset(ctx, offset)?, value)
+    }
+}
+
+/// Context table: which device contexts are in use and by which open file.
+struct Contexts {
+    slots: [Option<Arc<Context>>; MAX_CONTEXTS],
+    /// Reserved between `alloc_context` and `enable_context`/`free_context`.
+    reserved: u64,
+    /// Contexts the device has.
+    count: usize,
+    next_asid: u16,
+}
+
+/// Device-wide state shared by the PCI binding, the interrupt handlers and every context.
+#[pin_data]
+pub(crate) struct Rmnic {
+    /// For DMA allocations made by file operations.
+    pdev: pci::DeviceRef,
+    #[pin]
+    pub(crate) hw: Hw,
+    #[pin]
+    invq: InvalidationQueue,
+    faults: CoherentRing,
+    /// Fault ring consumer index; only the fault interrupt thread touches it.
+    #[pin]
+    fault_tail: SpinLock<u32>,
+    #[pin]
+    contexts: SpinLock<Contexts>,
     pci_vendor: u16,
     pci_device: u16,
 }
 
-/// What the PCI core keeps for a bound device.
-pub(crate) struct Bound {
-    shared: Arc<Shared>,
-    misc: Option<Pin<KBox<misc::Registration<Rmnic>>>>,
+impl Rmnic {
+    /// Sends one invalidation and waits for it (see [`InvalidationQueue::wait`]).
+    pub(crate) fn invalidate(&self, target: Target, blockable: bool) -> Result {
+        let seq = loop {
+            match self.invq.submit(&self.hw, target) {
+                Err(e) if e == EBUSY && blockable => delay::msleep(1),
+                Err(e) if e == EBUSY => return Err(EAGAIN),
+                other => break other?,
+            }
+        };
+        self.invq.wait(seq, blockable)
+    }
+
+    /// Rings context `ctx`'s command doorbell.
+    pub(crate) fn doorbell(&self, ctx: usize) -> Result {
+        self.hw.ctx_write(ctx, CQ_DOORBELL, 1)
+    }
+
+    /// Writes context `ctx`'s command register.
+    pub(crate) fn context_command(&self, ctx: usize, command: u32) -> Result {
+        self.hw.ctx_write(ctx, CTX_COMMAND, command)
+    }
+
+    /// Installs a translation in the device TLB for context `ctx`.
+    pub(crate) fn drop_in(&self, ctx: usize, va: u64, gpa: u64, attr: u32) -> Result {
+        self.hw.ctx_write(ctx, DROPIN_VA_LO, va as u32)?;
+        self.hw.ctx_write(ctx, DROPIN_VA_HI, (va >> 32) as u32)?;
+        self.hw.ctx_write(ctx, DROPIN_GPA_LO, gpa as u32)?;
+        self.hw.ctx_write(ctx, DROPIN_GPA_HI, (gpa >> 32) as u32)?;
+        self.hw.ctx_write(ctx, DROPIN_ATTR, attr)?;
+        self.context_command(ctx, CTX_CMD_DROPIN)
+    }
+
+    /// Reserves a free device context and picks its ASID.
+    pub(crate) fn alloc_context(&self) -> Result<(usize, u16)> {
+        let mut table = self.contexts.lock();
+        let count = table.count;
+        let index = (0..count)
+            .find(|&i| table.slots[i].is_none() && table.reserved & (1 << i) == 0)
+            .ok_or(EBUSY)?;
+        table.reserved |= 1 << index;
+        // ASIDs cycle through 1..=0xffff so traces tell successive users of a slot apart; a
+        // disabled context holds no entries, so reuse after wrap-around is harmless.
+        let asid = table.next_asid;
+        table.next_asid = table.next_asid.checked_add(1).unwrap_or(1);
+        Ok((index, asid))
+    }
+
+    /// Releases a reservation made by [`Rmnic::alloc_context`].
+    pub(crate) fn free_context(&self, index: usize) {
+        let mut table = self.contexts.lock();
+        table.reserved &= !(1 << index);
+        table.slots[index] = None;
+    }
+
+    /// Programs and enables the device context of `ctx` and publishes it to the interrupt
+    /// handlers.
+    pub(crate) fn enable_context(&self, ctx: &Arc<Context>) -> Result {
+        let index = ctx.index();
+        let pgd = ctx.pgd_phys();
+        self.hw.ctx_write(index, CTX_ASID, u32::from(ctx.asid()))?;
+        self.hw.ctx_write(index, CTX_PTROOT_LO, pgd as u32)?;
+        self.hw.ctx_write(index, CTX_PTROOT_HI, (pgd >> 32) as u32)?;
+        ctx.queue_mem().program(&self.hw, index)?;
+        self.contexts.lock().slots[index] = Some(ctx.clone());
+        self.hw.ctx_write(index, CTX_CONTROL, CTX_CONTROL_ENABLE)
+    }
+
+    /// Tears a context down: no more drop-ins, disable it on the device (which aborts its
+    /// commands, drops its TLB entries and stops touching its rings), then free the slot.
+    fn close_context(&self, ctx: &Arc<Context>) {
+        let index = ctx.index();
+        ctx.mark_dead();
+        if self.hw.ctx_write(index, CTX_CONTROL, 0).is_ok() {
+            let mut stopped = false;
+            for _ in 0..DISABLE_WAIT_MS {
+                match self.hw.ctx_read(index, CTX_STATUS) {
+                    Ok(status) if status & CTX_STATUS_STATE_MASK == CTX_STATE_FREE => {
+                        stopped = true;
+                        break;
+                    }
+                    Ok(_) => delay::msleep(1),
+                    Err(_) => break,
+                }
+            }
+            if !stopped {
+                pr_err!("rmnic: context {index} did not stop within {DISABLE_WAIT_MS} ms\n");
+            }
+        }
+        self.free_context(index);
+    }
+
+    fn lookup(&self, index: usize, asid: u16) -> Option<Arc<Context>> {
+        let table = self.contexts.lock();
+        let ctx = table.slots.get(index)?.as_ref()?;
+        (ctx.asid() == asid).then(|| ctx.clone())
+    }
+
+    /// Drains the fault ring, answering every record. Fault interrupt thread only.
+    fn drain_faults(&self) {
+        loop {
+            let Ok(head) = self.hw.read(REG_FAULT_HEAD) else {
+                return;
+            };
+            let mut tail = *self.fault_tail.lock();
+            if tail == head {
+                return;
+            }
+            while tail != head {
+                let record = (
+                    self.faults.read::<u16>(tail, FAULT_REC_CONTEXT),
+                    self.faults.read::<u16>(tail, FAULT_REC_ASID),
+                    self.faults.read::<u8>(tail, FAULT_REC_ACCESS),
+                    self.faults.read::<u64>(tail, FAULT_REC_VA),
+                );
+                tail = tail.wrapping_add(1);
+                *self.fault_tail.lock() = tail;
+                let _ = self.hw.write(REG_FAULT_TAIL, tail);
+                let (Ok(index), Ok(asid), Ok(access), Ok(va)) = record else {
+                    continue;
+                };
+                match self.lookup(usize::from(index), asid) {
+                    Some(ctx) => ctx.resolve_fault(va, access == FAULT_ACCESS_WRITE),
+                    None => pr_warn!("rmnic: fault for unknown context {index} asid {asid}\n"),
+                }
+            }
+        }
+    }
+
+    fn notify_completions(&self) {
+        let table = self.contexts.lock();
+        for ctx in table.slots.iter().flatten() {
+            ctx.notify_completion();
+        }
+    }
 }
 
-impl pci::Driver for Rmnic {
+/// Fault vector: wake the thread, which resolves misses (sleeps in `hmm_range_fault`).
+struct FaultIrq(Arc<Rmnic>);
+
+impl IrqHandler for FaultIrq {
+    fn handle(&self) -> IrqReturn {
+        IrqReturn::WakeThread
+    }
+
+    fn handle_thread(&self) -> ThreadReturn {
+        self.0.drain_faults();
+        ThreadReturn::Handled
+    }
+}
+
+/// Completion vector: wake every waiter (each checks its own used ring). In the thread: the
+/// context table's spinlock is taken with interrupts enabled elsewhere, so the hard handler
+/// must not take it.
+struct CompletionIrq(Arc<Rmnic>);
+
+impl IrqHandler for CompletionIrq {
+    fn handle(&self) -> IrqReturn {
+        IrqReturn::WakeThread
+    }
+
+    fn handle_thread(&self) -> ThreadReturn {
+        self.0.notify_completions();
+        ThreadReturn::Handled
+    }
+}
+
+/// Error vector: report.
+struct ErrorIrq(Arc<Rmnic>);
+
+impl IrqHandler for ErrorIrq {
+    fn handle(&self) -> IrqReturn {
+        IrqReturn::WakeThread
+    }
+
+    fn handle_thread(&self) -> ThreadReturn {
+        let status = self.0.hw.read(0x014).unwrap_or(u32::MAX);
+        let error = self.0.hw.read(0x018).unwrap_or(u32::MAX);
+        pr_err!("rmnic: device error interrupt: status {status:#x} error {error:#x}\n");
+        ThreadReturn::Handled
+    }
+}
+
+/// The rmnic PCI driver.
+pub(crate) struct RmnicDriver;
+
+/// What the PCI core keeps for a bound device. Field order is teardown order.
+pub(crate) struct Bound {
+    misc: Option<Pin<KBox<misc::Registration<RmnicDriver>>>>,
+    irqs: Option<(ThreadedIrq<FaultIrq>, ThreadedIrq<CompletionIrq>, ThreadedIrq<ErrorIrq>)>,
+    rmnic: Arc<Rmnic>,
+}
+
+impl pci::Driver for RmnicDriver {
     type Data = KBox<Bound>;
 
     fn probe(dev: &pci::Device) -> Result<KBox<Bound>> {
@@ -69,6 +314,10 @@ impl pci::Driver for Rmnic {
             version >> 16,
             version & 0xffff
         );
+        if version >> 16 != SPEC_MAJOR {
+            pr_err!("rmnic: spec major {} unsupported (driver speaks {SPEC_MAJOR})\n", version >> 16);
+            return Err(ENODEV);
+        }
         for pattern in SCRATCH_PATTERNS {
             bar.write32::<REG_SCRATCH>(pattern);
             let readback = bar.read32::<REG_SCRATCH>();
@@ -78,39 +327,84 @@ impl pci::Driver for Rmnic {
             }
         }
         pr_info!("rmnic: scratch register round-trip ok\n");
+        let contexts = ((bar.read32::<REG_CAPS>() & CAPS_CONTEXTS_MASK) as usize).min(MAX_CONTEXTS);
+        dma::set_dma_mask(dev, 64)?;
         dev.set_master();
 
-        let shared = Arc::pin_init(
-            pin_init!(Shared {
-                bar <- new_spinlock!(Some(bar), "rmnic::Shared::bar"),
+        let faults = CoherentRing::alloc(dev, FAULT_ENTRIES, FAULT_RECORD_SIZE)?;
+        faults.fill_zero();
+        let invq = InvalidationQueue::new(dev)?;
+        let rmnic = Arc::pin_init(
+            try_pin_init!(Rmnic {
+                pdev: pci::DeviceRef::new(dev),
+                hw <- pin_init!(Hw { bar <- new_spinlock!(Some(bar), "rmnic::Hw::bar") }),
+                invq <- invq,
+                faults,
+                fault_tail <- new_spinlock!(0, "rmnic::Rmnic::fault_tail"),
+                contexts <- new_spinlock!(Contexts {
+                    slots: [const { None }; MAX_CONTEXTS],
+                    reserved: 0,
+                    count: contexts,
+                    next_asid: 1,
+                }, "rmnic::Rmnic::contexts"),
                 pci_vendor,
                 pci_device,
-            }),
+            }? Error),
             GFP_KERNEL,
         )?;
-        let misc = misc::Registration::<Rmnic>::new(
+        let reset_target = rmnic.clone();
+        let reset = ScopeGuard::new(move || {
+            let _ = reset_target.hw.write(REG_DEV_CONTROL, DEV_CONTROL_FLR);
+        });
+        let fault_base = rmnic.faults.dma_addr();
+        rmnic.hw.write(REG_FAULT_BASE_LO, fault_base as u32)?;
+        rmnic.hw.write(REG_FAULT_BASE_HI, (fault_base >> 32) as u32)?;
+        rmnic.hw.write(REG_FAULT_SIZE, FAULT_ENTRIES)?;
+        rmnic.hw.write(REG_FAULT_TAIL, 0)?;
+        rmnic.invq.program(&rmnic.hw)?;
+
+        let vectors = IrqVectors::alloc_msix(dev, NUM_VECTORS, NUM_VECTORS)?;
+        let fault_irq =
+            ThreadedIrq::request(&vectors, VECTOR_FAULT, c_str!("rmnic-fault"), FaultIrq(rmnic.clone()))?;
+        let completion_irq = ThreadedIrq::request(
+            &vectors,
+            VECTOR_COMPLETION,
+            c_str!("rmnic-completion"),
+            CompletionIrq(rmnic.clone()),
+        )?;
+        let error_irq =
+            ThreadedIrq::request(&vectors, VECTOR_ERROR, c_str!("rmnic-error"), ErrorIrq(rmnic.clone()))?;
+        drop(vectors);
+        rmnic.hw.write(REG_DEV_CONTROL, DEV_CONTROL_ENABLE)?;
+
+        let misc = misc::Registration::<RmnicDriver>::new(
             c_str!("rmnic"),
-            shared.clone(),
+            rmnic.clone(),
             &crate::THIS_MODULE,
         )?;
         let bound = KBox::new(
             Bound {
-                shared,
                 misc: Some(misc),
+                irqs: Some((fault_irq, completion_irq, error_irq)),
+                rmnic,
             },
             GFP_KERNEL,
         )?;
+        reset.dismiss();
         claimed.dismiss();
         enabled.dismiss();
-        pr_info!("rmnic: bound, /dev/rmnic registered\n");
+        pr_info!("rmnic: bound, {contexts} contexts, /dev/rmnic registered\n");
         Ok(bound)
     }
 
     fn remove(dev: &pci::Device, mut data: KBox<Bound>) {
-        // No new opens from here on; files already open keep `shared` alive and see ENODEV.
+        // No new opens. Files still open keep `Rmnic` alive and see ENODEV from here on.
         drop(data.misc.take());
-        // Unmap outside the spinlock: iounmap may sleep.
-        let bar = data.shared.bar.lock().take();
+        // Quiesce: reset the function (it forgets every context, ring and TLB entry), then
+        // stop the interrupt handlers, then revoke MMIO and unmap outside the spinlock.
+        let _ = data.rmnic.hw.write(REG_DEV_CONTROL, DEV_CONTROL_FLR);
+        drop(data.irqs.take());
+        let bar = data.rmnic.hw.bar.lock().take();
         drop(bar);
         dev.release_regions();
         dev.disable();
@@ -118,16 +412,25 @@ impl pci::Driver for Rmnic {
     }
 }
 
-impl misc::FileOps for Rmnic {
-    type Shared = Shared;
+impl misc::FileOps for RmnicDriver {
+    type Shared = Rmnic;
+    type Open = Arc<Context>;
 
-    fn ioctl(shared: &Shared, cmd: u32, arg: usize) -> Result<isize> {
+    fn open(shared: &Arc<Rmnic>) -> Result<Arc<Context>> {
+        Context::open(shared, &shared.pdev)
+    }
+
+    fn release(shared: &Rmnic, ctx: Arc<Context>) {
+        shared.close_context(&ctx);
+    }
+
+    fn ioctl(shared: &Rmnic, ctx: &Arc<Context>, cmd: u32, arg: usize) -> Result<isize> {
         match cmd {
             uapi::IOC_VERSION => {
                 let info = version_info(shared)?;
-                let mut writer =
-                    UserSlice::new(arg, core::mem::size_of::<uapi::VersionInfo>()).writer();
-                writer.write(&info)?;
+                UserSlice::new(arg, core::mem::size_of::<uapi::VersionInfo>())
+                    .writer()
+                    .write(&info)?;
                 Ok(0)
             }
             uapi::IOC_SCRATCH => {
@@ -135,13 +438,17 @@ impl misc::FileOps for Rmnic {
                     UserSlice::new(arg, core::mem::size_of::<uapi::ScratchProbe>())
                         .reader_writer();
                 let mut probe: uapi::ScratchProbe = reader.read()?;
-                probe.readback = {
-                    let guard = shared.bar.lock();
-                    let bar = guard.as_ref().ok_or(ENODEV)?;
-                    bar.write32::<REG_SCRATCH>(probe.value);
-                    bar.read32::<REG_SCRATCH>()
-                };
+                shared.hw.write(REG_SCRATCH, probe.value)?;
+                probe.readback = shared.hw.read(REG_SCRATCH)?;
                 writer.write(&probe)?;
+                Ok(0)
+            }
+            uapi::IOC_SUBMIT => submit(ctx, arg),
+            uapi::IOC_WAIT => wait(ctx, arg),
+            uapi::IOC_STATS => {
+                UserSlice::new(arg, core::mem::size_of::<uapi::ContextStats>())
+                    .writer()
+                    .write(&ctx.stats())?;
                 Ok(0)
             }
             _ => Err(ENOTTY),
@@ -149,18 +456,66 @@ impl misc::FileOps for Rmnic {
     }
 }
 
-/// Reads the identification registers; copying to user space happens after the lock is
-/// dropped, since it may fault and sleep.
-fn version_info(shared: &Shared) -> Result<uapi::VersionInfo> {
-    let guard = shared.bar.lock();
-    let bar = guard.as_ref().ok_or(ENODEV)?;
+/// `RMNIC_IOC_SUBMIT`: copy the commands in (no lock held), queue them.
+fn submit(ctx: &Context, arg: usize) -> Result<isize> {
+    let (mut reader, mut writer) =
+        UserSlice::new(arg, core::mem::size_of::<uapi::Submit>()).reader_writer();
+    let mut req: uapi::Submit = reader.read()?;
+    if req.count > uapi::MAX_BATCH {
+        return Err(EINVAL);
+    }
+    let count = req.count as usize;
+    let mut commands = KVec::with_capacity(count, GFP_KERNEL)?;
+    let mut user = UserSlice::new(
+        req.commands as usize,
+        count * core::mem::size_of::<uapi::Command>(),
+    )
+    .reader();
+    for _ in 0..count {
+        let cmd: uapi::Command = user.read()?;
+        if cmd.reserved0 != 0 || cmd.reserved1 != 0 {
+            return Err(EINVAL);
+        }
+        commands.push(cmd, GFP_KERNEL)?;
+    }
+    req.queued = ctx.submit(&commands)?;
+    writer.write(&req)?;
+    Ok(0)
+}
+
+/// `RMNIC_IOC_WAIT`: collect completions into a kernel buffer, then copy them out.
+fn wait(ctx: &Context, arg: usize) -> Result<isize> {
+    let (mut reader, mut writer) =
+        UserSlice::new(arg, core::mem::size_of::<uapi::Wait>()).reader_writer();
+    let mut req: uapi::Wait = reader.read()?;
+    let max = req.max.min(crate::cmdq::SLOTS) as usize;
+    let mut out = KVec::with_capacity(max, GFP_KERNEL)?;
+    for _ in 0..max {
+        out.push(uapi::Completion::default(), GFP_KERNEL)?;
+    }
+    let count = ctx.wait(&mut out, req.min, req.timeout_ms)? as usize;
+    let mut user = UserSlice::new(
+        req.completions as usize,
+        count * core::mem::size_of::<uapi::Completion>(),
+    )
+    .writer();
+    for done in out.iter().take(count) {
+        user.write(done)?;
+    }
+    req.count = count as u32;
+    writer.write(&req)?;
+    Ok(0)
+}
+
+/// Reads the identification registers.
+fn version_info(shared: &Rmnic) -> Result<uapi::VersionInfo> {
     Ok(uapi::VersionInfo {
         abi_version: uapi::ABI_VERSION,
         driver_version: uapi::DRIVER_VERSION,
         pci_vendor: shared.pci_vendor,
         pci_device: shared.pci_device,
-        device_id: bar.read32::<REG_ID>(),
-        device_version: bar.read32::<REG_VERSION>(),
-        device_caps: bar.read32::<REG_CAPS>(),
+        device_id: shared.hw.read(REG_ID)?,
+        device_version: shared.hw.read(REG_VERSION)?,
+        device_caps: shared.hw.read(REG_CAPS)?,
     })
 }

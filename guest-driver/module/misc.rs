@@ -3,9 +3,10 @@
 //! A small safe misc-device abstraction (Linux 6.12 ships none for Rust).
 //!
 //! A [`Registration`] owns a `struct miscdevice`, its `file_operations` and an
-//! `Arc<T::Shared>`. Every open file holds its own reference to the shared state, so a file
-//! that outlives the registration (the device was unbound while user space kept `/dev/rmnic`
-//! open) still points at live memory; the driver then answers `ENODEV`.
+//! `Arc<T::Shared>`. Every open file holds its own reference to the shared state plus the
+//! per-file state [`FileOps::open`] returned, so a file that outlives the registration (the
+//! device was unbound while user space kept `/dev/rmnic` open) still points at live memory;
+//! the driver then answers `ENODEV`.
 
 use core::marker::PhantomPinned;
 use core::mem::offset_of;
@@ -26,9 +27,23 @@ const MISC_DYNAMIC_MINOR: c_int = 255;
 pub(crate) trait FileOps {
     /// State every open file of the device shares.
     type Shared: Send + Sync + 'static;
+    /// State of one open file (ioctls on one file may run concurrently).
+    type Open: Send + Sync + 'static;
+
+    /// Opens a file for the current task. May sleep.
+    fn open(shared: &Arc<Self::Shared>) -> Result<Self::Open>;
 
     /// Handles `ioctl(fd, cmd, arg)`; `arg` is a user-space pointer for pointer-taking ioctls.
-    fn ioctl(shared: &Self::Shared, cmd: u32, arg: usize) -> Result<isize>;
+    fn ioctl(shared: &Self::Shared, file: &Self::Open, cmd: u32, arg: usize) -> Result<isize>;
+
+    /// The last reference to the file is gone (close or process exit). May sleep.
+    fn release(shared: &Self::Shared, file: Self::Open);
+}
+
+/// What `private_data` of an open file owns.
+struct OpenFile<T: FileOps> {
+    shared: Arc<T::Shared>,
+    open: T::Open,
 }
 
 /// A registered misc device; deregisters on drop.
@@ -113,8 +128,16 @@ unsafe extern "C" fn open_callback<T: FileOps + 'static>(
             .cast::<Registration<T>>()
     };
     let shared = reg.shared.clone();
+    let open = match T::open(&shared) {
+        Ok(open) => open,
+        Err(err) => return err.to_errno(),
+    };
+    let state = match KBox::new(OpenFile::<T> { shared, open }, GFP_KERNEL) {
+        Ok(state) => state,
+        Err(_) => return ENOMEM.to_errno(),
+    };
     // SAFETY: `file` is valid during open; the pointer is converted back in `release`.
-    unsafe { (*file).private_data = shared.into_foreign().cast_mut() };
+    unsafe { (*file).private_data = state.into_foreign().cast_mut() };
     0
 }
 
@@ -122,9 +145,11 @@ unsafe extern "C" fn release_callback<T: FileOps + 'static>(
     _inode: *mut bindings::inode,
     file: *mut bindings::file,
 ) -> c_int {
-    // SAFETY: `open_callback` stored an `Arc<T::Shared>` foreign pointer; release runs once per
-    // open file after every other file operation finished.
-    drop(unsafe { Arc::<T::Shared>::from_foreign((*file).private_data) });
+    // SAFETY: `open_callback` stored a `KBox<OpenFile<T>>` foreign pointer; release runs once
+    // per open file after every other file operation finished.
+    let state = unsafe { KBox::<OpenFile<T>>::from_foreign((*file).private_data) };
+    let OpenFile { shared, open } = KBox::into_inner(state);
+    T::release(&shared, open);
     0
 }
 
@@ -133,10 +158,10 @@ unsafe extern "C" fn ioctl_callback<T: FileOps + 'static>(
     cmd: c_uint,
     arg: c_ulong,
 ) -> c_long {
-    // SAFETY: `open_callback` stored an `Arc<T::Shared>` foreign pointer that `release` has not
-    // reclaimed yet (release cannot run while a file operation is in progress).
-    let shared = unsafe { Arc::<T::Shared>::borrow((*file).private_data) };
-    match T::ioctl(&shared, cmd, arg) {
+    // SAFETY: `open_callback` stored a `KBox<OpenFile<T>>` foreign pointer that `release` has
+    // not reclaimed yet (release cannot run while a file operation is in progress).
+    let state = unsafe { KBox::<OpenFile<T>>::borrow((*file).private_data) };
+    match T::ioctl(&state.shared, &state.open, cmd, arg) {
         Ok(ret) => ret,
         Err(err) => err.to_errno() as c_long,
     }

@@ -138,6 +138,49 @@ impl Device {
     }
 }
 
+/// A counted reference to a PCI function (`pci_dev_get` / `pci_dev_put`), for code that runs
+/// outside the probe/remove callbacks (file operations allocating DMA memory).
+///
+/// # Invariants
+///
+/// `pdev` is valid and holds one reference taken in [`DeviceRef::new`].
+pub(crate) struct DeviceRef {
+    pdev: *mut bindings::pci_dev,
+}
+
+// SAFETY: the reference count is atomic and the device may be used from any thread.
+unsafe impl Send for DeviceRef {}
+// SAFETY: `&DeviceRef` only gives `&Device`, whose methods are thread-safe C calls.
+unsafe impl Sync for DeviceRef {}
+
+impl DeviceRef {
+    /// Takes a reference on `dev`.
+    pub(crate) fn new(dev: &Device) -> Self {
+        // SAFETY: `dev` is valid by its type invariant; the reference is dropped in `drop`.
+        unsafe { bindings::pci_dev_get(dev.as_raw()) };
+        // INVARIANT: reference taken just above.
+        Self { pdev: dev.as_raw() }
+    }
+}
+
+impl core::ops::Deref for DeviceRef {
+    type Target = Device;
+
+    fn deref(&self) -> &Device {
+        // SAFETY: the reference keeps the structure alive for as long as `self`; callers use it
+        // only for operations valid on an unbound device too (DMA allocation, which fails
+        // cleanly once the driver let go of the device).
+        unsafe { Device::from_raw(self.pdev) }
+    }
+}
+
+impl Drop for DeviceRef {
+    fn drop(&mut self) {
+        // SAFETY: drops the reference taken in `new`, exactly once.
+        unsafe { bindings::pci_dev_put(self.pdev) }
+    }
+}
+
 /// A mapped memory BAR of at least `SIZE` bytes. Register offsets are checked against `SIZE`
 /// at compile time.
 ///
@@ -173,6 +216,33 @@ impl<const SIZE: usize> Bar<SIZE> {
         // keeps the aligned 4-byte access inside it.
         unsafe { bindings::iowrite32(value, self.addr.add(OFFSET).cast()) }
     }
+}
+
+impl<const SIZE: usize> Bar<SIZE> {
+    /// Reads the 32-bit register at a run-time `offset` (per-context blocks); `EINVAL` if it is
+    /// unaligned or outside the BAR.
+    pub(crate) fn try_read32(&self, offset: usize) -> Result<u32> {
+        check_offset::<SIZE>(offset)?;
+        // SAFETY: `check_offset` keeps the aligned 4-byte access inside `addr..addr + SIZE`,
+        // which is mapped by the type invariant.
+        Ok(unsafe { bindings::ioread32(self.addr.add(offset).cast()) })
+    }
+
+    /// Writes the 32-bit register at a run-time `offset`; `EINVAL` if it is unaligned or
+    /// outside the BAR.
+    pub(crate) fn try_write32(&self, offset: usize, value: u32) -> Result {
+        check_offset::<SIZE>(offset)?;
+        // SAFETY: as in `try_read32`.
+        unsafe { bindings::iowrite32(value, self.addr.add(offset).cast()) };
+        Ok(())
+    }
+}
+
+fn check_offset<const SIZE: usize>(offset: usize) -> Result {
+    if offset % 4 != 0 || offset.checked_add(4).is_none_or(|end| end > SIZE) {
+        return Err(EINVAL);
+    }
+    Ok(())
 }
 
 impl<const SIZE: usize> Drop for Bar<SIZE> {

@@ -1,23 +1,190 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! BAR0 register offsets and values of the rmnic device, as the driver uses them.
+//! The rmnic device interface as the driver uses it: BAR0 register offsets and fields, and the
+//! layouts of the structures the device reads and writes in guest memory.
 //!
-//! The device model (`device/` crate) is the source of truth; a host-side test
-//! (`tests/tests/abi_consistency.rs`) checks that every constant here matches it.
+//! The device model (`device/` crate) and `docs/device-spec.md` are the source of truth; a
+//! host-side test (`tests/tests/abi_consistency.rs`) checks every `pub(crate) const` here
+//! against the device model's constants of the same name.
 
 /// Size of BAR0 the driver requires.
-pub(crate) const BAR0_SIZE: usize = 0x4000;
+pub(crate) const BAR0_SIZE: usize = 0x8000;
+
+// --- Global registers.
 /// Identification register: reads [`ID_MAGIC`].
 pub(crate) const REG_ID: usize = 0x000;
 /// Specification version: `major << 16 | minor`.
 pub(crate) const REG_VERSION: usize = 0x004;
 /// Read-write scratch register, no side effects.
 pub(crate) const REG_SCRATCH: usize = 0x008;
-/// Capability register.
+/// Capabilities: number of contexts, 2 MiB support, vectors.
 pub(crate) const REG_CAPS: usize = 0x00C;
+/// Device control: enable, function-level reset.
+pub(crate) const REG_DEV_CONTROL: usize = 0x01C;
+/// Fault ring base (low half; high half at +4).
+pub(crate) const REG_FAULT_BASE_LO: usize = 0x040;
+/// Fault ring base, high half.
+pub(crate) const REG_FAULT_BASE_HI: usize = 0x044;
+/// Fault ring size in records.
+pub(crate) const REG_FAULT_SIZE: usize = 0x048;
+/// Fault ring producer index (device).
+pub(crate) const REG_FAULT_HEAD: usize = 0x04C;
+/// Fault ring consumer index (driver).
+pub(crate) const REG_FAULT_TAIL: usize = 0x050;
+/// Invalidation queue base, low half.
+pub(crate) const REG_INVQ_BASE_LO: usize = 0x060;
+/// Invalidation queue base, high half.
+pub(crate) const REG_INVQ_BASE_HI: usize = 0x064;
+/// Invalidation queue size in descriptors.
+pub(crate) const REG_INVQ_SIZE: usize = 0x068;
+/// Invalidation queue producer index (driver); writing it is the doorbell.
+pub(crate) const REG_INVQ_TAIL: usize = 0x06C;
+/// Invalidation queue consumer index (device).
+pub(crate) const REG_INVQ_HEAD: usize = 0x070;
+/// Where the device writes the last completed invalidation sequence, low half.
+pub(crate) const REG_INVQ_DONE_ADDR_LO: usize = 0x078;
+/// Same, high half.
+pub(crate) const REG_INVQ_DONE_ADDR_HI: usize = 0x07C;
+
+/// `DEV_CONTROL.ENABLE`.
+pub(crate) const DEV_CONTROL_ENABLE: u32 = 1 << 0;
+/// `DEV_CONTROL.FLR`: write 1 to reset the whole function.
+pub(crate) const DEV_CONTROL_FLR: u32 = 1 << 1;
+
+/// `CAPS[7:0]`: number of contexts.
+pub(crate) const CAPS_CONTEXTS_MASK: u32 = 0xff;
+
+// --- Per-context register blocks.
+/// Offset of context 0's register block.
+pub(crate) const CTX_BLOCK_BASE: usize = 0x4000;
+/// Size of one context register block.
+pub(crate) const CTX_BLOCK_SIZE: usize = 0x100;
+/// Number of context blocks BAR0 has room for.
+pub(crate) const MAX_CONTEXTS: usize = 64;
+
+/// Context control: enable.
+pub(crate) const CTX_CONTROL: usize = 0x00;
+/// Context status: state and error code.
+pub(crate) const CTX_STATUS: usize = 0x04;
+/// Context ASID (writable while disabled).
+pub(crate) const CTX_ASID: usize = 0x08;
+/// Page-table root (for the verification oracle), low half.
+pub(crate) const CTX_PTROOT_LO: usize = 0x10;
+/// Page-table root, high half.
+pub(crate) const CTX_PTROOT_HI: usize = 0x14;
+/// Command queue descriptor table, low half.
+pub(crate) const CQ_DESC_LO: usize = 0x20;
+/// Command queue descriptor table, high half.
+pub(crate) const CQ_DESC_HI: usize = 0x24;
+/// Command queue available ring, low half.
+pub(crate) const CQ_AVAIL_LO: usize = 0x28;
+/// Command queue available ring, high half.
+pub(crate) const CQ_AVAIL_HI: usize = 0x2C;
+/// Command queue used ring, low half.
+pub(crate) const CQ_USED_LO: usize = 0x30;
+/// Command queue used ring, high half.
+pub(crate) const CQ_USED_HI: usize = 0x34;
+/// Command queue size in descriptors.
+pub(crate) const CQ_SIZE: usize = 0x38;
+/// Command queue ready.
+pub(crate) const CQ_READY: usize = 0x3C;
+/// Command queue doorbell.
+pub(crate) const CQ_DOORBELL: usize = 0x40;
+/// Drop-in virtual address, low half.
+pub(crate) const DROPIN_VA_LO: usize = 0x48;
+/// Drop-in virtual address, high half.
+pub(crate) const DROPIN_VA_HI: usize = 0x4C;
+/// Drop-in guest-physical address, low half.
+pub(crate) const DROPIN_GPA_LO: usize = 0x50;
+/// Drop-in guest-physical address, high half.
+pub(crate) const DROPIN_GPA_HI: usize = 0x54;
+/// Drop-in attributes.
+pub(crate) const DROPIN_ATTR: usize = 0x58;
+/// Context command: drop-in, resume, abort.
+pub(crate) const CTX_COMMAND: usize = 0x5C;
+
+/// `CTX_CONTROL.ENABLE`.
+pub(crate) const CTX_CONTROL_ENABLE: u32 = 1;
+/// `CTX_STATUS[1:0]`: state.
+pub(crate) const CTX_STATUS_STATE_MASK: u32 = 0x3;
+/// State: disabled.
+pub(crate) const CTX_STATE_FREE: u32 = 0;
+
+/// `DROPIN_ATTR`: readable.
+pub(crate) const DROPIN_ATTR_READ: u32 = 1 << 0;
+/// `DROPIN_ATTR`: writable.
+pub(crate) const DROPIN_ATTR_WRITE: u32 = 1 << 1;
+/// `DROPIN_ATTR`: 2 MiB page.
+pub(crate) const DROPIN_ATTR_2M: u32 = 1 << 2;
+
+/// `CTX_COMMAND`: install the drop-in registers' translation.
+pub(crate) const CTX_CMD_DROPIN: u32 = 1;
+/// `CTX_COMMAND`: leave FAULTED and retry the stalled access.
+pub(crate) const CTX_CMD_RESUME: u32 = 2;
+/// `CTX_COMMAND`: fail the stalled command; status in bits 15:8.
+pub(crate) const CTX_CMD_ABORT: u32 = 3;
+/// `CTX_COMMAND[15:8]`: abort status shift.
+pub(crate) const CTX_CMD_ABORT_STATUS_SHIFT: u32 = 8;
+
+// --- Fault record (32 bytes).
+/// Fault record size.
+pub(crate) const FAULT_RECORD_SIZE: usize = 32;
+/// u16 context number.
+pub(crate) const FAULT_REC_CONTEXT: usize = 0;
+/// u16 ASID.
+pub(crate) const FAULT_REC_ASID: usize = 2;
+/// u8 access: 1 read, 2 write.
+pub(crate) const FAULT_REC_ACCESS: usize = 4;
+/// u64 faulting virtual address.
+pub(crate) const FAULT_REC_VA: usize = 8;
+/// Fault access value: write.
+pub(crate) const FAULT_ACCESS_WRITE: u8 = 2;
+
+// --- Invalidation descriptor (32 bytes).
+/// Invalidation descriptor size.
+pub(crate) const INVQ_DESC_SIZE: usize = 32;
+/// u8 kind.
+pub(crate) const INVQ_DESC_KIND: usize = 0;
+/// u8 flags.
+pub(crate) const INVQ_DESC_FLAGS: usize = 1;
+/// u16 ASID.
+pub(crate) const INVQ_DESC_ASID: usize = 2;
+/// u64 start VA.
+pub(crate) const INVQ_DESC_START: usize = 8;
+/// u64 end VA (exclusive).
+pub(crate) const INVQ_DESC_END: usize = 16;
+/// u64 sequence number.
+pub(crate) const INVQ_DESC_SEQ: usize = 24;
+/// Kind: range of one ASID.
+pub(crate) const INVQ_KIND_RANGE: u8 = 1;
+/// Kind: every entry of one ASID.
+pub(crate) const INVQ_KIND_ASID: u8 = 2;
+
+// --- Commands: virtio split ring of (command, completion) descriptor pairs.
+/// Device-readable command size.
+pub(crate) const COMMAND_SIZE: usize = 56;
+/// Device-writable completion record size.
+pub(crate) const COMPLETION_SIZE: usize = 32;
+/// Virtio descriptor flag: chain continues.
+pub(crate) const VIRTQ_DESC_F_NEXT: u16 = 1;
+/// Virtio descriptor flag: device writes this buffer.
+pub(crate) const VIRTQ_DESC_F_WRITE: u16 = 2;
+
+/// MSI-X vector: fault records.
+pub(crate) const VECTOR_FAULT: u32 = 0;
+/// MSI-X vector: command completions.
+pub(crate) const VECTOR_COMPLETION: u32 = 1;
+/// MSI-X vector: invalidation completions.
+pub(crate) const VECTOR_INVALIDATION: u32 = 2;
+/// MSI-X vector: errors.
+pub(crate) const VECTOR_ERROR: u32 = 3;
+/// Vectors the device has.
+pub(crate) const NUM_VECTORS: u32 = 4;
 
 /// Value of [`REG_ID`]: "RMNC".
 pub(crate) const ID_MAGIC: u32 = 0x524D_4E43;
+/// Specification major version the driver speaks.
+pub(crate) const SPEC_MAJOR: u32 = 1;
 
 /// PCI vendor ID of the device (experimental, not assigned by PCI-SIG).
 pub(crate) const PCI_VENDOR_ID: u32 = 0xF1E0;

@@ -3,27 +3,35 @@
 //! rmnic: driver for the rmnic remote-memory NIC, a PCI device that runs memory operations on
 //! user virtual addresses through its own TLB.
 //!
-//! Layout: [`device`] is the driver logic and holds no `unsafe`; [`pci`] and [`misc`] wrap the
-//! C APIs Linux 6.12 does not expose to Rust; [`uapi`] is the ioctl ABI shared with user space;
-//! [`regs`] the device's register map.
+//! Layout: the driver logic holds no `unsafe`: [`device`] (probe, remove, interrupts, file
+//! operations), [`context`] (a context bound to a process: the notifier callback and the miss
+//! path), [`cmdq`] (command rings), [`invq`] (the invalidation queue). The wrappers around the C
+//! APIs Linux 6.12 does not expose to Rust: [`pci`], [`misc`], [`irq`], [`dma`], [`mm`],
+//! [`mmu`] (interval notifier), [`hmm`] (`hmm_range_fault`), [`delay`]. [`uapi`] is the ioctl ABI
+//! shared with user space; [`regs`] the device's register map.
 
 use kernel::bindings;
 use kernel::c_str;
 use kernel::prelude::*;
 
+mod cmdq;
+mod context;
+mod delay;
 mod device;
-#[expect(dead_code, reason = "wired up by the context code")]
+#[allow(dead_code, reason = "wrapper API: not every item is used by the driver yet")]
 mod dma;
-#[expect(dead_code, reason = "wired up by the context code")]
+#[allow(dead_code, reason = "wrapper API: not every item is used by the driver yet")]
 mod hmm;
-#[expect(dead_code, reason = "wired up by the context code")]
+mod invq;
+#[allow(dead_code, reason = "wrapper API: not every item is used by the driver yet")]
 mod irq;
 mod misc;
-#[expect(dead_code, reason = "wired up by the context code")]
+#[allow(dead_code, reason = "wrapper API: not every item is used by the driver yet")]
 mod mm;
-#[expect(dead_code, reason = "wired up by the context code")]
+#[allow(dead_code, reason = "wrapper API: not every item is used by the driver yet")]
 mod mmu;
 mod pci;
+#[allow(dead_code, reason = "the register map mirrors the spec; not every register is used")]
 mod regs;
 mod uapi;
 
@@ -45,7 +53,7 @@ static ID_TABLE: [bindings::pci_device_id; 2] = [
 ];
 
 struct RmnicModule {
-    _driver: pci::Registration<device::Rmnic>,
+    _driver: pci::Registration<device::RmnicDriver>,
 }
 
 impl kernel::Module for RmnicModule {

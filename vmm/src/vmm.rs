@@ -79,14 +79,15 @@ pub enum VmmError {
 /// A VM ready to run.
 pub struct Vmm {
     config: VmConfig,
-    /// Kept alive for as long as vCPUs may run: KVM's memory slots point into it.
-    ram: GuestRam,
     vm: Vm,
     vcpus: Vec<Vcpu>,
     ctx: VcpuExitContext,
     serial: Arc<Mutex<Serial>>,
     bars: Vec<BarPlacement>,
     built_at: Instant,
+    /// Kept alive for as long as vCPUs may run: KVM's memory slots point into it. Last
+    /// field, so it is unmapped only after the VM and vCPU fds are closed.
+    ram: GuestRam,
 }
 
 impl Vmm {

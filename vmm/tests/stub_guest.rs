@@ -69,23 +69,27 @@ fn fake_bzimage(code: &[u8]) -> Vec<u8> {
     img
 }
 
-/// Writes `image` to a fresh temporary file and returns its path.
+/// Writes `image` to a temporary file named after this process and `name`.
 fn write_image(name: &str, image: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rmnic-vmm-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(name);
+    let path = std::env::temp_dir().join(format!(
+        "rmnic-vmm-test-{}-{name}.bzImage",
+        std::process::id()
+    ));
     std::fs::write(&path, image).expect("write image");
     path
 }
 
 fn run(name: &str, code: &[u8], cpus: u8, timeout: Duration) -> (ExitReason, String, Duration) {
-    let mut config = VmConfig::new(write_image(name, &fake_bzimage(code)));
+    let image = write_image(name, &fake_bzimage(code));
+    let mut config = VmConfig::new(&image);
     config.cpus = cpus;
     config.memory_mib = 64;
     config.timeout = Some(timeout);
     let out = Capture::default();
     let start = Instant::now();
     let vmm = Vmm::new(&config, Box::new(out.clone())).expect("VM builds");
+    // Loaded into guest memory: the file is no longer needed.
+    let _ = std::fs::remove_file(&image);
     let reason = vmm.run().expect("VM runs");
     (reason, out.text(), start.elapsed())
 }

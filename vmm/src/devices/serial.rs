@@ -3,6 +3,7 @@
 //! [`Serial::enqueue_input`].
 
 use std::io::{self, Write};
+use std::time::Instant;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::Trigger;
@@ -38,6 +39,9 @@ impl Trigger for IrqTrigger {
 /// The serial device on the PIO bus.
 pub struct Serial {
     uart: vm_superio::Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
+    /// When the device was created, until the guest's first register write: a boot-time
+    /// mark (kernel decompressed and console up), logged once at info level.
+    created: Option<Instant>,
 }
 
 impl Serial {
@@ -45,6 +49,7 @@ impl Serial {
     pub fn new(irq: IrqTrigger, out: Box<dyn Write + Send>) -> Self {
         Self {
             uart: vm_superio::Serial::new(irq, out),
+            created: Some(Instant::now()),
         }
     }
 
@@ -71,6 +76,12 @@ impl BusDevice for Serial {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), [value]) = (u8::try_from(offset), data) {
+            if let Some(created) = self.created.take() {
+                tracing::info!(
+                    "guest's first serial write {:?} after the UART was created (VM build)",
+                    created.elapsed()
+                );
+            }
             if let Err(e) = self.uart.write(off, *value) {
                 tracing::warn!("serial write at offset {off}: {e}");
             }

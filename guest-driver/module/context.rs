@@ -1,0 +1,385 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A device context: one open file of `/dev/rmnic`, bound to the opener's address space.
+//!
+//! Coherence lives here. [`Mirror`] is what the mmu interval notifier calls back into: on every
+//! change to the process's page tables it sends the device one range invalidation (or one
+//! ASID-wide flush on exit) and waits for it to complete before returning, so the kernel never
+//! reuses a page the device can still reach. The miss path ([`Context::resolve_fault`]) fills
+//! the device TLB with `hmm_range_fault` inside the `read_begin` / `read_retry` protocol, holding
+//! [`Mirror::update`] (the lock the notifier takes) across the retry check and the drop-in.
+//! Nothing is pinned: coherence comes from the notifier alone.
+//!
+//! Lock order: `Mirror::update` → `Hw::bar` (MMIO). `Context::queue` is independent. No lock
+//! is held across an allocation or a sleep except `Context::queue` (a mutex).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use kernel::prelude::*;
+use kernel::sync::{Arc, CondVar, CondVarTimeoutResult, Mutex, SpinLock};
+use kernel::time::msecs_to_jiffies;
+use kernel::{new_condvar, new_mutex, new_spinlock};
+
+use crate::cmdq::{CommandQueue, Indices, SLOTS};
+use crate::device::Rmnic;
+use crate::hmm::{self, Access};
+use crate::invq::Target;
+use crate::mm::{MmRef, MmUsers};
+use crate::mmu::{Event, Handle, IntervalCallbacks, IntervalNotifier, Range, Seq};
+use crate::pci;
+use crate::regs::*;
+use crate::uapi;
+
+/// Miss-path retries before a fault is aborted (each retry means an invalidation raced it).
+const MAX_FAULT_RETRIES: u32 = 16;
+/// Page size and the 2 MiB huge page size.
+const PAGE: u64 = 4096;
+const HUGE_PAGE: u64 = 2 << 20;
+
+/// Counters of one context (`RMNIC_IOC_STATS`).
+#[derive(Default)]
+pub(crate) struct Stats {
+    submitted: AtomicU64,
+    completed: AtomicU64,
+    faults: AtomicU64,
+    dropins_4k: AtomicU64,
+    dropins_2m: AtomicU64,
+    aborts: AtomicU64,
+    invalidations_received: AtomicU64,
+    invalidations_sent: AtomicU64,
+    retries: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What the device may hold for this context, as far as the driver knows.
+pub(crate) struct Coverage {
+    /// Union of every dropped-in translation since the last ASID flush: `[lo, hi)`, empty when
+    /// `lo >= hi`. Invalidations outside it need not reach the device.
+    lo: u64,
+    hi: u64,
+    /// The address space is gone (notifier release) or the file is closing: no more drop-ins.
+    dead: bool,
+}
+
+/// The part of a context the notifier and the miss path share.
+#[pin_data]
+pub(crate) struct Mirror {
+    rmnic: Arc<Rmnic>,
+    /// Device context number.
+    pub(crate) index: usize,
+    /// Device ASID.
+    pub(crate) asid: u16,
+    /// The notifier's update lock. A spinlock: non-blockable invalidations must not sleep.
+    #[pin]
+    update: SpinLock<Coverage>,
+    stats: Stats,
+}
+
+impl IntervalCallbacks for Arc<Mirror> {
+    fn invalidate(&self, range: &Range<'_>, cur_seq: Seq, notifier: &Handle) -> bool {
+        bump(&self.stats.invalidations_received);
+        let blockable = range.is_blockable();
+        let target = {
+            let mut cov = self.update.lock();
+            notifier.set_seq(cur_seq);
+            if cov.dead {
+                // Already flushed (release) or being torn down: nothing to shoot down.
+                return true;
+            }
+            if range.event() == Event::Release {
+                // Process exit: one ASID-wide flush instead of one invalidation per VMA.
+                cov.dead = true;
+                if cov.lo >= cov.hi {
+                    return true;
+                }
+                cov.lo = u64::MAX;
+                cov.hi = 0;
+                Target::Asid(self.asid)
+            } else {
+                let start = (range.start() as u64).max(cov.lo);
+                let end = (range.end() as u64).min(cov.hi);
+                if start >= end {
+                    return true;
+                }
+                Target::Range {
+                    asid: self.asid,
+                    start: start & !(PAGE - 1),
+                    end: end.next_multiple_of(PAGE),
+                }
+            }
+        };
+        // Outside the lock: waiting for the device may sleep. A fault that raced us sees the
+        // new sequence in `read_retry` and retries; `read_begin` blocks until we return.
+        match self.rmnic.invalidate(target, blockable) {
+            Ok(()) => {
+                bump(&self.stats.invalidations_sent);
+                true
+            }
+            Err(e) if e == EAGAIN && !blockable => false,
+            Err(e) => {
+                // The device is gone or dead: it holds no translations anymore.
+                pr_err!("rmnic: context {}: invalidation failed: {e:?}\n", self.index);
+                true
+            }
+        }
+    }
+}
+
+/// Queue state of a context, under `Context::queue`.
+struct QueueState {
+    indices: Indices,
+}
+
+/// An open `/dev/rmnic` file.
+/// The device context is disabled by `Rmnic::close_context` before the last reference goes;
+/// dropping the notifier then waits for any running callback.
+#[pin_data]
+pub(crate) struct Context {
+    mirror: Arc<Mirror>,
+    /// Keeps the mm struct (and its page-table root) allocated; not the address space.
+    mm: MmRef,
+    notifier: IntervalNotifier<Arc<Mirror>>,
+    queue_mem: CommandQueue,
+    #[pin]
+    queue: Mutex<QueueState>,
+    /// Woken by the completion interrupt.
+    #[pin]
+    completed: CondVar,
+}
+
+impl Context {
+    /// Opens a context for the current process: device context and ASID, command queue,
+    /// notifier over the whole address space, page-table root for the oracle. May sleep.
+    pub(crate) fn open(rmnic: &Arc<Rmnic>, dev: &pci::Device) -> Result<Arc<Self>> {
+        let users = MmUsers::current()?;
+        let (index, asid) = rmnic.alloc_context()?;
+        let guard = kernel::types::ScopeGuard::new(|| rmnic.free_context(index));
+        let mirror = Arc::pin_init(
+            pin_init!(Mirror {
+                rmnic: rmnic.clone(),
+                index,
+                asid,
+                update <- new_spinlock!(Coverage { lo: u64::MAX, hi: 0, dead: false },
+                                        "rmnic::Mirror::update"),
+                stats: Stats::default(),
+            }),
+            GFP_KERNEL,
+        )?;
+        let queue_mem = CommandQueue::new(dev)?;
+        let notifier = IntervalNotifier::insert_all(&users, mirror.clone())?;
+        let mm = users.grab();
+        let ctx = Arc::pin_init(
+            pin_init!(Context {
+                mirror,
+                mm,
+                notifier,
+                queue_mem,
+                queue <- new_mutex!(QueueState { indices: Indices { submitted: 0, collected: 0 } },
+                                    "rmnic::Context::queue"),
+                completed <- new_condvar!("rmnic::Context::completed"),
+            }),
+            GFP_KERNEL,
+        )?;
+        drop(users);
+        rmnic.enable_context(&ctx)?;
+        guard.dismiss();
+        Ok(ctx)
+    }
+
+    /// Device context number.
+    pub(crate) fn index(&self) -> usize {
+        self.mirror.index
+    }
+
+    /// Device ASID.
+    pub(crate) fn asid(&self) -> u16 {
+        self.mirror.asid
+    }
+
+    /// Physical address of the process's top-level page table.
+    pub(crate) fn pgd_phys(&self) -> u64 {
+        self.mm.pgd_phys()
+    }
+
+    /// The command queue memory (for programming the device).
+    pub(crate) fn queue_mem(&self) -> &CommandQueue {
+        &self.queue_mem
+    }
+
+    /// Marks the context closing: the miss path stops dropping in from here on.
+    pub(crate) fn mark_dead(&self) {
+        self.mirror.update.lock().dead = true;
+    }
+
+    /// Wakes waiters (completion interrupt).
+    pub(crate) fn notify_completion(&self) {
+        self.completed.notify_all();
+    }
+
+    /// Checks that the caller is the process the context is bound to.
+    fn check_caller(&self) -> Result {
+        let users = MmUsers::current()?;
+        if !users.is_same(&self.mm) {
+            return Err(EPERM);
+        }
+        Ok(())
+    }
+
+    /// `RMNIC_IOC_SUBMIT`: queues commands (already copied from user space); returns how many
+    /// fit.
+    pub(crate) fn submit(&self, commands: &[uapi::Command]) -> Result<u32> {
+        self.check_caller()?;
+        let mut queued = 0;
+        {
+            let mut q = self.queue.lock();
+            for cmd in commands {
+                let in_flight = q.indices.submitted.wrapping_sub(q.indices.collected);
+                if in_flight >= SLOTS {
+                    break;
+                }
+                self.queue_mem.push(&mut q.indices, cmd)?;
+                queued += 1;
+            }
+        }
+        if queued > 0 {
+            self.mirror.rmnic.doorbell(self.mirror.index)?;
+            self.mirror
+                .stats
+                .submitted
+                .fetch_add(u64::from(queued), Ordering::Relaxed);
+        }
+        Ok(queued)
+    }
+
+    /// `RMNIC_IOC_WAIT`: collects up to `out.len()` completions, sleeping until `min` are
+    /// ready or `timeout_ms` passes (0: no limit). Interruptible.
+    pub(crate) fn wait(&self, out: &mut [uapi::Completion], min: u32, timeout_ms: u32) -> Result<u32> {
+        let min = min.min(out.len() as u32);
+        let mut q = self.queue.lock();
+        let start = kernel::time::Ktime::ktime_get();
+        loop {
+            if self.queue_mem.ready(&q.indices) >= min {
+                break;
+            }
+            if timeout_ms != 0 {
+                let waited = kernel::time::ktime_ms_delta(kernel::time::Ktime::ktime_get(), start);
+                if waited >= i64::from(timeout_ms) {
+                    break;
+                }
+            }
+            // Wake up periodically even without an interrupt: a lost interrupt delays a waiter
+            // by 10 ms instead of hanging it.
+            let woke = self
+                .completed
+                .wait_interruptible_timeout(&mut q, msecs_to_jiffies(10));
+            if matches!(woke, CondVarTimeoutResult::Signal { .. }) {
+                return Err(ERESTARTSYS);
+            }
+        }
+        let ready = self.queue_mem.ready(&q.indices).min(out.len() as u32);
+        for slot in out.iter_mut().take(ready as usize) {
+            *slot = self.queue_mem.pop(&mut q.indices)?;
+        }
+        self.mirror
+            .stats
+            .completed
+            .fetch_add(u64::from(ready), Ordering::Relaxed);
+        Ok(ready)
+    }
+
+    /// `RMNIC_IOC_STATS`.
+    pub(crate) fn stats(&self) -> uapi::ContextStats {
+        let s = &self.mirror.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        uapi::ContextStats {
+            submitted: get(&s.submitted),
+            completed: get(&s.completed),
+            faults: get(&s.faults),
+            dropins_4k: get(&s.dropins_4k),
+            dropins_2m: get(&s.dropins_2m),
+            aborts: get(&s.aborts),
+            invalidations_received: get(&s.invalidations_received),
+            invalidations_sent: get(&s.invalidations_sent),
+            retries: get(&s.retries),
+            asid: u32::from(self.mirror.asid),
+            context: self.mirror.index as u32,
+        }
+    }
+
+    /// Answers one device fault at `va` (miss path). Runs in the fault interrupt thread;
+    /// sleeps.
+    pub(crate) fn resolve_fault(&self, va: u64, write: bool) {
+        let mirror = &self.mirror;
+        bump(&mirror.stats.faults);
+        let status = match self.try_resolve(va, write) {
+            Ok(()) => return,
+            Err(e) if e == EPERM || e == EACCES => uapi::status::PERMISSION,
+            Err(_) => uapi::status::FAULT_UNRESOLVED,
+        };
+        bump(&mirror.stats.aborts);
+        let _ = mirror.rmnic.context_command(
+            mirror.index,
+            CTX_CMD_ABORT | (status << CTX_CMD_ABORT_STATUS_SHIFT),
+        );
+    }
+
+    fn try_resolve(&self, va: u64, write: bool) -> Result {
+        let mirror = &self.mirror;
+        // The address space may be exiting: then there is nothing to map.
+        let users = self.mm.mmget_not_zero().ok_or(EFAULT)?;
+        let page = (va & !(PAGE - 1)) as usize;
+        let access = if write { Access::Write } else { Access::Read };
+        for _ in 0..MAX_FAULT_RETRIES {
+            let faulted = match hmm::fault_range(&users, &self.notifier, page, page + PAGE as usize, access) {
+                Ok(faulted) => faulted,
+                Err(e) if e == EBUSY => {
+                    bump(&mirror.stats.retries);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let entry = faulted.entry(0).ok_or(EFAULT)?;
+            if write && !entry.writable() {
+                return Err(EPERM);
+            }
+            let (entry_va, entry_pa, huge) = if entry.map_size() as u64 >= HUGE_PAGE {
+                (entry.map_va() as u64, entry.map_pfn() * PAGE, true)
+            } else {
+                (page as u64, entry.phys_addr(), false)
+            };
+            let size = if huge { HUGE_PAGE } else { PAGE };
+            // Step 3 of the hmm.rst protocol: under the update lock, check the sequence and
+            // program the device before dropping the lock.
+            let mut cov = mirror.update.lock();
+            if self.notifier.read_retry(faulted.seq()) {
+                drop(cov);
+                bump(&mirror.stats.retries);
+                continue;
+            }
+            if cov.dead {
+                return Err(EFAULT);
+            }
+            let mut attr = DROPIN_ATTR_READ;
+            if write {
+                attr |= DROPIN_ATTR_WRITE;
+            }
+            if huge {
+                attr |= DROPIN_ATTR_2M;
+            }
+            mirror.rmnic.drop_in(mirror.index, entry_va, entry_pa, attr)?;
+            cov.lo = cov.lo.min(entry_va);
+            cov.hi = cov.hi.max(entry_va + size);
+            bump(if huge {
+                &mirror.stats.dropins_2m
+            } else {
+                &mirror.stats.dropins_4k
+            });
+            mirror.rmnic.context_command(mirror.index, CTX_CMD_RESUME)?;
+            return Ok(());
+        }
+        Err(EBUSY)
+    }
+}
