@@ -1,0 +1,460 @@
+//! Guest-side coherence checks: every device operation through the real driver, and the page
+//! table changes (munmap, mprotect, fork/COW, exit, THP) the driver must shoot down.
+//!
+//! Each check prints `CHECK <name> ok|FAILED <detail>`; the host-side test asserts on them.
+
+use std::ptr::NonNull;
+
+use anyhow::{bail, Context as _, Result};
+use rmnic_abi::{opcode, status, Command, Completion, ContextStats, Device};
+
+use crate::Checks;
+
+const PAGE: usize = 4096;
+const HUGE: usize = 2 << 20;
+
+/// An anonymous private (or shared) mapping, unmapped on drop unless already unmapped.
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    mapped: bool,
+}
+
+impl Mapping {
+    /// Maps `len` bytes read-write; `shared` makes it MAP_SHARED (survives fork as one copy).
+    pub fn new(len: usize, shared: bool) -> Result<Self> {
+        let flags = libc::MAP_ANONYMOUS | if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+        // SAFETY: anonymous mapping with no address hint; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!("mmap({len}) failed: {}", std::io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast()).context("mmap returned null")?;
+        Ok(Self {
+            ptr,
+            len,
+            mapped: true,
+        })
+    }
+
+    /// A mapping of `len` bytes whose start is aligned to `align` (a power of two).
+    pub fn aligned(len: usize, align: usize) -> Result<Self> {
+        let raw = Self::new(len + align, false)?;
+        let base = raw.addr();
+        let start = base.next_multiple_of(align as u64);
+        let head = (start - base) as usize;
+        let tail = align - head;
+        // Trim the excess so the kept part is exactly [start, start + len).
+        // SAFETY: both ranges lie inside `raw`'s mapping, which we own.
+        unsafe {
+            if head > 0 {
+                libc::munmap(raw.ptr.as_ptr().cast(), head);
+            }
+            if tail > 0 {
+                libc::munmap(raw.ptr.as_ptr().add(head + len).cast(), tail);
+            }
+        }
+        std::mem::forget(raw);
+        Ok(Self {
+            // SAFETY: `start` is inside the original mapping, hence non-null.
+            ptr: unsafe { NonNull::new_unchecked(start as *mut u8) },
+            len,
+            mapped: true,
+        })
+    }
+
+    /// Start address as the device sees it.
+    pub fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    /// CPU view of the mapping.
+    pub fn bytes(&self) -> &mut [u8] {
+        // SAFETY: mapped read-write for `len` bytes while `self` lives; the tests are single
+        // threaded and the device writes only between CPU accesses (after completion).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Reads the u64 at byte `offset` (volatile: the device writes behind the compiler's back).
+    pub fn read_u64(&self, offset: usize) -> u64 {
+        // SAFETY: in bounds and 8-byte aligned (callers pass multiples of 8).
+        unsafe { self.ptr.as_ptr().add(offset).cast::<u64>().read_volatile() }
+    }
+
+    /// Writes the u64 at byte `offset`.
+    pub fn write_u64(&self, offset: usize, value: u64) {
+        // SAFETY: as in `read_u64`.
+        unsafe { self.ptr.as_ptr().add(offset).cast::<u64>().write_volatile(value) }
+    }
+
+    /// mprotect over the whole mapping.
+    pub fn protect(&self, prot: i32) -> Result<()> {
+        // SAFETY: our own mapping.
+        if unsafe { libc::mprotect(self.ptr.as_ptr().cast(), self.len, prot) } != 0 {
+            bail!("mprotect failed: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// madvise over the whole mapping.
+    pub fn advise(&self, advice: i32) -> Result<()> {
+        // SAFETY: our own mapping.
+        if unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, advice) } != 0 {
+            bail!("madvise({advice}) failed: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// munmap now (later accesses through the device must fail cleanly).
+    pub fn unmap(&mut self) {
+        if self.mapped {
+            // SAFETY: our own mapping, unmapped once.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+            self.mapped = false;
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        self.unmap();
+    }
+}
+
+fn delta(after: &ContextStats, before: &ContextStats) -> (u64, u64, u64, u64) {
+    (
+        after.faults - before.faults,
+        after.dropins_4k - before.dropins_4k,
+        after.dropins_2m - before.dropins_2m,
+        after.invalidations_sent - before.invalidations_sent,
+    )
+}
+
+fn status_of<T>(r: &std::result::Result<T, rmnic_abi::CommandError>) -> u32 {
+    match r {
+        Ok(_) => status::OK,
+        Err(e) => e.status,
+    }
+}
+
+/// Every opcode produces the right data.
+fn ops(dev: &Device, c: &mut Checks) -> Result<()> {
+    let src = Mapping::new(16 * PAGE, false)?;
+    let dst = Mapping::new(16 * PAGE, false)?;
+    for (i, b) in src.bytes().iter_mut().enumerate() {
+        *b = (i * 7 + 3) as u8;
+    }
+    dev.fill(dst.addr(), (16 * PAGE) as u64, 0x0123_4567_89ab_cdef)??;
+    let filled = dst.bytes().chunks(8).all(|w| w == 0x0123_4567_89ab_cdef_u64.to_le_bytes());
+    c.check("op-fill", filled, "64 KiB pattern fill");
+
+    dev.copy(dst.addr() + 100, src.addr() + 5, 40_000)??;
+    let copied = dst.bytes()[100..40_100] == src.bytes()[5..40_005];
+    let edges_kept = dst.bytes()[99] == 0xef && dst.bytes()[40_100] == 0xcd;
+    c.check("op-copy", copied && edges_kept, "unaligned 40000-byte copy across pages");
+
+    dev.write64(dst.addr() + 8, 0xdead_beef_cafe_f00d)??;
+    c.check("op-write64", dst.read_u64(8) == 0xdead_beef_cafe_f00d, "CPU sees device write");
+    dst.write_u64(16, 0x1111_2222_3333_4444);
+    let read = dev.read64(dst.addr() + 16)??;
+    c.check("op-read64", read == 0x1111_2222_3333_4444, format!("read {read:#x}"));
+
+    dst.write_u64(24, 40);
+    let old = dev.fetch_add(dst.addr() + 24, 2)??;
+    c.check("op-fetch-add", old == 40 && dst.read_u64(24) == 42, format!("old {old} new {}", dst.read_u64(24)));
+
+    let old = dev.cas(dst.addr() + 24, 42, 7)??;
+    let hit = old == 42 && dst.read_u64(24) == 7;
+    let old2 = dev.cas(dst.addr() + 24, 42, 9)??;
+    let miss = old2 == 7 && dst.read_u64(24) == 7;
+    c.check("op-cas", hit && miss, format!("success old {old}, failure old {old2}"));
+
+    let old = dev.swap(dst.addr() + 24, 99)??;
+    c.check("op-swap", old == 7 && dst.read_u64(24) == 99, format!("old {old}"));
+
+    dev.fence()??;
+    c.check("op-fence", true, "fence completed");
+
+    let misaligned = dev.read64(dst.addr() + 3)?;
+    c.check(
+        "op-alignment",
+        status_of(&misaligned) == status::ALIGNMENT,
+        format!("status {}", status_of(&misaligned)),
+    );
+
+    // A batch: 64 FETCH_ADDs on one word, one submit, completions in order.
+    dst.write_u64(32, 0);
+    let batch: Vec<Command> = (0..64)
+        .map(|i| Command {
+            opcode: opcode::FETCH_ADD,
+            id: 1000 + i,
+            addr0: dst.addr() + 32,
+            operand0: 1,
+            ..Command::default()
+        })
+        .collect();
+    let queued = dev.submit(&batch)?;
+    let mut done = vec![Completion::default(); 64];
+    let mut got = 0;
+    while got < queued {
+        got += dev.wait(&mut done[got..], 1, 5000)?;
+    }
+    let in_order = done.iter().enumerate().all(|(i, d)| d.id == 1000 + i as u64 && d.status == 0);
+    c.check(
+        "op-batch",
+        queued == 64 && in_order && dst.read_u64(32) == 64,
+        format!("queued {queued}, word {}", dst.read_u64(32)),
+    );
+    Ok(())
+}
+
+/// First touch of a fresh buffer faults exactly once per page; 2 MiB pages fault once.
+fn faults(dev: &Device, c: &mut Checks) -> Result<()> {
+    let buf = Mapping::new(16 * PAGE, false)?;
+    let before = dev.stats()?;
+    dev.fill(buf.addr(), (16 * PAGE) as u64, 0x5a5a)??;
+    let first = dev.stats()?;
+    dev.fill(buf.addr(), (16 * PAGE) as u64, 0xa5a5)??;
+    let second = dev.stats()?;
+    let (f1, d1, _, _) = delta(&first, &before);
+    let (f2, _, _, _) = delta(&second, &first);
+    c.check(
+        "fault-once-per-page",
+        f1 == 16 && d1 == 16 && f2 == 0,
+        format!("first pass {f1} faults / {d1} drop-ins, second pass {f2} faults"),
+    );
+
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let huge = Mapping::aligned(2 * HUGE, HUGE)?;
+    huge.advise(libc::MADV_HUGEPAGE)?;
+    huge.bytes()[0] = 1;
+    huge.bytes()[HUGE] = 1;
+    let smaps = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let anon_huge = smaps
+        .lines()
+        .find(|l| l.starts_with("AnonHugePages:"))
+        .unwrap_or("AnonHugePages: ?")
+        .to_string();
+    let before = dev.stats()?;
+    dev.fill(huge.addr(), (2 * HUGE) as u64, 0x77)??;
+    let after = dev.stats()?;
+    let (f, d4, d2, _) = delta(&after, &before);
+    c.check(
+        "fault-once-per-2m-page",
+        f == 2 && d2 == 2 && d4 == 0,
+        format!("{f} faults, {d2} 2 MiB / {d4} 4 KiB drop-ins ({}; {anon_huge})", thp.trim()),
+    );
+    Ok(())
+}
+
+/// munmap after device use: the next device access fails cleanly and never reads the old page.
+fn munmap(dev: &Device, c: &mut Checks) -> Result<()> {
+    let mut buf = Mapping::new(4 * PAGE, false)?;
+    dev.fill(buf.addr(), (4 * PAGE) as u64, 0x4242)??;
+    let addr = buf.addr();
+    let before = dev.stats()?;
+    buf.unmap();
+    let after = dev.stats()?;
+    let res = dev.read64(addr)?;
+    c.check(
+        "munmap-shootdown",
+        after.invalidations_sent > before.invalidations_sent,
+        format!("{} invalidations sent", after.invalidations_sent - before.invalidations_sent),
+    );
+    c.check(
+        "munmap-access-fails",
+        status_of(&res) == status::FAULT_UNRESOLVED,
+        format!("status {} ({:?})", status_of(&res), res),
+    );
+
+    // Map something new at the same address: the device must see the new page.
+    // SAFETY: MAP_FIXED over an address range we just unmapped and own.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        bail!("MAP_FIXED remap failed");
+    }
+    // SAFETY: just mapped, 8-byte aligned.
+    unsafe { (p as *mut u64).write_volatile(0x600d_600d) };
+    let seen = dev.read64(addr)?;
+    c.check(
+        "munmap-remap-sees-new-page",
+        matches!(seen, Ok(0x600d_600d)),
+        format!("{seen:?}"),
+    );
+    // SAFETY: unmapping what we mapped above.
+    unsafe { libc::munmap(p, PAGE) };
+    Ok(())
+}
+
+/// mprotect read-only: device writes fail with a permission status, reads still work.
+fn mprotect(dev: &Device, c: &mut Checks) -> Result<()> {
+    let buf = Mapping::new(2 * PAGE, false)?;
+    dev.write64(buf.addr(), 5)??;
+    buf.protect(libc::PROT_READ)?;
+    let write = dev.write64(buf.addr(), 6)?;
+    let read = dev.read64(buf.addr())?;
+    c.check(
+        "mprotect-write-denied",
+        status_of(&write) == status::PERMISSION && buf.read_u64(0) == 5,
+        format!("write status {}, value {}", status_of(&write), buf.read_u64(0)),
+    );
+    c.check("mprotect-read-allowed", matches!(read, Ok(5)), format!("{read:?}"));
+    buf.protect(libc::PROT_READ | libc::PROT_WRITE)?;
+    let again = dev.write64(buf.addr(), 7)?;
+    c.check(
+        "mprotect-restored",
+        again.is_ok() && buf.read_u64(0) == 7,
+        format!("{again:?}"),
+    );
+    Ok(())
+}
+
+/// fork + copy-on-write: the parent's device writes land in the parent's pages; the child
+/// keeps its own copy.
+fn fork_cow(dev: &Device, c: &mut Checks) -> Result<()> {
+    let buf = Mapping::new(PAGE, false)?;
+    dev.write64(buf.addr(), 0xaaaa)??; // device TLB now holds a writable entry
+    let mut pipe = [0i32; 2];
+    // SAFETY: plain pipe creation into a 2-element array.
+    if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+        bail!("pipe failed");
+    }
+    // SAFETY: the child only uses async-signal-safe calls (read, volatile memory access, _exit).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut byte = 0u8;
+        // SAFETY: reading one byte into a local.
+        unsafe { libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1) };
+        let mine = buf.read_u64(0);
+        // SAFETY: terminating the child.
+        unsafe { libc::_exit(if mine == 0xaaaa { 0 } else { 1 }) };
+    }
+    if pid < 0 {
+        bail!("fork failed");
+    }
+    let res = dev.write64(buf.addr(), 0xbbbb)?;
+    // SAFETY: writing one byte from a local to our pipe.
+    unsafe { libc::write(pipe[1], (&1u8 as *const u8).cast(), 1) };
+    let mut wstatus = 0;
+    // SAFETY: waiting for our child.
+    unsafe { libc::waitpid(pid, &mut wstatus, 0) };
+    let child_ok = libc::WIFEXITED(wstatus) && libc::WEXITSTATUS(wstatus) == 0;
+    c.check(
+        "fork-cow-parent-sees-device-write",
+        res.is_ok() && buf.read_u64(0) == 0xbbbb,
+        format!("{res:?}, parent reads {:#x}", buf.read_u64(0)),
+    );
+    c.check("fork-cow-child-keeps-its-copy", child_ok, format!("child wait status {wstatus:#x}"));
+    // SAFETY: closing our pipe fds.
+    unsafe {
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+    }
+    Ok(())
+}
+
+/// Runs `f` in `n` forked children at once; returns how many exited 0.
+fn in_children(n: usize, f: impl Fn(usize) -> bool) -> usize {
+    let mut pids = Vec::new();
+    for i in 0..n {
+        // SAFETY: the child runs `f` and exits without returning into the parent's code.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = f(i);
+            // SAFETY: terminating the child.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        pids.push(pid);
+    }
+    pids.into_iter()
+        .filter(|&pid| {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            pid > 0
+                && unsafe { libc::waitpid(pid, &mut status, 0) } == pid
+                && libc::WIFEXITED(status)
+                && libc::WEXITSTATUS(status) == 0
+        })
+        .count()
+}
+
+/// Process exit with commands in flight leaves no leaked context; many processes at once.
+fn processes(c: &mut Checks) -> Result<()> {
+    // 80 short-lived processes (more than the device's 64 contexts): each queues 64 FILLs and
+    // exits without waiting. A leaked context would make the later ones fail to open.
+    let ok = (0..8)
+        .map(|_| {
+            in_children(10, |_| {
+                let Ok(dev) = Device::open() else { return false };
+                let Ok(buf) = Mapping::new(64 * PAGE, false) else { return false };
+                let cmds: Vec<Command> = (0..64)
+                    .map(|i| Command {
+                        opcode: opcode::FILL,
+                        id: i,
+                        addr0: buf.addr() + i * PAGE as u64,
+                        length: PAGE as u64,
+                        operand0: i,
+                        ..Command::default()
+                    })
+                    .collect();
+                dev.submit(&cmds).is_ok()
+            })
+        })
+        .sum::<usize>();
+    c.check("exit-with-commands-in-flight", ok == 80, format!("{ok}/80 processes opened and submitted"));
+    let dev = Device::open();
+    c.check("no-context-leaked", dev.is_ok(), format!("open after 80 exits: {:?}", dev.as_ref().err()));
+
+    // 8 processes with a context each, at once, plus cross-process atomics on shared memory.
+    let shared = Mapping::new(PAGE, true)?;
+    shared.write_u64(0, 0);
+    let ok = in_children(8, |i| {
+        let Ok(dev) = Device::open() else { return false };
+        let Ok(buf) = Mapping::new(8 * PAGE, false) else { return false };
+        let pattern = 0x1000 + i as u64;
+        if !matches!(dev.fill(buf.addr(), (8 * PAGE) as u64, pattern), Ok(Ok(()))) {
+            return false;
+        }
+        if !(0..8 * PAGE / 8).all(|w| buf.read_u64(w * 8) == pattern) {
+            return false;
+        }
+        (0..50).all(|_| matches!(dev.fetch_add(shared.addr(), 1), Ok(Ok(_))))
+    });
+    c.check(
+        "many-processes",
+        ok == 8 && shared.read_u64(0) == 400,
+        format!("{ok}/8 children ok, shared counter {} (want 400)", shared.read_u64(0)),
+    );
+    Ok(())
+}
+
+/// Runs every check; returns the checks for the caller to summarise.
+pub fn run(c: &mut Checks) -> Result<()> {
+    let dev = Device::open()?;
+    ops(&dev, c)?;
+    faults(&dev, c)?;
+    munmap(&dev, c)?;
+    mprotect(&dev, c)?;
+    fork_cow(&dev, c)?;
+    drop(dev);
+    processes(c)?;
+    Ok(())
+}
