@@ -78,9 +78,15 @@ impl Mapping {
     }
 
     /// CPU view of the mapping.
-    pub fn bytes(&self) -> &mut [u8] {
-        // SAFETY: mapped read-write for `len` bytes while `self` lives; the tests are single
-        // threaded and the device writes only between CPU accesses (after completion).
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: mapped for `len` bytes while `self` lives; the device writes only between CPU
+        // accesses (a command has completed before the CPU looks).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Mutable CPU view of the mapping.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` makes this the only CPU view.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
@@ -148,9 +154,9 @@ fn status_of<T>(r: &std::result::Result<T, rmnic_abi::CommandError>) -> u32 {
 
 /// Every opcode produces the right data.
 fn ops(dev: &Device, c: &mut Checks) -> Result<()> {
-    let src = Mapping::new(16 * PAGE, false)?;
+    let mut src = Mapping::new(16 * PAGE, false)?;
     let dst = Mapping::new(16 * PAGE, false)?;
-    for (i, b) in src.bytes().iter_mut().enumerate() {
+    for (i, b) in src.bytes_mut().iter_mut().enumerate() {
         *b = (i * 7 + 3) as u8;
     }
     dev.fill(dst.addr(), (16 * PAGE) as u64, 0x0123_4567_89ab_cdef)??;
@@ -234,10 +240,10 @@ fn faults(dev: &Device, c: &mut Checks) -> Result<()> {
     );
 
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    let huge = Mapping::aligned(2 * HUGE, HUGE)?;
+    let mut huge = Mapping::aligned(2 * HUGE, HUGE)?;
     huge.advise(libc::MADV_HUGEPAGE)?;
-    huge.bytes()[0] = 1;
-    huge.bytes()[HUGE] = 1;
+    huge.bytes_mut()[0] = 1;
+    huge.bytes_mut()[HUGE] = 1;
     let smaps = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
     let anon_huge = smaps
         .lines()
