@@ -16,8 +16,9 @@ pub struct MsiMessage {
 
 /// Delivers the device's MSI-X vectors. Implemented by the VMM.
 ///
-/// Both methods are called while the device's state is borrowed mutably (in the VMM, with
-/// the device's lock held): an implementation must not call back into the device, and
+/// Both methods are called with the device's MSI-X lock held, either from a vCPU thread
+/// inside an MMIO access (with the VMM's device lock held too) or from one of the device's
+/// worker threads (without it): an implementation must not call back into the device, and
 /// should not block for long (an irqfd write or a routing-table update is fine).
 pub trait MsiSink: Send + Sync {
     /// The message for `vector` changed, or the vector became deliverable (`Some`) or

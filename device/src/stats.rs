@@ -55,13 +55,37 @@ pub const GLOBAL_COUNTERS: [CounterSpec; GLOBAL_COUNTER_COUNT] = [
     global(0, "STAT_HITS", "Translations that hit the TLB"),
     global(1, "STAT_MISSES", "Lookups without a usable translation"),
     global(2, "STAT_FILLS", "Drop-ins installed"),
-    global(3, "STAT_INVAL_RANGE", "RANGE invalidation descriptors executed"),
-    global(4, "STAT_INVAL_ASID", "ASID invalidation descriptors executed"),
-    global(5, "STAT_INVAL_GLOBAL", "GLOBAL invalidation descriptors executed"),
-    global(6, "STAT_ENTRIES_REMOVED", "Entries removed by invalidations and context flushes"),
+    global(
+        3,
+        "STAT_INVAL_RANGE",
+        "RANGE invalidation descriptors executed",
+    ),
+    global(
+        4,
+        "STAT_INVAL_ASID",
+        "ASID invalidation descriptors executed",
+    ),
+    global(
+        5,
+        "STAT_INVAL_GLOBAL",
+        "GLOBAL invalidation descriptors executed",
+    ),
+    global(
+        6,
+        "STAT_ENTRIES_REMOVED",
+        "Entries removed by invalidations and context flushes",
+    ),
     global(7, "STAT_FAULTS", "Faults raised"),
-    global(8, "STAT_ABORTS", "Commands failed by ABORT or context disable"),
-    global(9, "STAT_ERRORS", "Context errors, device errors, DEVICE_ERROR completions"),
+    global(
+        8,
+        "STAT_ABORTS",
+        "Commands failed by ABORT or context disable",
+    ),
+    global(
+        9,
+        "STAT_ERRORS",
+        "Context errors, device errors, DEVICE_ERROR completions",
+    ),
     global(10, "STAT_COMMANDS_COMPLETED", "Completion records written"),
 ];
 
@@ -103,8 +127,16 @@ pub const CONTEXT_COUNTERS: [CounterSpec; CONTEXT_COUNTER_COUNT] = [
     context(2, "CTX_STAT_FILLS", "Drop-ins installed"),
     context(3, "CTX_STAT_FAULTS", "Faults raised"),
     context(4, "CTX_STAT_ABORTS", "Commands failed by ABORT or disable"),
-    context(5, "CTX_STAT_COMMANDS_COMPLETED", "Completion records written"),
-    context(6, "CTX_STAT_INVALIDATED_ENTRIES", "Own entries removed by invalidations"),
+    context(
+        5,
+        "CTX_STAT_COMMANDS_COMPLETED",
+        "Completion records written",
+    ),
+    context(
+        6,
+        "CTX_STAT_INVALIDATED_ENTRIES",
+        "Own entries removed by invalidations",
+    ),
 ];
 
 const fn context(index: u64, name: &'static str, summary: &'static str) -> CounterSpec {
@@ -203,7 +235,10 @@ mod tests {
         for (i, spec) in GLOBAL_COUNTERS.iter().enumerate() {
             assert_eq!(spec.offset, REG_STATS_BASE + 8 * i as u64);
         }
-        assert_eq!(GlobalCounter::CommandsCompleted as usize, GLOBAL_COUNTER_COUNT - 1);
+        assert_eq!(
+            GlobalCounter::CommandsCompleted as usize,
+            GLOBAL_COUNTER_COUNT - 1
+        );
         assert_eq!(
             ContextCounter::InvalidatedEntries as usize,
             CONTEXT_COUNTER_COUNT - 1
@@ -226,9 +261,18 @@ mod tests {
 
     #[test]
     fn locate_finds_both_halves() {
-        assert_eq!(locate(&GLOBAL_COUNTERS, REG_STATS_BASE + 8), Some((1, false)));
-        assert_eq!(locate(&GLOBAL_COUNTERS, REG_STATS_BASE + 12), Some((1, true)));
+        assert_eq!(
+            locate(&GLOBAL_COUNTERS, REG_STATS_BASE + 8),
+            Some((1, false))
+        );
+        assert_eq!(
+            locate(&GLOBAL_COUNTERS, REG_STATS_BASE + 12),
+            Some((1, true))
+        );
         assert_eq!(locate(&GLOBAL_COUNTERS, REG_STATS_BASE + 8 * 11), None);
-        assert_eq!(locate(&CONTEXT_COUNTERS, CTX_STATS_BASE + 4), Some((0, true)));
+        assert_eq!(
+            locate(&CONTEXT_COUNTERS, CTX_STATS_BASE + 4),
+            Some((0, true))
+        );
     }
 }

@@ -324,7 +324,10 @@ impl DeviceTlb {
     pub fn insert(&mut self, fill: TlbFill, removed: &mut dyn FnMut(&TlbEntry, Removal)) -> u64 {
         // The page at the top of the address space ends at 2^64: `[va, u64::MAX)` still holds
         // the base of every page it overlaps.
-        let end = fill.va.checked_add(fill.size.bytes()).unwrap_or(VirtAddr(u64::MAX));
+        let end = fill
+            .va
+            .checked_add(fill.size.bytes())
+            .unwrap_or(VirtAddr(u64::MAX));
         if let Some(range) = VaRange::new(fill.va, end) {
             self.remove_range(fill.asid, range, Removal::Replaced, removed);
         }
@@ -381,7 +384,12 @@ impl DeviceTlb {
     }
 
     /// Removes the entry in `slot`.
-    fn remove_slot(&mut self, slot: u32, why: Removal, removed: &mut dyn FnMut(&TlbEntry, Removal)) {
+    fn remove_slot(
+        &mut self,
+        slot: u32,
+        why: Removal,
+        removed: &mut dyn FnMut(&TlbEntry, Removal),
+    ) {
         // CAST: slot came from this TLB's slot range.
         let index = slot as usize;
         if let Some(entry) = self.slots[index].take() {
@@ -528,7 +536,10 @@ mod tests {
             Err(TlbError::BadSets { sets: 65536 })
         );
         assert_eq!(TlbGeometry::new(16, 1), Err(TlbError::BadWays { ways: 1 }));
-        assert_eq!(TlbGeometry::new(16, 17), Err(TlbError::BadWays { ways: 17 }));
+        assert_eq!(
+            TlbGeometry::new(16, 17),
+            Err(TlbError::BadWays { ways: 17 })
+        );
         assert_eq!(TlbGeometry::default().entries(), 1024);
         assert_eq!(geometry(32768, 16).entries(), 1 << 19);
     }
@@ -536,7 +547,10 @@ mod tests {
     #[test]
     fn a_filled_4k_page_hits_with_offset_and_other_asids_miss() {
         let mut tlb = DeviceTlb::new(TlbGeometry::default());
-        tlb.insert(fill(1, 0x7000, PageSize::Size4K, 0x20_0000, Perms::READ), &mut ignore);
+        tlb.insert(
+            fill(1, 0x7000, PageSize::Size4K, 0x20_0000, Perms::READ),
+            &mut ignore,
+        );
         let hit = tlb.lookup(1, VirtAddr(0x7123)).expect("hit");
         assert_eq!(hit.gpa, GuestAddress(0x20_0123));
         assert_eq!(hit.page_remaining, 0x1000 - 0x123);
@@ -550,10 +564,18 @@ mod tests {
     fn a_2m_page_covers_its_whole_range() {
         let mut tlb = DeviceTlb::new(TlbGeometry::default());
         tlb.insert(
-            fill(3, 0x4020_0000, PageSize::Size2M, 0x8000_0000, Perms::READ_WRITE),
+            fill(
+                3,
+                0x4020_0000,
+                PageSize::Size2M,
+                0x8000_0000,
+                Perms::READ_WRITE,
+            ),
             &mut ignore,
         );
-        let hit = tlb.lookup(3, VirtAddr(0x403f_fff8)).expect("hit at the end");
+        let hit = tlb
+            .lookup(3, VirtAddr(0x403f_fff8))
+            .expect("hit at the end");
         assert_eq!(hit.gpa, GuestAddress(0x801f_fff8));
         assert_eq!(hit.page_remaining, 8);
         assert_eq!(hit.size, PageSize::Size2M);
@@ -565,11 +587,20 @@ mod tests {
         let mut tlb = DeviceTlb::new(TlbGeometry::default());
         for page in 0..4 {
             tlb.insert(
-                fill(1, 0x20_0000 + page * 0x1000, PageSize::Size4K, 0x1000, Perms::READ),
+                fill(
+                    1,
+                    0x20_0000 + page * 0x1000,
+                    PageSize::Size4K,
+                    0x1000,
+                    Perms::READ,
+                ),
                 &mut ignore,
             );
         }
-        tlb.insert(fill(2, 0x20_0000, PageSize::Size4K, 0x1000, Perms::READ), &mut ignore);
+        tlb.insert(
+            fill(2, 0x20_0000, PageSize::Size4K, 0x1000, Perms::READ),
+            &mut ignore,
+        );
         let mut replaced = 0;
         tlb.insert(
             fill(1, 0x20_0000, PageSize::Size2M, 0x40_0000, Perms::READ),
@@ -596,8 +627,14 @@ mod tests {
     fn a_fill_never_evicts_the_entry_filled_last_in_its_set() {
         // One set, two ways: the COPY pattern (source filled, then destination) must leave both.
         let mut tlb = DeviceTlb::new(geometry(1, 2));
-        tlb.insert(fill(1, 0x1000, PageSize::Size4K, 0x1000, Perms::READ), &mut ignore);
-        tlb.insert(fill(1, 0x2000, PageSize::Size4K, 0x2000, Perms::READ), &mut ignore);
+        tlb.insert(
+            fill(1, 0x1000, PageSize::Size4K, 0x1000, Perms::READ),
+            &mut ignore,
+        );
+        tlb.insert(
+            fill(1, 0x2000, PageSize::Size4K, 0x2000, Perms::READ),
+            &mut ignore,
+        );
         assert!(tlb.lookup(1, VirtAddr(0x1000)).is_some());
         assert!(tlb.lookup(1, VirtAddr(0x2000)).is_some());
         // Source of the next chunk: evicts one of them, never the one filled last (0x2000).
@@ -607,7 +644,10 @@ mod tests {
             &mut |entry, why| evicted.push((entry.fill.va, why)),
         );
         assert_eq!(evicted, vec![(VirtAddr(0x1000), Removal::Evicted)]);
-        tlb.insert(fill(1, 0x4000, PageSize::Size4K, 0x4000, Perms::READ), &mut ignore);
+        tlb.insert(
+            fill(1, 0x4000, PageSize::Size4K, 0x4000, Perms::READ),
+            &mut ignore,
+        );
         assert!(tlb.lookup(1, VirtAddr(0x3000)).is_some());
         assert!(tlb.lookup(1, VirtAddr(0x4000)).is_some());
     }
@@ -636,10 +676,22 @@ mod tests {
     #[test]
     fn range_invalidation_removes_exactly_the_overlapping_entries() {
         let mut tlb = DeviceTlb::new(TlbGeometry::default());
-        tlb.insert(fill(1, 0x0000_1000, PageSize::Size4K, 0, Perms::READ), &mut ignore);
-        tlb.insert(fill(1, 0x0000_2000, PageSize::Size4K, 0, Perms::READ), &mut ignore);
-        tlb.insert(fill(1, 0x0020_0000, PageSize::Size2M, 0, Perms::READ), &mut ignore);
-        tlb.insert(fill(2, 0x0000_1000, PageSize::Size4K, 0, Perms::READ), &mut ignore);
+        tlb.insert(
+            fill(1, 0x0000_1000, PageSize::Size4K, 0, Perms::READ),
+            &mut ignore,
+        );
+        tlb.insert(
+            fill(1, 0x0000_2000, PageSize::Size4K, 0, Perms::READ),
+            &mut ignore,
+        );
+        tlb.insert(
+            fill(1, 0x0020_0000, PageSize::Size2M, 0, Perms::READ),
+            &mut ignore,
+        );
+        tlb.insert(
+            fill(2, 0x0000_1000, PageSize::Size4K, 0, Perms::READ),
+            &mut ignore,
+        );
         // [0x2000, 0x30_0000): the second 4 KiB page and the 2 MiB page (overlap at its start).
         let range = VaRange::new(VirtAddr(0x2000), VirtAddr(0x30_0000)).expect("valid");
         assert_eq!(tlb.invalidate_range(1, range, &mut ignore), 2);
@@ -648,7 +700,10 @@ mod tests {
         assert!(tlb.lookup(1, VirtAddr(0x20_0000)).is_none());
         assert!(tlb.lookup(2, VirtAddr(0x1000)).is_some());
         // A range starting inside a 2 MiB page removes it.
-        tlb.insert(fill(1, 0x0020_0000, PageSize::Size2M, 0, Perms::READ), &mut ignore);
+        tlb.insert(
+            fill(1, 0x0020_0000, PageSize::Size2M, 0, Perms::READ),
+            &mut ignore,
+        );
         let inside = VaRange::new(VirtAddr(0x3f_f000), VirtAddr(0x40_0000)).expect("valid");
         assert_eq!(tlb.invalidate_range(1, inside, &mut ignore), 1);
         tlb.check_invariants();
@@ -665,7 +720,10 @@ mod tests {
                 );
             }
         }
-        tlb.insert(fill(2, u64::MAX - 0xfff, PageSize::Size4K, 0, Perms::READ), &mut ignore);
+        tlb.insert(
+            fill(2, u64::MAX - 0xfff, PageSize::Size4K, 0, Perms::READ),
+            &mut ignore,
+        );
         assert_eq!(tlb.invalidate_asid(2, &mut ignore), 11);
         assert_eq!(tlb.len(), 20);
         assert_eq!(tlb.invalidate_all(&mut ignore), 20);
@@ -676,7 +734,10 @@ mod tests {
     #[test]
     fn eviction_by_fill_id_ignores_a_slot_that_was_refilled() {
         let mut tlb = DeviceTlb::new(TlbGeometry::default());
-        tlb.insert(fill(1, 0x1000, PageSize::Size4K, 0, Perms::READ), &mut ignore);
+        tlb.insert(
+            fill(1, 0x1000, PageSize::Size4K, 0, Perms::READ),
+            &mut ignore,
+        );
         let hit = tlb.lookup(1, VirtAddr(0x1000)).expect("hit");
         tlb.evict(hit.slot, hit.fill_id + 1, &mut ignore);
         assert!(tlb.lookup(1, VirtAddr(0x1000)).is_some());
@@ -752,12 +813,14 @@ mod tests {
         }
 
         fn lookup(&self, asid: u16, va: u64) -> Option<(u64, Perms)> {
-            [PageSize::Size4K, PageSize::Size2M].iter().find_map(|size| {
-                let base = va & !size.mask();
-                self.pages
-                    .get(&(asid, base, *size))
-                    .map(|(frame, perms)| (frame + (va - base), *perms))
-            })
+            [PageSize::Size4K, PageSize::Size2M]
+                .iter()
+                .find_map(|size| {
+                    let base = va & !size.mask();
+                    self.pages
+                        .get(&(asid, base, *size))
+                        .map(|(frame, perms)| (frame + (va - base), *perms))
+                })
         }
     }
 

@@ -5,6 +5,7 @@
 //! - `demo`: `images`, then boot the guest and show the device through the driver.
 //! - `test`: `images`, then `cargo test --workspace` (unit and integration tests).
 //! - `run`: `images`, then boot the guest running any `rmnic-guest` subcommand.
+//! - `bench`: the device-model benchmarks (criterion), each against its baseline.
 
 mod cache;
 mod deps;
@@ -38,6 +39,12 @@ enum Cmd {
     /// Build, then run every unit and integration test.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the device-model benchmarks (criterion), each side by side with its baseline.
+    Bench {
+        /// Extra arguments for `cargo bench` (e.g. a benchmark name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -88,6 +95,17 @@ fn real_main() -> Result<ExitCode> {
             deps::ensure()?;
             images::build(&repo)?;
             boot(&args, cpus)
+        }
+        Cmd::Bench { args } => {
+            let start = progress::step("cargo bench -p rmnic-device");
+            progress::run(
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .current_dir(&repo)
+                    .args(["bench", "-p", "rmnic-device", "--"])
+                    .args(&args),
+            )?;
+            progress::done("benchmarks", start);
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Test { args } => {
             deps::ensure()?;

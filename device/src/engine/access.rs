@@ -1,0 +1,292 @@
+//! The one translate-and-access path: every guest-memory access the engine makes on behalf of
+//! a command (a user VA) goes through `Translator::access`.
+//!
+//! One access follows one or two VAs (COPY needs a source and a destination) for at most
+//! [`ACCESS_MAX_BYTES`], translating each page as it reaches it and moving the data chunk by
+//! chunk (a chunk never crosses a page of either side). It holds the TLB read lock from the
+//! first lookup until its last chunk has moved, so an invalidation (write lock) cannot
+//! complete while an access that used a removed entry is still running. This is also where
+//! the oracle ([`FaultInjector::translated`], once per chunk) and forced evictions hook in.
+//!
+//! [`FaultInjector::translated`]: crate::inject::FaultInjector::translated
+
+use vm_memory::GuestAddress;
+
+use crate::addr::{PageSize, VirtAddr};
+use crate::engine::dma::{Dma, DmaError};
+use crate::engine::Shared;
+use crate::events::{EventKind, EVENT_HIT};
+use crate::fault_ring::{
+    FAULT_ACCESS_READ, FAULT_ACCESS_WRITE, FAULT_REASON_MISS, FAULT_REASON_PERMISSION,
+};
+use crate::inject::{DmaPurpose, TranslatedAccess};
+use crate::stats::{ContextCounter, GlobalCounter};
+use crate::tlb::{Perms, Translation};
+
+/// Most bytes one access moves. Bounds how long an invalidation waits for accesses in flight
+/// and how long MMIO to a busy context waits.
+pub const ACCESS_MAX_BYTES: u64 = 64 * 1024;
+
+/// Placeholder for unused translation slots.
+const NO_TRANSLATION: Translation = Translation {
+    gpa: GuestAddress(0),
+    page_remaining: 0,
+    perms: Perms::NONE,
+    size: PageSize::Size4K,
+    slot: 0,
+    fill_id: 0,
+};
+
+/// One address an access needs translated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Need {
+    /// The address.
+    pub va: VirtAddr,
+    /// `FAULT_ACCESS_*` bits it needs.
+    pub access: u8,
+}
+
+impl Need {
+    /// A read of `va`.
+    pub fn read(va: VirtAddr) -> Self {
+        Self {
+            va,
+            access: FAULT_ACCESS_READ,
+        }
+    }
+
+    /// A write of `va`.
+    pub fn write(va: VirtAddr) -> Self {
+        Self {
+            va,
+            access: FAULT_ACCESS_WRITE,
+        }
+    }
+
+    /// A read-modify-write of `va` (atomics).
+    pub fn read_write(va: VirtAddr) -> Self {
+        Self {
+            va,
+            access: FAULT_ACCESS_READ | FAULT_ACCESS_WRITE,
+        }
+    }
+
+    fn perms(self) -> Perms {
+        Perms::from_bits(self.access)
+    }
+}
+
+/// A lookup that found no usable translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Miss {
+    /// The address.
+    pub va: VirtAddr,
+    /// `FAULT_ACCESS_*` bits the access needed.
+    pub access: u8,
+    /// `FAULT_REASON_*`.
+    pub reason: u8,
+}
+
+/// What an access did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome<R> {
+    /// The data moved: `bytes` of it (at least 1 when asked for at least 1).
+    Done {
+        /// Bytes moved.
+        bytes: u64,
+        /// What the data movement returned.
+        value: R,
+    },
+    /// A translation was missing or lacked a permission; nothing moved.
+    Miss(Miss),
+    /// The DMA failed at the translated address of `va`; nothing is known to have moved.
+    DmaFailed {
+        /// The address whose translation the failed DMA used.
+        va: VirtAddr,
+    },
+}
+
+/// Translates and accesses on behalf of one context.
+#[derive(Clone, Copy)]
+pub(crate) struct Translator<'a> {
+    shared: &'a Shared,
+    ctx: u8,
+    asid: u16,
+}
+
+impl<'a> Translator<'a> {
+    /// Accesses for context `ctx`, whose entries carry `asid`.
+    pub(crate) fn new(shared: &'a Shared, ctx: u8, asid: u16) -> Self {
+        Self { shared, ctx, asid }
+    }
+
+    /// One access: translates every address of `needs` (at most 2, each advancing with the
+    /// access), and moves the data page by page — calling `body` with the translations, the
+    /// offset reached and the bytes to move, clipped to the end of each page — until
+    /// `max_bytes` or [`ACCESS_MAX_BYTES`] are moved or a translation is missing. Each chunk is
+    /// reported to the oracle hook. All of it happens under one TLB read section.
+    ///
+    /// A translation missing at offset 0 is a [`Outcome::Miss`]; one missing further on ends
+    /// the access early (the next access reports it).
+    pub(crate) fn access<R>(
+        &self,
+        needs: &[Need],
+        max_bytes: u64,
+        mut body: impl FnMut(&Dma<'_>, &[Translation], u64, u64) -> Result<R, DmaError>,
+    ) -> Outcome<R> {
+        debug_assert!(
+            !needs.is_empty() && needs.len() <= 2,
+            "an access translates one or two addresses"
+        );
+        let shared = self.shared;
+        let limit = max_bytes.min(ACCESS_MAX_BYTES);
+        let dma = shared.dma(DmaPurpose::Data);
+        let log_hits = shared.events.enabled(EVENT_HIT);
+        let tlb = shared.tlb_read();
+        let mut done = 0;
+        let mut hits = 0;
+        let mut last = None;
+        loop {
+            let mut translations = [NO_TRANSLATION; 2];
+            let mut bytes = limit - done;
+            let mut stop = None;
+            for (slot, need) in translations.iter_mut().zip(needs) {
+                // Decoding checked that no range wraps; a wrap ends the access all the same.
+                let Some(va) = need.va.checked_add(done) else {
+                    stop = Some((Stop::Miss(FAULT_REASON_MISS), *need));
+                    break;
+                };
+                let at = Need { va, ..*need };
+                match tlb.lookup(self.asid, va) {
+                    None => stop = Some((Stop::Miss(FAULT_REASON_MISS), at)),
+                    Some(hit) if !hit.perms.allows(need.perms()) => {
+                        stop = Some((Stop::Miss(FAULT_REASON_PERMISSION), at));
+                    }
+                    Some(hit) if shared.injector.evict_on_hit(self.ctx, va) => {
+                        stop = Some((Stop::Evict(hit), at));
+                    }
+                    Some(hit) => {
+                        bytes = bytes.min(hit.page_remaining);
+                        *slot = hit;
+                    }
+                }
+                if stop.is_some() {
+                    break;
+                }
+            }
+            if let Some((why, at)) = stop {
+                drop(tlb);
+                self.count_hits(hits);
+                if let Stop::Evict(hit) = why {
+                    shared
+                        .tlb_write()
+                        .evict(hit.slot, hit.fill_id, &mut shared.on_removed());
+                }
+                if let Some(value) = last.take() {
+                    // Progress was made; the next access meets the missing translation.
+                    return Outcome::Done { bytes: done, value };
+                }
+                let reason = match why {
+                    Stop::Miss(reason) => reason,
+                    Stop::Evict(_) => FAULT_REASON_MISS,
+                };
+                return Outcome::Miss(self.miss(at, reason));
+            }
+            let used = &translations[..needs.len()];
+            let value = match body(&dma, used, done, bytes) {
+                Ok(value) => value,
+                Err(error) => {
+                    drop(tlb);
+                    self.count_hits(hits);
+                    return Outcome::DmaFailed {
+                        va: failed_va(&error, needs, used, done),
+                    };
+                }
+            };
+            for (need, hit) in needs.iter().zip(used) {
+                let va = VirtAddr(need.va.0.wrapping_add(done));
+                shared.injector.translated(&TranslatedAccess {
+                    ctx: self.ctx,
+                    asid: self.asid,
+                    va,
+                    gpa: hit.gpa,
+                    len: bytes,
+                    access: need.access,
+                    fill_id: hit.fill_id,
+                });
+                if log_hits {
+                    shared.events.record(EventKind::Hit {
+                        ctx: self.ctx,
+                        asid: self.asid,
+                        va,
+                        gpa: hit.gpa.0,
+                        fill_id: hit.fill_id,
+                    });
+                }
+            }
+            // CAST: at most 2 translations.
+            hits += needs.len() as u64;
+            done += bytes;
+            if done >= limit || bytes == 0 {
+                drop(tlb);
+                self.count_hits(hits);
+                return Outcome::Done { bytes: done, value };
+            }
+            last = Some(value);
+        }
+    }
+
+    fn count_hits(&self, hits: u64) {
+        if hits == 0 {
+            return;
+        }
+        self.shared.stats.count(GlobalCounter::Hits, hits);
+        if let Some(stats) = self.shared.ctx_stats(self.ctx) {
+            stats.count(ContextCounter::Hits, hits);
+        }
+    }
+
+    fn miss(&self, need: Need, reason: u8) -> Miss {
+        let shared = self.shared;
+        shared.stats.count(GlobalCounter::Misses, 1);
+        if let Some(stats) = shared.ctx_stats(self.ctx) {
+            stats.count(ContextCounter::Misses, 1);
+        }
+        shared.events.record(EventKind::Miss {
+            ctx: self.ctx,
+            asid: self.asid,
+            va: need.va,
+            access: need.access,
+            reason,
+        });
+        Miss {
+            va: need.va,
+            access: need.access,
+            reason,
+        }
+    }
+}
+
+/// Why an access stopped translating.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// No usable entry (`FAULT_REASON_*`).
+    Miss(u8),
+    /// Fault injection evicts the entry that hit.
+    Evict(Translation),
+}
+
+/// The VA whose translation a failed DMA used (the first one if it cannot be told), at
+/// offset `done` of the access.
+fn failed_va(error: &DmaError, needs: &[Need], used: &[Translation], done: u64) -> VirtAddr {
+    let gpa = match error {
+        DmaError::OutsideRam { gpa, .. } | DmaError::Injected { gpa, .. } => *gpa,
+        DmaError::Misaligned { gpa } => *gpa,
+    };
+    let need = used
+        .iter()
+        .zip(needs)
+        .find(|(hit, _)| hit.gpa.0 <= gpa && gpa < hit.gpa.0.saturating_add(hit.page_remaining))
+        .map_or(needs.first(), |(_, need)| Some(need));
+    need.map_or(VirtAddr(0), |need| VirtAddr(need.va.0.wrapping_add(done)))
+}

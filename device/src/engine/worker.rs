@@ -1,0 +1,333 @@
+//! Worker threads: take jobs from the run queue and execute commands of a context (popping
+//! them from its virtio queue, stepping them, writing completions, stalling on faults) or
+//! descriptors of the invalidation queue.
+
+use std::sync::Arc;
+
+use virtio_queue::{QueueOwnedT, QueueT};
+
+use crate::commands::{
+    decode, Command, Completion, Operation, Status, COMMAND_SIZE, COMPLETION_SIZE,
+};
+use crate::context::{Context, ContextState, InFlight, PendingFault};
+use crate::engine::access::Miss;
+use crate::engine::exec::Step;
+use crate::engine::scheduler::Job;
+use crate::engine::{lock, Shared};
+use crate::error_code::ErrorCode;
+use crate::events::{EventKind, InvalidationKind};
+use crate::fault_ring::{FaultRecord, Posted};
+use crate::inject::{DmaPurpose, InvalidationVerdict};
+use crate::invalidation::{InvalidationDescriptor, INVQ_DESC_SIZE};
+use crate::rmnic::{VECTOR_COMPLETION, VECTOR_FAULT, VECTOR_INVALIDATION};
+use crate::stats::{ContextCounter, GlobalCounter};
+
+/// Steps a context may take before yielding its worker to other jobs.
+const STEP_BUDGET: usize = 64;
+/// Invalidation descriptors executed per batch (one done-word write per batch).
+const INVALIDATION_BATCH: usize = 64;
+
+/// The body of a worker thread: runs jobs until the scheduler shuts down.
+pub(crate) fn run_worker(shared: Arc<Shared>) {
+    while let Some(job) = shared.scheduler.next() {
+        let more = match job {
+            Job::Context(ctx) => shared.run_context(ctx),
+            Job::Invalidations => shared.run_invalidations(),
+        };
+        shared.scheduler.finished(job, more);
+    }
+}
+
+impl Shared {
+    /// Runs context `index` for up to [`STEP_BUDGET`] steps; true if it has work left.
+    pub(crate) fn run_context(&self, index: u8) -> bool {
+        let Some(slot) = self.contexts.get(usize::from(index)) else {
+            return false;
+        };
+        for _ in 0..STEP_BUDGET {
+            let mut ctx = lock(slot);
+            if !self.running() || ctx.state != ContextState::Active {
+                return false;
+            }
+            let Some(mut inflight) = ctx.inflight else {
+                match self.pop_command(&mut ctx) {
+                    Ok(true) => continue,
+                    Ok(false) => return false,
+                    Err(code) => {
+                        self.context_error(&mut ctx, code);
+                        return false;
+                    }
+                }
+            };
+            let asid = ctx.asid;
+            match self.step(index, asid, &mut inflight) {
+                Step::Progress => ctx.inflight = Some(inflight),
+                Step::Complete(completion) => {
+                    ctx.inflight = None;
+                    if let Err(code) = self.complete(&mut ctx, &inflight, completion) {
+                        self.context_error(&mut ctx, code);
+                        return false;
+                    }
+                }
+                Step::Fault(miss) => {
+                    ctx.inflight = Some(inflight);
+                    return self.enter_fault(&mut ctx, inflight.command.id, miss);
+                }
+            }
+        }
+        true
+    }
+
+    /// Pops the next command of `ctx` into its in-flight slot (or completes it at once if it
+    /// cannot execute). Ok(false) when the available ring is empty.
+    fn pop_command(&self, ctx: &mut Context) -> Result<bool, ErrorCode> {
+        let dma = self.dma(DmaPurpose::CommandQueue);
+        let next_avail = ctx.queue.next_avail();
+        let avail = ctx
+            .queue
+            .avail_idx(&dma, std::sync::atomic::Ordering::Acquire)
+            .map_err(|_| ErrorCode::QueueDma)?;
+        if avail.0 == next_avail {
+            return Ok(false);
+        }
+        let chain = {
+            let mut iter = ctx.queue.iter(&dma).map_err(|error| match error {
+                virtio_queue::Error::InvalidAvailRingIndex => ErrorCode::AvailIndex,
+                _ => ErrorCode::QueueDma,
+            })?;
+            // The index moved, so a missing element means its read failed.
+            iter.next().ok_or(ErrorCode::QueueDma)?
+        };
+        let head = chain.head_index();
+        let mut descriptors = chain;
+        let first = descriptors.next().ok_or(ErrorCode::DescriptorChain)?;
+        // CAST: u32 fits usize.
+        if first.is_write_only() || (first.len() as usize) < COMMAND_SIZE || !first.has_next() {
+            return Err(ErrorCode::DescriptorChain);
+        }
+        let second = descriptors.next().ok_or(ErrorCode::DescriptorChain)?;
+        if !second.is_write_only() || (second.len() as usize) < COMPLETION_SIZE || second.has_next()
+        {
+            return Err(ErrorCode::DescriptorChain);
+        }
+        let mut bytes = [0u8; COMMAND_SIZE];
+        dma.read(first.addr(), &mut bytes)
+            .map_err(|_| ErrorCode::QueueDma)?;
+        match decode(&bytes) {
+            Ok(command) => {
+                ctx.inflight = Some(InFlight {
+                    head,
+                    completion: second.addr(),
+                    command,
+                    progress: 0,
+                });
+            }
+            Err(rejected) => {
+                let inflight = InFlight {
+                    head,
+                    completion: second.addr(),
+                    command: Command {
+                        id: rejected.id,
+                        interrupt: rejected.interrupt,
+                        op: Operation::Nop,
+                    },
+                    progress: 0,
+                };
+                let completion = Completion {
+                    id: rejected.id,
+                    status: rejected.status,
+                    result: 0,
+                    fault_va: 0,
+                };
+                self.complete(ctx, &inflight, completion)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes `completion` for `inflight`, then publishes it in the used ring (release
+    /// ordering: the record is visible first), then interrupts if the command asked.
+    pub(crate) fn complete(
+        &self,
+        ctx: &mut Context,
+        inflight: &InFlight,
+        completion: Completion,
+    ) -> Result<(), ErrorCode> {
+        self.dma(DmaPurpose::Completion)
+            .write(inflight.completion, &completion.to_bytes())
+            .map_err(|_| ErrorCode::QueueDma)?;
+        // CAST: the completion record is 32 bytes.
+        let used_len = COMPLETION_SIZE as u32;
+        ctx.queue
+            .add_used(&self.dma(DmaPurpose::CommandQueue), inflight.head, used_len)
+            .map_err(|_| ErrorCode::QueueDma)?;
+        self.stats.count(GlobalCounter::CommandsCompleted, 1);
+        if completion.status == Status::DeviceError {
+            self.stats.count(GlobalCounter::Errors, 1);
+        }
+        if let Some(stats) = self.ctx_stats(ctx.index) {
+            stats.count(ContextCounter::CommandsCompleted, 1);
+        }
+        self.events.record(EventKind::Completion {
+            ctx: ctx.index,
+            id: completion.id,
+            status: completion.status,
+        });
+        if inflight.command.interrupt {
+            self.raise(VECTOR_COMPLETION);
+        }
+        Ok(())
+    }
+
+    /// The command in flight missed a translation: report it and stall the context. Without
+    /// a fault ring the command fails at once with FAULT_UNRESOLVED. Returns whether the
+    /// context has work left.
+    fn enter_fault(&self, ctx: &mut Context, command_id: u64, miss: Miss) -> bool {
+        let record = FaultRecord {
+            ctx: ctx.index,
+            asid: ctx.asid,
+            access: miss.access,
+            reason: miss.reason,
+            va: miss.va,
+            command_id,
+        };
+        let posted = lock(&self.fault_ring).post(record, &self.dma(DmaPurpose::FaultRecord));
+        if posted == Ok(Posted::NoRing) {
+            let Some(inflight) = ctx.inflight.take() else {
+                return true;
+            };
+            let completion = Completion {
+                id: command_id,
+                status: Status::FaultUnresolved,
+                result: 0,
+                fault_va: miss.va.0,
+            };
+            if let Err(code) = self.complete(ctx, &inflight, completion) {
+                self.context_error(ctx, code);
+                return false;
+            }
+            return true;
+        }
+        ctx.state = ContextState::Faulted;
+        ctx.note_fault(PendingFault {
+            va: miss.va,
+            access: miss.access,
+            reason: miss.reason,
+        });
+        self.stats.count(GlobalCounter::Faults, 1);
+        if let Some(stats) = self.ctx_stats(ctx.index) {
+            stats.count(ContextCounter::Faults, 1);
+        }
+        self.note_state(ctx);
+        match posted {
+            Ok(Posted::Written(index)) => {
+                self.events.record(EventKind::FaultRecord {
+                    ctx: ctx.index,
+                    va: miss.va,
+                    index,
+                });
+                self.raise(VECTOR_FAULT);
+            }
+            Ok(Posted::Queued | Posted::NoRing) => {}
+            Err(_) => self.device_error(ErrorCode::Dma),
+        }
+        false
+    }
+
+    /// Executes up to [`INVALIDATION_BATCH`] invalidation descriptors, then writes the done
+    /// word once. True if descriptors are left.
+    pub(crate) fn run_invalidations(&self) -> bool {
+        let mut queue = lock(&self.invq);
+        if !self.running() {
+            return false;
+        }
+        let Some(config) = queue.config() else {
+            return false;
+        };
+        let dma = self.dma(DmaPurpose::Invalidation);
+        let mut completed = None;
+        let mut interrupt = false;
+        let mut error = None;
+        for _ in 0..INVALIDATION_BATCH {
+            if queue.pending() == 0 {
+                break;
+            }
+            let mut bytes = [0u8; INVQ_DESC_SIZE];
+            if dma.read(config.slot(queue.head()), &mut bytes).is_err() {
+                error = Some(ErrorCode::Dma);
+                break;
+            }
+            let descriptor = match InvalidationDescriptor::decode(&bytes, queue.done_seq()) {
+                Ok(descriptor) => descriptor,
+                Err(code) => {
+                    error = Some(code);
+                    break;
+                }
+            };
+            let verdict = self.injector.invalidation(&descriptor);
+            if let InvalidationVerdict::Delay(delay) = verdict {
+                std::thread::sleep(delay);
+            }
+            let dropped = verdict == InvalidationVerdict::Drop;
+            let removed = if dropped {
+                0
+            } else {
+                self.execute(&descriptor)
+            };
+            let counter = match descriptor.kind {
+                InvalidationKind::Range => GlobalCounter::InvalRange,
+                InvalidationKind::Asid => GlobalCounter::InvalAsid,
+                InvalidationKind::Global => GlobalCounter::InvalGlobal,
+            };
+            self.stats.count(counter, 1);
+            let (start, end) = descriptor
+                .range
+                .map_or((0, 0), |range| (range.start().0, range.end().0));
+            self.events.record(EventKind::Invalidation {
+                kind: descriptor.kind,
+                asid: descriptor.asid,
+                start,
+                end,
+                seq: descriptor.seq,
+                removed,
+                dropped,
+            });
+            queue.complete_head(descriptor.seq);
+            completed = Some(descriptor.seq);
+            interrupt |= descriptor.interrupt;
+        }
+        if let Some(seq) = completed {
+            // The TLB write locks taken above waited for every access through the removed
+            // entries, so the promise holds when the driver sees this word.
+            if dma.store_u64_release(config.done, seq).is_err() {
+                error = error.or(Some(ErrorCode::Dma));
+            } else {
+                self.events.record(EventKind::InvalidationComplete { seq });
+                if interrupt {
+                    self.raise(VECTOR_INVALIDATION);
+                }
+            }
+        }
+        let more = error.is_none() && queue.pending() > 0;
+        drop(queue);
+        if let Some(code) = error {
+            self.device_error(code);
+        }
+        more
+    }
+
+    /// Removes what `descriptor` names; returns how many entries.
+    fn execute(&self, descriptor: &InvalidationDescriptor) -> u64 {
+        let mut tlb = self.tlb_write();
+        let mut removed = self.on_removed();
+        let count = match descriptor.kind {
+            InvalidationKind::Range => descriptor.range.map_or(0, |range| {
+                tlb.invalidate_range(descriptor.asid, range, &mut removed)
+            }),
+            InvalidationKind::Asid => tlb.invalidate_asid(descriptor.asid, &mut removed),
+            InvalidationKind::Global => tlb.invalidate_all(&mut removed),
+        };
+        // CAST: at most 2^19 entries.
+        count as u64
+    }
+}

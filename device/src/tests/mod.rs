@@ -1,0 +1,11 @@
+//! Device-level tests: the specification's sequences, every error path, the in-flight
+//! guarantee under concurrency, and the specification's tables as a whole, driven through
+//! BAR0 and guest memory by a small fake driver ([`harness`]).
+
+mod concurrency;
+mod errors;
+pub(crate) mod harness;
+mod proptests;
+mod registers;
+mod sequences;
+mod spec;
