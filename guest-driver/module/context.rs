@@ -121,7 +121,10 @@ impl IntervalCallbacks for Arc<Mirror> {
             Err(e) if e == EAGAIN && !blockable => false,
             Err(e) => {
                 // The device is gone or dead: it holds no translations anymore.
-                pr_err!("rmnic: context {}: invalidation failed: {e:?}\n", self.index);
+                pr_err!(
+                    "rmnic: context {}: invalidation failed: {e:?}\n",
+                    self.index
+                );
                 true
             }
         }
@@ -256,7 +259,12 @@ impl Context {
 
     /// `RMNIC_IOC_WAIT`: collects up to `out.len()` completions, sleeping until `min` are
     /// ready or `timeout_ms` passes (0: no limit). Interruptible.
-    pub(crate) fn wait(&self, out: &mut [uapi::Completion], min: u32, timeout_ms: u32) -> Result<u32> {
+    pub(crate) fn wait(
+        &self,
+        out: &mut [uapi::Completion],
+        min: u32,
+        timeout_ms: u32,
+    ) -> Result<u32> {
         let min = min.min(out.len() as u32);
         let mut q = self.queue.lock();
         let start = kernel::time::Ktime::ktime_get();
@@ -333,7 +341,13 @@ impl Context {
         let page = (va & !(PAGE - 1)) as usize;
         let access = if write { Access::Write } else { Access::Read };
         for _ in 0..MAX_FAULT_RETRIES {
-            let faulted = match hmm::fault_range(&users, &self.notifier, page, page + PAGE as usize, access) {
+            let faulted = match hmm::fault_range(
+                &users,
+                &self.notifier,
+                page,
+                page + PAGE as usize,
+                access,
+            ) {
                 Ok(faulted) => faulted,
                 Err(e) if e == EBUSY => {
                     bump(&mirror.stats.retries);
@@ -369,7 +383,9 @@ impl Context {
             if huge {
                 attr |= DROPIN_ATTR_2M;
             }
-            mirror.rmnic.drop_in(mirror.index, entry_va, entry_pa, attr)?;
+            mirror
+                .rmnic
+                .drop_in(mirror.index, entry_va, entry_pa, attr)?;
             cov.lo = cov.lo.min(entry_va);
             cov.hi = cov.hi.max(entry_va + size);
             bump(if huge {

@@ -48,7 +48,11 @@ impl Hw {
 
     /// Writes a global register.
     pub(crate) fn write(&self, offset: usize, value: u32) -> Result {
-        self.bar.lock().as_ref().ok_or(ENODEV)?.try_write32(offset, value)
+        self.bar
+            .lock()
+            .as_ref()
+            .ok_or(ENODEV)?
+            .try_write32(offset, value)
     }
 
     fn ctx_offset(ctx: usize, offset: usize) -> Result<usize> {
@@ -160,7 +164,8 @@ impl Rmnic {
         let pgd = ctx.pgd_phys();
         self.hw.ctx_write(index, CTX_ASID, u32::from(ctx.asid()))?;
         self.hw.ctx_write(index, CTX_PTROOT_LO, pgd as u32)?;
-        self.hw.ctx_write(index, CTX_PTROOT_HI, (pgd >> 32) as u32)?;
+        self.hw
+            .ctx_write(index, CTX_PTROOT_HI, (pgd >> 32) as u32)?;
         ctx.queue_mem().program(&self.hw, index)?;
         self.contexts.lock().slots[index] = Some(ctx.clone());
         self.hw.ctx_write(index, CTX_CONTROL, CTX_CONTROL_ENABLE)
@@ -220,7 +225,7 @@ impl Rmnic {
                     continue;
                 };
                 match self.lookup(usize::from(index), asid) {
-                    Some(ctx) => ctx.resolve_fault(va, access == FAULT_ACCESS_WRITE),
+                    Some(ctx) => ctx.resolve_fault(va, access & FAULT_ACCESS_WRITE != 0),
                     None => pr_warn!("rmnic: fault for unknown context {index} asid {asid}\n"),
                 }
             }
@@ -274,8 +279,8 @@ impl IrqHandler for ErrorIrq {
     }
 
     fn handle_thread(&self) -> ThreadReturn {
-        let status = self.0.hw.read(0x014).unwrap_or(u32::MAX);
-        let error = self.0.hw.read(0x018).unwrap_or(u32::MAX);
+        let status = self.0.hw.read(REG_DEV_STATUS).unwrap_or(u32::MAX);
+        let error = self.0.hw.read(REG_DEV_ERROR).unwrap_or(u32::MAX);
         pr_err!("rmnic: device error interrupt: status {status:#x} error {error:#x}\n");
         ThreadReturn::Handled
     }
@@ -287,7 +292,11 @@ pub(crate) struct RmnicDriver;
 /// What the PCI core keeps for a bound device. Field order is teardown order.
 pub(crate) struct Bound {
     misc: Option<Pin<KBox<misc::Registration<RmnicDriver>>>>,
-    irqs: Option<(ThreadedIrq<FaultIrq>, ThreadedIrq<CompletionIrq>, ThreadedIrq<ErrorIrq>)>,
+    irqs: Option<(
+        ThreadedIrq<FaultIrq>,
+        ThreadedIrq<CompletionIrq>,
+        ThreadedIrq<ErrorIrq>,
+    )>,
     rmnic: Arc<Rmnic>,
 }
 
@@ -315,7 +324,10 @@ impl pci::Driver for RmnicDriver {
             version & 0xffff
         );
         if version >> 16 != SPEC_MAJOR {
-            pr_err!("rmnic: spec major {} unsupported (driver speaks {SPEC_MAJOR})\n", version >> 16);
+            pr_err!(
+                "rmnic: spec major {} unsupported (driver speaks {SPEC_MAJOR})\n",
+                version >> 16
+            );
             return Err(ENODEV);
         }
         for pattern in SCRATCH_PATTERNS {
@@ -358,22 +370,32 @@ impl pci::Driver for RmnicDriver {
         });
         let fault_base = rmnic.faults.dma_addr();
         rmnic.hw.write(REG_FAULT_BASE_LO, fault_base as u32)?;
-        rmnic.hw.write(REG_FAULT_BASE_HI, (fault_base >> 32) as u32)?;
+        rmnic
+            .hw
+            .write(REG_FAULT_BASE_HI, (fault_base >> 32) as u32)?;
         rmnic.hw.write(REG_FAULT_SIZE, FAULT_ENTRIES)?;
         rmnic.hw.write(REG_FAULT_TAIL, 0)?;
         rmnic.invq.program(&rmnic.hw)?;
 
         let vectors = IrqVectors::alloc_msix(dev, NUM_VECTORS, NUM_VECTORS)?;
-        let fault_irq =
-            ThreadedIrq::request(&vectors, VECTOR_FAULT, c_str!("rmnic-fault"), FaultIrq(rmnic.clone()))?;
+        let fault_irq = ThreadedIrq::request(
+            &vectors,
+            VECTOR_FAULT,
+            c_str!("rmnic-fault"),
+            FaultIrq(rmnic.clone()),
+        )?;
         let completion_irq = ThreadedIrq::request(
             &vectors,
             VECTOR_COMPLETION,
             c_str!("rmnic-completion"),
             CompletionIrq(rmnic.clone()),
         )?;
-        let error_irq =
-            ThreadedIrq::request(&vectors, VECTOR_ERROR, c_str!("rmnic-error"), ErrorIrq(rmnic.clone()))?;
+        let error_irq = ThreadedIrq::request(
+            &vectors,
+            VECTOR_ERROR,
+            c_str!("rmnic-error"),
+            ErrorIrq(rmnic.clone()),
+        )?;
         drop(vectors);
         rmnic.hw.write(REG_DEV_CONTROL, DEV_CONTROL_ENABLE)?;
 
@@ -435,8 +457,7 @@ impl misc::FileOps for RmnicDriver {
             }
             uapi::IOC_SCRATCH => {
                 let (mut reader, mut writer) =
-                    UserSlice::new(arg, core::mem::size_of::<uapi::ScratchProbe>())
-                        .reader_writer();
+                    UserSlice::new(arg, core::mem::size_of::<uapi::ScratchProbe>()).reader_writer();
                 let mut probe: uapi::ScratchProbe = reader.read()?;
                 shared.hw.write(REG_SCRATCH, probe.value)?;
                 probe.readback = shared.hw.read(REG_SCRATCH)?;

@@ -107,7 +107,9 @@ impl InvalidationQueue {
     }
 
     fn completed(&self, seq: u64) -> bool {
-        self.done.load_acquire::<u64>(0).is_ok_and(|done| done >= seq)
+        self.done
+            .load_acquire::<u64>(0)
+            .is_ok_and(|done| done >= seq)
     }
 
     /// Waits for `seq` to complete. Blockable waits sleep between polls; non-blockable ones

@@ -277,7 +277,9 @@ impl<T: Driver + 'static> Registration<T> {
         ids: &'static [bindings::pci_device_id],
         module: &'static ThisModule,
     ) -> Result<Self> {
-        let terminated = ids.last().is_some_and(|last| last.vendor == 0 && last.device == 0);
+        let terminated = ids
+            .last()
+            .is_some_and(|last| last.vendor == 0 && last.device == 0);
         if !terminated {
             return Err(EINVAL);
         }

@@ -19,6 +19,10 @@ pub(crate) const REG_VERSION: usize = 0x004;
 pub(crate) const REG_SCRATCH: usize = 0x008;
 /// Capabilities: number of contexts, 2 MiB support, vectors.
 pub(crate) const REG_CAPS: usize = 0x00C;
+/// Device status: enabled, error latched.
+pub(crate) const REG_DEV_STATUS: usize = 0x014;
+/// First device error code (write 1 to clear).
+pub(crate) const REG_DEV_ERROR: usize = 0x018;
 /// Device control: enable, function-level reset.
 pub(crate) const REG_DEV_CONTROL: usize = 0x01C;
 /// Fault ring base (low half; high half at +4).
@@ -133,11 +137,11 @@ pub(crate) const FAULT_RECORD_SIZE: usize = 32;
 pub(crate) const FAULT_REC_CONTEXT: usize = 0;
 /// u16 ASID.
 pub(crate) const FAULT_REC_ASID: usize = 2;
-/// u8 access: 1 read, 2 write.
+/// u8 access bitmask: 1 read, 2 write (3 for atomics).
 pub(crate) const FAULT_REC_ACCESS: usize = 4;
 /// u64 faulting virtual address.
 pub(crate) const FAULT_REC_VA: usize = 8;
-/// Fault access value: write.
+/// Fault access bit: write.
 pub(crate) const FAULT_ACCESS_WRITE: u8 = 2;
 
 // --- Invalidation descriptor (32 bytes).

@@ -18,20 +18,38 @@ mod cmdq;
 mod context;
 mod delay;
 mod device;
-#[allow(dead_code, reason = "wrapper API: not every item is used by the driver yet")]
+#[allow(
+    dead_code,
+    reason = "wrapper API: not every item is used by the driver yet"
+)]
 mod dma;
-#[allow(dead_code, reason = "wrapper API: not every item is used by the driver yet")]
+#[allow(
+    dead_code,
+    reason = "wrapper API: not every item is used by the driver yet"
+)]
 mod hmm;
 mod invq;
-#[allow(dead_code, reason = "wrapper API: not every item is used by the driver yet")]
+#[allow(
+    dead_code,
+    reason = "wrapper API: not every item is used by the driver yet"
+)]
 mod irq;
 mod misc;
-#[allow(dead_code, reason = "wrapper API: not every item is used by the driver yet")]
+#[allow(
+    dead_code,
+    reason = "wrapper API: not every item is used by the driver yet"
+)]
 mod mm;
-#[allow(dead_code, reason = "wrapper API: not every item is used by the driver yet")]
+#[allow(
+    dead_code,
+    reason = "wrapper API: not every item is used by the driver yet"
+)]
 mod mmu;
 mod pci;
-#[allow(dead_code, reason = "the register map mirrors the spec; not every register is used")]
+#[allow(
+    dead_code,
+    reason = "the register map mirrors the spec; not every register is used"
+)]
 mod regs;
 mod uapi;
 

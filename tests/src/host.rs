@@ -73,6 +73,8 @@ mod tests {
     fn svm_or_vmx_flag_means_hardware_virtualization() {
         assert!(cpuinfo_has_hw_virt("flags\t\t: fpu vme svm lm\n"));
         assert!(cpuinfo_has_hw_virt("flags\t\t: fpu vmx\n"));
-        assert!(!cpuinfo_has_hw_virt("flags\t\t: fpu vme lm\nmodel name : svm-like\n"));
+        assert!(!cpuinfo_has_hw_virt(
+            "flags\t\t: fpu vme lm\nmodel name : svm-like\n"
+        ));
     }
 }

@@ -164,7 +164,9 @@ pub fn run(images: &Images, guest: &GuestRun) -> Result<Outcome, LaunchError> {
 
 /// Boots the guest once in `mode`.
 pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outcome, LaunchError> {
-    let _serial = BOOT_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = BOOT_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut cmd = match mode {
         HostMode::Direct => direct_command(images, guest),
         HostMode::Emulated => emulated_command(images, guest),
@@ -179,7 +181,9 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
         .map_err(|source| LaunchError::Spawn { program, source })?;
     let console = Arc::new(Mutex::new(Console::default()));
     let readers = capture(&mut child, &console, guest.echo, start);
-    let waited = child.wait_timeout(guest.timeout).map_err(LaunchError::Wait)?;
+    let waited = child
+        .wait_timeout(guest.timeout)
+        .map_err(LaunchError::Wait)?;
     let status = match waited {
         Some(status) => status,
         None => {
@@ -199,7 +203,10 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
     for reader in readers {
         let _ = reader.join();
     }
-    let Console { text: console, timeline } = std::mem::take(&mut *lock(&console));
+    let Console {
+        text: console,
+        timeline,
+    } = std::mem::take(&mut *lock(&console));
     let elapsed = start.elapsed();
     let status = match mode {
         HostMode::Direct => status.code().unwrap_or(-1),
@@ -274,11 +281,15 @@ fn capture(
     let mut handles = Vec::new();
     if let Some(out) = child.stdout.take() {
         let console = Arc::clone(console);
-        handles.push(std::thread::spawn(move || collect(out, &console, echo, start)));
+        handles.push(std::thread::spawn(move || {
+            collect(out, &console, echo, start)
+        }));
     }
     if let Some(err) = child.stderr.take() {
         let console = Arc::clone(console);
-        handles.push(std::thread::spawn(move || collect(err, &console, echo, start)));
+        handles.push(std::thread::spawn(move || {
+            collect(err, &console, echo, start)
+        }));
     }
     handles
 }
@@ -310,7 +321,9 @@ fn collect(stream: impl std::io::Read, console: &Mutex<Console>, echo: bool, sta
 }
 
 fn lock(console: &Mutex<Console>) -> std::sync::MutexGuard<'_, Console> {
-    console.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    console
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn tail(text: &str) -> String {

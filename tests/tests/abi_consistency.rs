@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 
 fn driver_constants() -> HashMap<String, u64> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-driver/module/regs.rs");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../guest-driver/module/regs.rs"
+    );
     let text = std::fs::read_to_string(path).expect("driver regs.rs is part of the repository");
     let mut consts = HashMap::new();
     for line in text.lines() {
@@ -14,37 +17,143 @@ fn driver_constants() -> HashMap<String, u64> {
         let (name, value) = rest.split_once(':').expect("const NAME: type = value;");
         let value = value.split('=').nth(1).expect("has a value").trim();
         let value = value.trim_end_matches(';').replace('_', "");
-        let parsed = match value.strip_prefix("0x") {
-            Some(hex) => u64::from_str_radix(hex, 16),
-            None => value.parse(),
-        }
-        .expect("numeric constant");
+        let parsed = match (value.strip_prefix("0x"), value.split_once("<<")) {
+            (Some(hex), _) => u64::from_str_radix(hex, 16).expect("hex constant"),
+            (None, Some((a, b))) => {
+                let a: u64 = a.trim().parse().expect("shift base");
+                let b: u32 = b.trim().parse().expect("shift amount");
+                a << b
+            }
+            (None, None) => value.parse().expect("numeric constant"),
+        };
         consts.insert(name.trim().to_string(), parsed);
     }
     consts
 }
 
+/// `(name, value)` pairs of device-model constants, named as the driver names them.
+macro_rules! device_constants {
+    ($($path:path as $name:ident),* $(,)?) => {
+        vec![$((stringify!($name), ($path) as u64)),*]
+    };
+}
+
 #[test]
-fn driver_register_map_matches_device_model() {
+fn every_driver_constant_matches_the_device_model() {
+    use rmnic_device::{commands as c, fault_ring as f, invalidation as i, regs as r};
+    let device: HashMap<&str, u64> = device_constants![
+        r::BAR0_SIZE as BAR0_SIZE,
+        r::REG_ID as REG_ID,
+        r::REG_VERSION as REG_VERSION,
+        r::REG_SCRATCH as REG_SCRATCH,
+        r::REG_CAPS as REG_CAPS,
+        r::REG_DEV_CONTROL as REG_DEV_CONTROL,
+        r::REG_DEV_STATUS as REG_DEV_STATUS,
+        r::REG_DEV_ERROR as REG_DEV_ERROR,
+        r::REG_FAULT_BASE_LO as REG_FAULT_BASE_LO,
+        r::REG_FAULT_BASE_HI as REG_FAULT_BASE_HI,
+        r::REG_FAULT_SIZE as REG_FAULT_SIZE,
+        r::REG_FAULT_HEAD as REG_FAULT_HEAD,
+        r::REG_FAULT_TAIL as REG_FAULT_TAIL,
+        r::REG_INVQ_BASE_LO as REG_INVQ_BASE_LO,
+        r::REG_INVQ_BASE_HI as REG_INVQ_BASE_HI,
+        r::REG_INVQ_SIZE as REG_INVQ_SIZE,
+        r::REG_INVQ_TAIL as REG_INVQ_TAIL,
+        r::REG_INVQ_HEAD as REG_INVQ_HEAD,
+        r::REG_INVQ_DONE_ADDR_LO as REG_INVQ_DONE_ADDR_LO,
+        r::REG_INVQ_DONE_ADDR_HI as REG_INVQ_DONE_ADDR_HI,
+        r::DEV_CONTROL_ENABLE as DEV_CONTROL_ENABLE,
+        r::DEV_CONTROL_FLR as DEV_CONTROL_FLR,
+        r::CAPS_CONTEXTS_MASK as CAPS_CONTEXTS_MASK,
+        r::CTX_BLOCK_BASE as CTX_BLOCK_BASE,
+        r::CTX_BLOCK_SIZE as CTX_BLOCK_SIZE,
+        r::NUM_CONTEXTS as MAX_CONTEXTS,
+        r::CTX_CONTROL as CTX_CONTROL,
+        r::CTX_STATUS as CTX_STATUS,
+        r::CTX_ASID as CTX_ASID,
+        r::CTX_PTROOT_LO as CTX_PTROOT_LO,
+        r::CTX_PTROOT_HI as CTX_PTROOT_HI,
+        r::CQ_DESC_LO as CQ_DESC_LO,
+        r::CQ_DESC_HI as CQ_DESC_HI,
+        r::CQ_AVAIL_LO as CQ_AVAIL_LO,
+        r::CQ_AVAIL_HI as CQ_AVAIL_HI,
+        r::CQ_USED_LO as CQ_USED_LO,
+        r::CQ_USED_HI as CQ_USED_HI,
+        r::CQ_SIZE as CQ_SIZE,
+        r::CQ_READY as CQ_READY,
+        r::CQ_DOORBELL as CQ_DOORBELL,
+        r::DROPIN_VA_LO as DROPIN_VA_LO,
+        r::DROPIN_VA_HI as DROPIN_VA_HI,
+        r::DROPIN_GPA_LO as DROPIN_GPA_LO,
+        r::DROPIN_GPA_HI as DROPIN_GPA_HI,
+        r::DROPIN_ATTR as DROPIN_ATTR,
+        r::CTX_COMMAND as CTX_COMMAND,
+        r::CTX_CONTROL_ENABLE as CTX_CONTROL_ENABLE,
+        r::CTX_STATUS_STATE_MASK as CTX_STATUS_STATE_MASK,
+        r::CTX_STATE_FREE as CTX_STATE_FREE,
+        r::DROPIN_ATTR_READ as DROPIN_ATTR_READ,
+        r::DROPIN_ATTR_WRITE as DROPIN_ATTR_WRITE,
+        r::DROPIN_ATTR_2M as DROPIN_ATTR_2M,
+        r::CTX_CMD_DROPIN as CTX_CMD_DROPIN,
+        r::CTX_CMD_RESUME as CTX_CMD_RESUME,
+        r::CTX_CMD_ABORT as CTX_CMD_ABORT,
+        r::CTX_CMD_ABORT_STATUS_SHIFT as CTX_CMD_ABORT_STATUS_SHIFT,
+        f::FAULT_RECORD_SIZE as FAULT_RECORD_SIZE,
+        f::FAULT_REC_CONTEXT as FAULT_REC_CONTEXT,
+        f::FAULT_REC_ASID as FAULT_REC_ASID,
+        f::FAULT_REC_ACCESS as FAULT_REC_ACCESS,
+        f::FAULT_REC_VA as FAULT_REC_VA,
+        f::FAULT_ACCESS_WRITE as FAULT_ACCESS_WRITE,
+        i::INVQ_DESC_SIZE as INVQ_DESC_SIZE,
+        i::INVQ_DESC_KIND as INVQ_DESC_KIND,
+        i::INVQ_DESC_FLAGS as INVQ_DESC_FLAGS,
+        i::INVQ_DESC_ASID as INVQ_DESC_ASID,
+        i::INVQ_DESC_START as INVQ_DESC_START,
+        i::INVQ_DESC_END as INVQ_DESC_END,
+        i::INVQ_DESC_SEQ as INVQ_DESC_SEQ,
+        i::INVQ_KIND_RANGE as INVQ_KIND_RANGE,
+        i::INVQ_KIND_ASID as INVQ_KIND_ASID,
+        c::COMMAND_SIZE as COMMAND_SIZE,
+        c::COMPLETION_SIZE as COMPLETION_SIZE,
+        rmnic_device::VECTOR_FAULT as VECTOR_FAULT,
+        rmnic_device::VECTOR_COMPLETION as VECTOR_COMPLETION,
+        rmnic_device::VECTOR_INVALIDATION as VECTOR_INVALIDATION,
+        rmnic_device::VECTOR_ERROR as VECTOR_ERROR,
+        rmnic_device::RMNIC_MSIX_VECTORS as NUM_VECTORS,
+        rmnic_device::RMNIC_ID_MAGIC as ID_MAGIC,
+        rmnic_device::RMNIC_VENDOR_ID as PCI_VENDOR_ID,
+        rmnic_device::RMNIC_DEVICE_ID as PCI_DEVICE_ID,
+    ]
+    .into_iter()
+    .collect();
+    // Driver-only constants: the virtio split-ring flags (virtio spec, not the device's) and
+    // the spec major version, checked against the version register below.
+    let driver_only = ["VIRTQ_DESC_F_NEXT", "VIRTQ_DESC_F_WRITE", "SPEC_MAJOR"];
     let driver = driver_constants();
-    let expect = [
-        ("BAR0_SIZE", rmnic_device::BAR0_SIZE),
-        ("REG_ID", rmnic_device::REG_ID),
-        ("REG_VERSION", rmnic_device::REG_VERSION),
-        ("REG_SCRATCH", rmnic_device::REG_SCRATCH),
-        ("REG_CAPS", rmnic_device::REG_CAPS),
-        ("ID_MAGIC", u64::from(rmnic_device::RMNIC_ID_MAGIC)),
-        ("PCI_VENDOR_ID", u64::from(rmnic_device::RMNIC_VENDOR_ID)),
-        ("PCI_DEVICE_ID", u64::from(rmnic_device::RMNIC_DEVICE_ID)),
-    ];
-    for (name, want) in expect {
-        assert_eq!(driver.get(name), Some(&want), "driver regs.rs {name}");
+    for (name, value) in &driver {
+        if driver_only.contains(&name.as_str()) {
+            continue;
+        }
+        match device.get(name.as_str()) {
+            Some(want) => assert_eq!(value, want, "driver regs.rs {name}"),
+            None => panic!("driver regs.rs {name} has no device-model counterpart in this test"),
+        }
     }
+    assert_eq!(
+        driver.get("SPEC_MAJOR").copied(),
+        Some(u64::from(rmnic_device::RMNIC_SPEC_VERSION >> 16)),
+        "the driver speaks another major spec version"
+    );
+    assert_eq!(driver.get("VIRTQ_DESC_F_NEXT"), Some(&1));
+    assert_eq!(driver.get("VIRTQ_DESC_F_WRITE"), Some(&2));
 }
 
 #[test]
 fn c_header_matches_rust_abi() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-driver/abi/include/rmnic.h");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../guest-driver/abi/include/rmnic.h"
+    );
     let header = std::fs::read_to_string(path).expect("rmnic.h is part of the repository");
     assert!(header.contains(&format!(
         "#define RMNIC_ABI_VERSION {}",

@@ -34,9 +34,17 @@ fn boot_and_probe() {
         "guest checks failed: {failed:#?}\n--- console tail ---\n{}",
         outcome.tail()
     );
-    for name in ["cpus", "driver-bound", "probe-scratch-self-test", "abi-version", "scratch-round-trip"] {
+    for name in [
+        "cpus",
+        "driver-bound",
+        "probe-scratch-self-test",
+        "abi-version",
+        "scratch-round-trip",
+    ] {
         assert!(
-            checks.iter().any(|l| l.starts_with(&format!("CHECK {name} ok"))),
+            checks
+                .iter()
+                .any(|l| l.starts_with(&format!("CHECK {name} ok"))),
             "guest did not report check {name}\n--- console tail ---\n{}",
             outcome.tail()
         );
@@ -55,9 +63,13 @@ fn boot_and_probe() {
         rmnic_device::RMNIC_VENDOR_ID,
         rmnic_device::RMNIC_DEVICE_ID
     );
-    assert!(device_line.contains(&want_pci), "{device_line} does not carry {want_pci}");
+    assert!(
+        device_line.contains(&want_pci),
+        "{device_line} does not carry {want_pci}"
+    );
     assert_eq!(
-        outcome.status, 0,
+        outcome.status,
+        0,
         "guest exit status\n--- console tail ---\n{}",
         outcome.tail()
     );
@@ -72,7 +84,8 @@ fn guest_failure_is_reported() {
         Err(err) => panic!("boot failed: {err}"),
     };
     assert_eq!(
-        outcome.status, 3,
+        outcome.status,
+        3,
         "the guest program's status must reach the harness\n--- console tail ---\n{}",
         outcome.tail()
     );

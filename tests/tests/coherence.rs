@@ -34,8 +34,8 @@ const CHECKS: &[&str] = &[
 #[test]
 fn device_stays_coherent_with_cpu_page_tables() {
     let images = Images::locate().unwrap_or_else(|e| panic!("{e}"));
-    let outcome = run(&images, &GuestRun::new(&["coherence"]))
-        .unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let outcome =
+        run(&images, &GuestRun::new(&["coherence"])).unwrap_or_else(|e| panic!("boot failed: {e}"));
     let lines: Vec<&str> = outcome.lines_with("CHECK ").collect();
     let mut problems = Vec::new();
     for name in CHECKS {
@@ -48,7 +48,13 @@ fn device_stays_coherent_with_cpu_page_tables() {
     }
     // The guest's init scans dmesg for WARNING/BUG/Oops/lockdep reports and turns any into
     // status 121; the console carries them too.
-    for marker in ["WARNING:", "BUG:", "Oops", "circular locking", "inconsistent lock state"] {
+    for marker in [
+        "WARNING:",
+        "BUG:",
+        "Oops",
+        "circular locking",
+        "inconsistent lock state",
+    ] {
         if outcome.console.contains(marker) {
             problems.push(format!("kernel log contains {marker:?}"));
         }

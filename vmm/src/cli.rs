@@ -50,6 +50,18 @@ pub struct Cli {
     /// Forward stdin to the guest's serial console.
     #[arg(long)]
     pub serial_input: bool,
+
+    /// Device TLB sets (a power of two, up to 32768).
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_TLB_SETS)]
+    pub tlb_sets: u32,
+
+    /// Device TLB ways (2..=16).
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_TLB_WAYS)]
+    pub tlb_ways: u32,
+
+    /// Device worker threads (1..=16).
+    #[arg(long, value_name = "N", default_value_t = rmnic_device::rmnic::DEFAULT_WORKERS)]
+    pub device_workers: usize,
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
@@ -95,6 +107,9 @@ impl Cli {
             memory_mib: self.memory,
             timeout: self.timeout.map(Duration::from_secs),
             serial_input: self.serial_input,
+            tlb_sets: self.tlb_sets,
+            tlb_ways: self.tlb_ways,
+            device_workers: self.device_workers,
         };
         config.validate()?;
         Ok(config)

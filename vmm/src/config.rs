@@ -8,6 +8,10 @@ use std::time::Duration;
 /// `panic=-1`, a panic) reaches the i8042 reset the VMM turns into an exit status, and no
 /// IO-APIC timer check (slow and flaky under nested virtualisation).
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 no_timer_check";
+/// Default device TLB sets (256 x 4 ways = 1024 entries).
+pub const DEFAULT_TLB_SETS: u32 = 256;
+/// Default device TLB ways.
+pub const DEFAULT_TLB_WAYS: u32 = 4;
 /// Default vCPU count.
 pub const DEFAULT_CPUS: u8 = 2;
 /// Most vCPUs accepted.
@@ -40,6 +44,19 @@ pub enum ConfigError {
     /// Timeout of zero seconds.
     #[error("A timeout of 0 s would stop the VM before it starts")]
     ZeroTimeout,
+    /// The device TLB shape is not supported.
+    #[error("Device TLB of {sets} sets x {ways} ways is not supported: {reason}")]
+    Tlb {
+        /// Sets asked for.
+        sets: u32,
+        /// Ways asked for.
+        ways: u32,
+        /// Why the device model refused it.
+        reason: rmnic_device::tlb::TlbError,
+    },
+    /// Device worker count out of range.
+    #[error("{0} device worker threads requested; 1..={max} are supported", max = rmnic_device::rmnic::MAX_WORKERS)]
+    Workers(usize),
     /// No home directory to derive the default image directory from.
     #[error("Neither RMNIC_IMAGES nor HOME is set; pass --kernel and --initrd")]
     NoImageDir,
@@ -62,6 +79,12 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// Forward the VMM's stdin to the guest's serial port.
     pub serial_input: bool,
+    /// Device TLB sets (a power of two).
+    pub tlb_sets: u32,
+    /// Device TLB ways.
+    pub tlb_ways: u32,
+    /// Device worker threads executing commands and invalidations.
+    pub device_workers: usize,
 }
 
 impl VmConfig {
@@ -75,6 +98,9 @@ impl VmConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             timeout: None,
             serial_input: false,
+            tlb_sets: DEFAULT_TLB_SETS,
+            tlb_ways: DEFAULT_TLB_WAYS,
+            device_workers: rmnic_device::rmnic::DEFAULT_WORKERS,
         }
     }
 
@@ -85,6 +111,10 @@ impl VmConfig {
         if self.timeout == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroTimeout);
         }
+        self.tlb_geometry()?;
+        if !(1..=rmnic_device::rmnic::MAX_WORKERS).contains(&self.device_workers) {
+            return Err(ConfigError::Workers(self.device_workers));
+        }
         if !self.kernel.is_file() {
             return Err(ConfigError::KernelMissing(self.kernel.clone()));
         }
@@ -94,6 +124,17 @@ impl VmConfig {
             }
         }
         Ok(())
+    }
+
+    /// The device TLB shape, checked by the device model.
+    pub fn tlb_geometry(&self) -> Result<rmnic_device::TlbGeometry, ConfigError> {
+        rmnic_device::TlbGeometry::new(self.tlb_sets, self.tlb_ways).map_err(|reason| {
+            ConfigError::Tlb {
+                sets: self.tlb_sets,
+                ways: self.tlb_ways,
+                reason,
+            }
+        })
     }
 
     /// Guest RAM in bytes.

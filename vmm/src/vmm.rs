@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rmnic_device::RmnicDevice;
+use rmnic_device::{RmnicConfig, RmnicDevice};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -44,6 +44,9 @@ pub enum VmmError {
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The rmnic device model could not be built.
+    #[error("Cannot build the rmnic device")]
+    Device(#[from] rmnic_device::rmnic::BuildError),
     /// KVM VM setup.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -137,7 +140,13 @@ impl Vmm {
         let mut pci = PciRoot::new();
         pci.add_device(HOST_BRIDGE_SLOT, Arc::new(Mutex::new(HostBridge::new())))?;
         let msi = Arc::new(DeviceMsi::new("rmnic 00:01.0", router.clone()));
-        pci.add_device(RMNIC_SLOT, Arc::new(Mutex::new(RmnicDevice::new(msi))))?;
+        let device_config = RmnicConfig {
+            tlb: config.tlb_geometry()?,
+            workers: config.device_workers,
+            ..RmnicConfig::default()
+        };
+        let rmnic = RmnicDevice::with_memory(ram.memory.clone(), device_config, msi)?;
+        pci.add_device(RMNIC_SLOT, Arc::new(Mutex::new(rmnic)))?;
         let bars = place_bars(&pci)?;
         let pci = Arc::new(pci);
         place(

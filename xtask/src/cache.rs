@@ -78,9 +78,11 @@ fn collect(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 fn is_build_output(name: &str) -> bool {
-    [".o", ".ko", ".mod", ".mod.c", ".cmd", ".symvers", ".order", ".rmeta"]
-        .iter()
-        .any(|suffix| name.ends_with(suffix))
+    [
+        ".o", ".ko", ".mod", ".mod.c", ".cmd", ".symvers", ".order", ".rmeta",
+    ]
+    .iter()
+    .any(|suffix| name.ends_with(suffix))
 }
 
 /// A cache entry: a directory that holds a finished artifact once `complete` exists.

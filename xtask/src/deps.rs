@@ -26,7 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("patch", "applying the project kernel patches"),
     ("xz-utils", "kernel source unpacking"),
     ("busybox-static", "initramfs userland"),
-    ("qemu-system-x86", "emulated host (QEMU TCG with nested SVM)"),
+    (
+        "qemu-system-x86",
+        "emulated host (QEMU TCG with nested SVM)",
+    ),
 ];
 
 /// bindgen-cli version known to work with Linux 6.12 here.

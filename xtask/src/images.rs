@@ -24,7 +24,10 @@ pub fn build(repo: &Path) -> Result<PathBuf> {
     let start = progress::step("Packing initramfs images");
     let work = cache::root().join("staging");
 
-    let guest = Staging::new(&work.join("guest"), &repo.join("images/initramfs/guest-init"))?;
+    let guest = Staging::new(
+        &work.join("guest"),
+        &repo.join("images/initramfs/guest-init"),
+    )?;
     guest.add(&module, "lib/modules/rmnic.ko", 0o644)?;
     guest.add(&guest_program, "bin/rmnic-guest", 0o755)?;
     guest.pack(&out.join(GUEST_INITRAMFS))?;
@@ -40,11 +43,20 @@ pub fn build(repo: &Path) -> Result<PathBuf> {
     host.pack(&out.join(HOST_INITRAMFS))?;
     progress::done("initramfs images", start);
 
-    eprintln!("==> Images ready in {} ({} total)", out.display(), progress::fmt_duration(total.elapsed()));
+    eprintln!(
+        "==> Images ready in {} ({} total)",
+        out.display(),
+        progress::fmt_duration(total.elapsed())
+    );
     for name in [BZIMAGE, GUEST_INITRAMFS, HOST_INITRAMFS, VMM] {
         let path = out.join(name);
         let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        eprintln!("    {:<24} {:>8} KiB  {}", name, size / 1024, path.display());
+        eprintln!(
+            "    {:<24} {:>8} KiB  {}",
+            name,
+            size / 1024,
+            path.display()
+        );
     }
     eprintln!("    kernel tree: {}", kernel.tree.display());
     Ok(out)

@@ -67,7 +67,10 @@ fn input_hash(repo: &Path) -> Result<String> {
         ]))?
         .as_bytes(),
     );
-    h.bytes("rustc", tool_version(deps::KERNEL_RUSTC, "--version").as_bytes());
+    h.bytes(
+        "rustc",
+        tool_version(deps::KERNEL_RUSTC, "--version").as_bytes(),
+    );
     h.bytes(
         "bindgen",
         tool_version(&deps::bindgen_path().to_string_lossy(), "--version").as_bytes(),
@@ -103,7 +106,10 @@ pub fn build(repo: &Path) -> Result<Kernel> {
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
     patches.sort();
-    for patch in patches.iter().filter(|p| p.extension().is_some_and(|e| e == "patch")) {
+    for patch in patches
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "patch"))
+    {
         eprintln!("    applying {}", patch.display());
         progress::run(
             Command::new("patch")
@@ -188,6 +194,9 @@ mod tests {
     fn dropped_and_unwanted_options_are_reported() {
         let fragment = "# c\nCONFIG_A=y\nCONFIG_B=y\nCONFIG_C=n\nCONFIG_D=n\n";
         let config = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\n";
-        assert_eq!(check_config(fragment, config), vec!["CONFIG_B=y", "CONFIG_C=n"]);
+        assert_eq!(
+            check_config(fragment, config),
+            vec!["CONFIG_B=y", "CONFIG_C=n"]
+        );
     }
 }

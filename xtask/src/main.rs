@@ -133,7 +133,11 @@ fn real_main() -> Result<ExitCode> {
 fn lint(repo: &std::path::Path) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let start = progress::step("cargo fmt --check, cargo clippy -D warnings");
-    progress::run(Command::new(&cargo).current_dir(repo).args(["fmt", "--all", "--check"]))?;
+    progress::run(
+        Command::new(&cargo)
+            .current_dir(repo)
+            .args(["fmt", "--all", "--check"]),
+    )?;
     progress::run(Command::new(&cargo).current_dir(repo).args([
         "clippy",
         "--quiet",
@@ -168,5 +172,7 @@ fn boot(args: &[String], cpus: u32) -> Result<ExitCode> {
             progress::fmt_duration(boot)
         );
     }
-    Ok(ExitCode::from(u8::try_from(outcome.status).unwrap_or(u8::MAX)))
+    Ok(ExitCode::from(
+        u8::try_from(outcome.status).unwrap_or(u8::MAX),
+    ))
 }

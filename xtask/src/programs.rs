@@ -14,11 +14,13 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Release build of `rmnic-vmm`; returns the binary.
 pub fn build_vmm(repo: &Path) -> Result<PathBuf> {
     let start = progress::step("Building rmnic-vmm (release)");
-    progress::run(
-        Command::new(cargo())
-            .current_dir(repo)
-            .args(["build", "--quiet", "--release", "-p", "rmnic-vmm"]),
-    )?;
+    progress::run(Command::new(cargo()).current_dir(repo).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "rmnic-vmm",
+    ]))?;
     progress::done("rmnic-vmm", start);
     Ok(repo.join("target/release/rmnic-vmm"))
 }
@@ -33,7 +35,15 @@ pub fn build_guest(repo: &Path) -> Result<PathBuf> {
         Command::new(cargo())
             .current_dir(repo)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .args(["build", "--quiet", "--release", "-p", "rmnic-guest", "--target", TARGET])
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "rmnic-guest",
+                "--target",
+                TARGET,
+            ])
             .arg("--target-dir")
             .arg(&target_dir),
     )?;

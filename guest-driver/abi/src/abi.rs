@@ -113,6 +113,8 @@ pub mod status {
     pub const ABORTED: u32 = 5;
     /// A 64-bit operation on an address that is not 8-byte aligned.
     pub const ALIGNMENT: u32 = 6;
+    /// A reserved field or flag is set, a length exceeds 1 GiB, or a range wraps.
+    pub const INVALID_ARGUMENT: u32 = 7;
 }
 
 /// Command flag: raise a completion interrupt (the driver sets it itself when a waiter

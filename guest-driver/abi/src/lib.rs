@@ -68,7 +68,7 @@ impl CommandError {
         match self.status {
             status::FAULT_UNRESOLVED => libc::EFAULT,
             status::PERMISSION => libc::EPERM,
-            status::ALIGNMENT | status::INVALID_OPCODE => libc::EINVAL,
+            status::ALIGNMENT | status::INVALID_OPCODE | status::INVALID_ARGUMENT => libc::EINVAL,
             status::ABORTED => libc::ECANCELED,
             _ => libc::EIO,
         }
@@ -85,6 +85,7 @@ pub fn status_name(status: u32) -> &'static str {
         status::INVALID_OPCODE => "invalid opcode",
         status::ABORTED => "aborted",
         status::ALIGNMENT => "misaligned",
+        status::INVALID_ARGUMENT => "invalid argument",
         _ => "unknown status",
     }
 }
@@ -196,7 +197,12 @@ impl Device {
     }
 
     /// Device FILL of `len` bytes at `dst` with `pattern`.
-    pub fn fill(&self, dst: u64, len: u64, pattern: u64) -> Result<Result<(), CommandError>, Error> {
+    pub fn fill(
+        &self,
+        dst: u64,
+        len: u64,
+        pattern: u64,
+    ) -> Result<Result<(), CommandError>, Error> {
         let cmd = Command {
             opcode: opcode::FILL,
             addr0: dst,
@@ -223,7 +229,12 @@ impl Device {
     }
 
     /// Device atomic compare-and-swap; returns the old value.
-    pub fn cas(&self, addr: u64, expect: u64, new: u64) -> Result<Result<u64, CommandError>, Error> {
+    pub fn cas(
+        &self,
+        addr: u64,
+        expect: u64,
+        new: u64,
+    ) -> Result<Result<u64, CommandError>, Error> {
         self.word_op(opcode::CAS, addr, expect, new)
     }
 

@@ -23,7 +23,12 @@ pub struct Mapping {
 impl Mapping {
     /// Maps `len` bytes read-write; `shared` makes it MAP_SHARED (survives fork as one copy).
     pub fn new(len: usize, shared: bool) -> Result<Self> {
-        let flags = libc::MAP_ANONYMOUS | if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+        let flags = libc::MAP_ANONYMOUS
+            | if shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            };
         // SAFETY: anonymous mapping with no address hint; the result is checked.
         let ptr = unsafe {
             libc::mmap(
@@ -99,7 +104,13 @@ impl Mapping {
     /// Writes the u64 at byte `offset`.
     pub fn write_u64(&self, offset: usize, value: u64) {
         // SAFETY: as in `read_u64`.
-        unsafe { self.ptr.as_ptr().add(offset).cast::<u64>().write_volatile(value) }
+        unsafe {
+            self.ptr
+                .as_ptr()
+                .add(offset)
+                .cast::<u64>()
+                .write_volatile(value)
+        }
     }
 
     /// mprotect over the whole mapping.
@@ -115,7 +126,10 @@ impl Mapping {
     pub fn advise(&self, advice: i32) -> Result<()> {
         // SAFETY: our own mapping.
         if unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, advice) } != 0 {
-            bail!("madvise({advice}) failed: {}", std::io::Error::last_os_error());
+            bail!(
+                "madvise({advice}) failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -160,32 +174,59 @@ fn ops(dev: &Device, c: &mut Checks) -> Result<()> {
         *b = (i * 7 + 3) as u8;
     }
     dev.fill(dst.addr(), (16 * PAGE) as u64, 0x0123_4567_89ab_cdef)??;
-    let filled = dst.bytes().chunks(8).all(|w| w == 0x0123_4567_89ab_cdef_u64.to_le_bytes());
+    let filled = dst
+        .bytes()
+        .chunks(8)
+        .all(|w| w == 0x0123_4567_89ab_cdef_u64.to_le_bytes());
     c.check("op-fill", filled, "64 KiB pattern fill");
 
     dev.copy(dst.addr() + 100, src.addr() + 5, 40_000)??;
     let copied = dst.bytes()[100..40_100] == src.bytes()[5..40_005];
     let edges_kept = dst.bytes()[99] == 0xef && dst.bytes()[40_100] == 0xcd;
-    c.check("op-copy", copied && edges_kept, "unaligned 40000-byte copy across pages");
+    c.check(
+        "op-copy",
+        copied && edges_kept,
+        "unaligned 40000-byte copy across pages",
+    );
 
     dev.write64(dst.addr() + 8, 0xdead_beef_cafe_f00d)??;
-    c.check("op-write64", dst.read_u64(8) == 0xdead_beef_cafe_f00d, "CPU sees device write");
+    c.check(
+        "op-write64",
+        dst.read_u64(8) == 0xdead_beef_cafe_f00d,
+        "CPU sees device write",
+    );
     dst.write_u64(16, 0x1111_2222_3333_4444);
     let read = dev.read64(dst.addr() + 16)??;
-    c.check("op-read64", read == 0x1111_2222_3333_4444, format!("read {read:#x}"));
+    c.check(
+        "op-read64",
+        read == 0x1111_2222_3333_4444,
+        format!("read {read:#x}"),
+    );
 
     dst.write_u64(24, 40);
     let old = dev.fetch_add(dst.addr() + 24, 2)??;
-    c.check("op-fetch-add", old == 40 && dst.read_u64(24) == 42, format!("old {old} new {}", dst.read_u64(24)));
+    c.check(
+        "op-fetch-add",
+        old == 40 && dst.read_u64(24) == 42,
+        format!("old {old} new {}", dst.read_u64(24)),
+    );
 
     let old = dev.cas(dst.addr() + 24, 42, 7)??;
     let hit = old == 42 && dst.read_u64(24) == 7;
     let old2 = dev.cas(dst.addr() + 24, 42, 9)??;
     let miss = old2 == 7 && dst.read_u64(24) == 7;
-    c.check("op-cas", hit && miss, format!("success old {old}, failure old {old2}"));
+    c.check(
+        "op-cas",
+        hit && miss,
+        format!("success old {old}, failure old {old2}"),
+    );
 
     let old = dev.swap(dst.addr() + 24, 99)??;
-    c.check("op-swap", old == 7 && dst.read_u64(24) == 99, format!("old {old}"));
+    c.check(
+        "op-swap",
+        old == 7 && dst.read_u64(24) == 99,
+        format!("old {old}"),
+    );
 
     dev.fence()??;
     c.check("op-fence", true, "fence completed");
@@ -214,7 +255,10 @@ fn ops(dev: &Device, c: &mut Checks) -> Result<()> {
     while got < queued {
         got += dev.wait(&mut done[got..], 1, 5000)?;
     }
-    let in_order = done.iter().enumerate().all(|(i, d)| d.id == 1000 + i as u64 && d.status == 0);
+    let in_order = done
+        .iter()
+        .enumerate()
+        .all(|(i, d)| d.id == 1000 + i as u64 && d.status == 0);
     c.check(
         "op-batch",
         queued == 64 && in_order && dst.read_u64(32) == 64,
@@ -239,7 +283,8 @@ fn faults(dev: &Device, c: &mut Checks) -> Result<()> {
         format!("first pass {f1} faults / {d1} drop-ins, second pass {f2} faults"),
     );
 
-    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     let mut huge = Mapping::aligned(2 * HUGE, HUGE)?;
     huge.advise(libc::MADV_HUGEPAGE)?;
     huge.bytes_mut()[0] = 1;
@@ -257,7 +302,10 @@ fn faults(dev: &Device, c: &mut Checks) -> Result<()> {
     c.check(
         "fault-once-per-2m-page",
         f == 2 && d2 == 2 && d4 == 0,
-        format!("{f} faults, {d2} 2 MiB / {d4} 4 KiB drop-ins ({}; {anon_huge})", thp.trim()),
+        format!(
+            "{f} faults, {d2} 2 MiB / {d4} 4 KiB drop-ins ({}; {anon_huge})",
+            thp.trim()
+        ),
     );
     Ok(())
 }
@@ -274,7 +322,10 @@ fn munmap(dev: &Device, c: &mut Checks) -> Result<()> {
     c.check(
         "munmap-shootdown",
         after.invalidations_sent > before.invalidations_sent,
-        format!("{} invalidations sent", after.invalidations_sent - before.invalidations_sent),
+        format!(
+            "{} invalidations sent",
+            after.invalidations_sent - before.invalidations_sent
+        ),
     );
     c.check(
         "munmap-access-fails",
@@ -320,9 +371,17 @@ fn mprotect(dev: &Device, c: &mut Checks) -> Result<()> {
     c.check(
         "mprotect-write-denied",
         status_of(&write) == status::PERMISSION && buf.read_u64(0) == 5,
-        format!("write status {}, value {}", status_of(&write), buf.read_u64(0)),
+        format!(
+            "write status {}, value {}",
+            status_of(&write),
+            buf.read_u64(0)
+        ),
     );
-    c.check("mprotect-read-allowed", matches!(read, Ok(5)), format!("{read:?}"));
+    c.check(
+        "mprotect-read-allowed",
+        matches!(read, Ok(5)),
+        format!("{read:?}"),
+    );
     buf.protect(libc::PROT_READ | libc::PROT_WRITE)?;
     let again = dev.write64(buf.addr(), 7)?;
     c.check(
@@ -368,7 +427,11 @@ fn fork_cow(dev: &Device, c: &mut Checks) -> Result<()> {
         res.is_ok() && buf.read_u64(0) == 0xbbbb,
         format!("{res:?}, parent reads {:#x}", buf.read_u64(0)),
     );
-    c.check("fork-cow-child-keeps-its-copy", child_ok, format!("child wait status {wstatus:#x}"));
+    c.check(
+        "fork-cow-child-keeps-its-copy",
+        child_ok,
+        format!("child wait status {wstatus:#x}"),
+    );
     // SAFETY: closing our pipe fds.
     unsafe {
         libc::close(pipe[0]);
@@ -409,8 +472,12 @@ fn processes(c: &mut Checks) -> Result<()> {
     let ok = (0..8)
         .map(|_| {
             in_children(10, |_| {
-                let Ok(dev) = Device::open() else { return false };
-                let Ok(buf) = Mapping::new(64 * PAGE, false) else { return false };
+                let Ok(dev) = Device::open() else {
+                    return false;
+                };
+                let Ok(buf) = Mapping::new(64 * PAGE, false) else {
+                    return false;
+                };
                 let cmds: Vec<Command> = (0..64)
                     .map(|i| Command {
                         opcode: opcode::FILL,
@@ -425,16 +492,28 @@ fn processes(c: &mut Checks) -> Result<()> {
             })
         })
         .sum::<usize>();
-    c.check("exit-with-commands-in-flight", ok == 80, format!("{ok}/80 processes opened and submitted"));
+    c.check(
+        "exit-with-commands-in-flight",
+        ok == 80,
+        format!("{ok}/80 processes opened and submitted"),
+    );
     let dev = Device::open();
-    c.check("no-context-leaked", dev.is_ok(), format!("open after 80 exits: {:?}", dev.as_ref().err()));
+    c.check(
+        "no-context-leaked",
+        dev.is_ok(),
+        format!("open after 80 exits: {:?}", dev.as_ref().err()),
+    );
 
     // 8 processes with a context each, at once, plus cross-process atomics on shared memory.
     let shared = Mapping::new(PAGE, true)?;
     shared.write_u64(0, 0);
     let ok = in_children(8, |i| {
-        let Ok(dev) = Device::open() else { return false };
-        let Ok(buf) = Mapping::new(8 * PAGE, false) else { return false };
+        let Ok(dev) = Device::open() else {
+            return false;
+        };
+        let Ok(buf) = Mapping::new(8 * PAGE, false) else {
+            return false;
+        };
         let pattern = 0x1000 + i as u64;
         if !matches!(dev.fill(buf.addr(), (8 * PAGE) as u64, pattern), Ok(Ok(()))) {
             return false;
@@ -447,7 +526,10 @@ fn processes(c: &mut Checks) -> Result<()> {
     c.check(
         "many-processes",
         ok == 8 && shared.read_u64(0) == 400,
-        format!("{ok}/8 children ok, shared counter {} (want 400)", shared.read_u64(0)),
+        format!(
+            "{ok}/8 children ok, shared counter {} (want 400)",
+            shared.read_u64(0)
+        ),
     );
     Ok(())
 }

@@ -108,13 +108,21 @@ fn kernel_log() -> String {
 fn probe(want_cpus: usize) -> Result<ExitCode> {
     let mut checks = Checks::default();
     let cpus = online_cpus()?;
-    checks.check("cpus", cpus == want_cpus, format!("online={cpus} want={want_cpus}"));
+    checks.check(
+        "cpus",
+        cpus == want_cpus,
+        format!("online={cpus} want={want_cpus}"),
+    );
 
     let log = kernel_log();
     let bound = log.contains("rmnic: bound, /dev/rmnic registered");
     checks.check("driver-bound", bound, "dmesg shows the probe finished");
     let self_test = log.contains("rmnic: scratch register round-trip ok");
-    checks.check("probe-scratch-self-test", self_test, "dmesg shows probe's scratch test");
+    checks.check(
+        "probe-scratch-self-test",
+        self_test,
+        "dmesg shows probe's scratch test",
+    );
 
     let device = Device::open()?;
     let info = device.version()?;
@@ -131,7 +139,11 @@ fn probe(want_cpus: usize) -> Result<ExitCode> {
     checks.check(
         "abi-version",
         info.abi_version == rmnic_abi::ABI_VERSION,
-        format!("driver={} user={}", info.abi_version, rmnic_abi::ABI_VERSION),
+        format!(
+            "driver={} user={}",
+            info.abi_version,
+            rmnic_abi::ABI_VERSION
+        ),
     );
     for value in [0xDEAD_BEEF_u32, 0x0000_0001, 0xFFFF_FFFF, 0] {
         let readback = device.scratch_round_trip(value)?;
