@@ -49,7 +49,8 @@ pub struct GuestRun {
 }
 
 impl GuestRun {
-    /// A run of `rmnic-guest <command...>` with 2 vCPUs, 512 MiB and the default timeout
+    /// A run of `rmnic-guest <command...>` with 2 vCPUs, 1 GiB (Linux leaves THP off below
+    /// 512 MiB of RAM) and the default timeout
     /// (`RMNIC_BOOT_TIMEOUT` seconds, else 300).
     pub fn new(command: &[&str]) -> Self {
         let timeout = std::env::var("RMNIC_BOOT_TIMEOUT")
@@ -59,7 +60,7 @@ impl GuestRun {
         Self {
             command: command.iter().map(|s| s.to_string()).collect(),
             cpus: 2,
-            memory_mib: 512,
+            memory_mib: 1024,
             timeout: Duration::from_secs(timeout),
             echo: false,
         }

@@ -16,6 +16,9 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+/// How long [`Device::execute`] waits for a completion before reporting `ETIMEDOUT`.
+pub const EXECUTE_TIMEOUT_MS: u32 = 30_000;
+
 /// Default path of the rmnic misc device.
 pub const DEVICE_PATH: &str = "/dev/rmnic";
 
@@ -155,7 +158,8 @@ impl Device {
         Ok(stats)
     }
 
-    /// Runs one command to completion and returns its completion record.
+    /// Runs one command to completion (giving up after [`EXECUTE_TIMEOUT_MS`]) and returns its
+    /// completion record.
     pub fn execute(&self, command: Command) -> Result<Result<Completion, CommandError>, Error> {
         let queued = self.submit(std::slice::from_ref(&command))?;
         if queued != 1 {
@@ -165,7 +169,7 @@ impl Device {
             });
         }
         let mut out = [Completion::default()];
-        let n = self.wait(&mut out, 1, 0)?;
+        let n = self.wait(&mut out, 1, EXECUTE_TIMEOUT_MS)?;
         if n != 1 {
             return Err(Error::Ioctl {
                 name: "RMNIC_IOC_WAIT",
