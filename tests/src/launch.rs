@@ -16,7 +16,7 @@ use crate::host::{BadHostMode, HostMode};
 use crate::images::{Images, MissingImage, BZIMAGE, GUEST_INITRAMFS, HOST_INITRAMFS, VMM};
 
 /// Guest kernel command line shared by both modes (host-init uses the same words).
-pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4";
+pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4 acpi=off";
 
 /// Emulated host: QEMU options measured to give a working nested /dev/kvm here.
 const QEMU: &str = "qemu-system-x86_64";
@@ -257,7 +257,7 @@ fn emulated_command(images: &Images, guest: &GuestRun) -> Command {
         .arg(images.path(HOST_INITRAMFS))
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet loglevel=4 {} rmnic_cpus={} rmnic_mem={}",
+            "console=ttyS0 panic=-1 quiet loglevel=3 {} rmnic_cpus={} rmnic_mem={}",
             guest.run_word(),
             guest.cpus,
             guest.memory_mib
