@@ -10,8 +10,9 @@
 //! [`Mirror::update`] (the lock the notifier takes) across the retry check and the drop-in.
 //! Nothing is pinned: coherence comes from the notifier alone.
 //!
-//! Lock order: `Mirror::update` → `Hw::bar` (MMIO). `Context::queue` is independent. No lock
-//! is held across an allocation or a sleep except `Context::queue` (a mutex).
+//! Lock order: `Context::queue` → `Rmnic::fault_tail` → `Mirror::update` → `Hw::bar` (MMIO).
+//! No spinlock is held across an allocation or a sleep; the two mutexes are never taken by the
+//! notifier.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -278,13 +279,15 @@ impl Context {
                     break;
                 }
             }
-            // Wake up periodically even without an interrupt: a lost interrupt delays a waiter
-            // by 10 ms instead of hanging it.
-            let woke = self
+            // Wake up periodically even without an interrupt: a lost completion or fault
+            // interrupt delays a waiter by 10 ms instead of hanging it.
+            match self
                 .completed
-                .wait_interruptible_timeout(&mut q, msecs_to_jiffies(10));
-            if matches!(woke, CondVarTimeoutResult::Signal { .. }) {
-                return Err(ERESTARTSYS);
+                .wait_interruptible_timeout(&mut q, msecs_to_jiffies(10))
+            {
+                CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
+                CondVarTimeoutResult::Timeout => self.mirror.rmnic.drain_faults(),
+                CondVarTimeoutResult::Woken { .. } => {}
             }
         }
         let ready = self.queue_mem.ready(&q.indices).min(out.len() as u32);

@@ -7,10 +7,10 @@
 use core::pin::Pin;
 
 use kernel::prelude::*;
-use kernel::sync::{Arc, SpinLock};
+use kernel::sync::{Arc, Mutex, SpinLock};
 use kernel::types::ScopeGuard;
 use kernel::uaccess::UserSlice;
-use kernel::{c_str, new_spinlock};
+use kernel::{c_str, new_mutex, new_spinlock};
 
 use crate::context::Context;
 use crate::delay;
@@ -93,9 +93,10 @@ pub(crate) struct Rmnic {
     #[pin]
     invq: InvalidationQueue,
     faults: CoherentRing,
-    /// Fault ring consumer index; only the fault interrupt thread touches it.
+    /// Fault ring consumer index. A mutex held across a whole drain: the fault interrupt
+    /// thread and waiters polling for a lost interrupt may both drain, never at once.
     #[pin]
-    fault_tail: SpinLock<u32>,
+    fault_tail: Mutex<u32>,
     #[pin]
     contexts: SpinLock<Contexts>,
     pci_vendor: u16,
@@ -201,26 +202,27 @@ impl Rmnic {
         (ctx.asid() == asid).then(|| ctx.clone())
     }
 
-    /// Drains the fault ring, answering every record. Fault interrupt thread only.
-    fn drain_faults(&self) {
+    /// Drains the fault ring, answering every record. Sleeps (the miss path does); called by
+    /// the fault interrupt thread and, as a fallback for a lost interrupt, by waiters.
+    pub(crate) fn drain_faults(&self) {
+        let mut tail = self.fault_tail.lock();
         loop {
             let Ok(head) = self.hw.read(REG_FAULT_HEAD) else {
                 return;
             };
-            let mut tail = *self.fault_tail.lock();
-            if tail == head {
+            if *tail == head {
                 return;
             }
-            while tail != head {
+            while *tail != head {
+                let at = *tail;
                 let record = (
-                    self.faults.read::<u16>(tail, FAULT_REC_CONTEXT),
-                    self.faults.read::<u16>(tail, FAULT_REC_ASID),
-                    self.faults.read::<u8>(tail, FAULT_REC_ACCESS),
-                    self.faults.read::<u64>(tail, FAULT_REC_VA),
+                    self.faults.read::<u16>(at, FAULT_REC_CONTEXT),
+                    self.faults.read::<u16>(at, FAULT_REC_ASID),
+                    self.faults.read::<u8>(at, FAULT_REC_ACCESS),
+                    self.faults.read::<u64>(at, FAULT_REC_VA),
                 );
-                tail = tail.wrapping_add(1);
-                *self.fault_tail.lock() = tail;
-                let _ = self.hw.write(REG_FAULT_TAIL, tail);
+                *tail = at.wrapping_add(1);
+                let _ = self.hw.write(REG_FAULT_TAIL, *tail);
                 let (Ok(index), Ok(asid), Ok(access), Ok(va)) = record else {
                     continue;
                 };
@@ -352,7 +354,7 @@ impl pci::Driver for RmnicDriver {
                 hw <- pin_init!(Hw { bar <- new_spinlock!(Some(bar), "rmnic::Hw::bar") }),
                 invq <- invq,
                 faults,
-                fault_tail <- new_spinlock!(0, "rmnic::Rmnic::fault_tail"),
+                fault_tail <- new_mutex!(0, "rmnic::Rmnic::fault_tail"),
                 contexts <- new_spinlock!(Contexts {
                     slots: [const { None }; MAX_CONTEXTS],
                     reserved: 0,

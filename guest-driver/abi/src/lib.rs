@@ -1,8 +1,8 @@
 //! User-space side of the `/dev/rmnic` ABI: the shared definitions from [`abi`] (the very file
 //! the kernel module compiles) plus a safe API over the ioctls: open a context
-//! ([`Device::open`]), run device operations on this process's memory ([`Device::copy`],
-//! [`Device::fill`], [`Device::fetch_add`], ... or batches with [`Device::submit`] and
-//! [`Device::wait`]), read counters ([`Device::stats`]).
+//! ([`Context::open`]), run device operations on this process's memory ([`Context::copy`],
+//! [`Context::fill`], [`Context::fetch_add`], ... or batches with [`Context::submit`] and
+//! [`Context::wait`]), read counters ([`Context::stats`]).
 
 #[path = "abi.rs"]
 pub mod abi;
@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-/// How long [`Device::execute`] waits for a completion before reporting `ETIMEDOUT`.
+/// How long [`Context::execute`] waits for a completion before reporting `ETIMEDOUT`.
 pub const EXECUTE_TIMEOUT_MS: u32 = 30_000;
 
 /// Default path of the rmnic misc device.
@@ -45,10 +45,11 @@ pub enum Error {
     },
 }
 
-/// An open handle on the rmnic device. Each open file is one device context bound to the
-/// opening process's address space: commands name that process's virtual addresses.
+/// A device context: an open file of the rmnic device, bound to the opening process's address
+/// space. Commands name that process's virtual addresses; the driver keeps the device TLB
+/// coherent with its page tables.
 #[derive(Debug)]
-pub struct Device {
+pub struct Context {
     file: File,
 }
 
@@ -93,7 +94,7 @@ pub fn status_name(status: u32) -> &'static str {
     }
 }
 
-impl Device {
+impl Context {
     /// Opens [`DEVICE_PATH`].
     pub fn open() -> Result<Self, Error> {
         Self::open_path(Path::new(DEVICE_PATH))

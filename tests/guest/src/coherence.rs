@@ -6,7 +6,7 @@
 use std::ptr::NonNull;
 
 use anyhow::{bail, Context as _, Result};
-use rmnic_abi::{opcode, status, Command, Completion, ContextStats, Device};
+use rmnic_abi::{opcode, status, Command, Completion, Context, ContextStats};
 
 use crate::Checks;
 
@@ -167,7 +167,7 @@ fn status_of<T>(r: &std::result::Result<T, rmnic_abi::CommandError>) -> u32 {
 }
 
 /// Every opcode produces the right data.
-fn ops(dev: &Device, c: &mut Checks) -> Result<()> {
+fn ops(dev: &Context, c: &mut Checks) -> Result<()> {
     let mut src = Mapping::new(16 * PAGE, false)?;
     let dst = Mapping::new(16 * PAGE, false)?;
     for (i, b) in src.bytes_mut().iter_mut().enumerate() {
@@ -270,7 +270,7 @@ fn ops(dev: &Device, c: &mut Checks) -> Result<()> {
 }
 
 /// First touch of a fresh buffer faults exactly once per page; 2 MiB pages fault once.
-fn faults(dev: &Device, c: &mut Checks) -> Result<()> {
+fn faults(dev: &Context, c: &mut Checks) -> Result<()> {
     let buf = Mapping::new(16 * PAGE, false)?;
     let before = dev.stats()?;
     dev.fill(buf.addr(), (16 * PAGE) as u64, 0x5a5a)??;
@@ -313,7 +313,7 @@ fn faults(dev: &Device, c: &mut Checks) -> Result<()> {
 }
 
 /// munmap after device use: the next device access fails cleanly and never reads the old page.
-fn munmap(dev: &Device, c: &mut Checks) -> Result<()> {
+fn munmap(dev: &Context, c: &mut Checks) -> Result<()> {
     let mut buf = Mapping::new(4 * PAGE, false)?;
     dev.fill(buf.addr(), (4 * PAGE) as u64, 0x4242)??;
     let addr = buf.addr();
@@ -364,7 +364,7 @@ fn munmap(dev: &Device, c: &mut Checks) -> Result<()> {
 }
 
 /// mprotect read-only: device writes fail with a permission status, reads still work.
-fn mprotect(dev: &Device, c: &mut Checks) -> Result<()> {
+fn mprotect(dev: &Context, c: &mut Checks) -> Result<()> {
     let buf = Mapping::new(2 * PAGE, false)?;
     dev.write64(buf.addr(), 5)??;
     buf.protect(libc::PROT_READ)?;
@@ -396,7 +396,7 @@ fn mprotect(dev: &Device, c: &mut Checks) -> Result<()> {
 
 /// fork + copy-on-write: the parent's device writes land in the parent's pages; the child
 /// keeps its own copy.
-fn fork_cow(dev: &Device, c: &mut Checks) -> Result<()> {
+fn fork_cow(dev: &Context, c: &mut Checks) -> Result<()> {
     let buf = Mapping::new(PAGE, false)?;
     dev.write64(buf.addr(), 0xaaaa)??; // device TLB now holds a writable entry
     let mut pipe = [0i32; 2];
@@ -474,7 +474,7 @@ fn processes(c: &mut Checks) -> Result<()> {
     let ok = (0..8)
         .map(|_| {
             in_children(10, |_| {
-                let Ok(dev) = Device::open() else {
+                let Ok(dev) = Context::open() else {
                     return false;
                 };
                 let Ok(buf) = Mapping::new(64 * PAGE, false) else {
@@ -499,7 +499,7 @@ fn processes(c: &mut Checks) -> Result<()> {
         ok == 80,
         format!("{ok}/80 processes opened and submitted"),
     );
-    let dev = Device::open();
+    let dev = Context::open();
     c.check(
         "no-context-leaked",
         dev.is_ok(),
@@ -510,7 +510,7 @@ fn processes(c: &mut Checks) -> Result<()> {
     let shared = Mapping::new(PAGE, true)?;
     shared.write_u64(0, 0);
     let ok = in_children(8, |i| {
-        let Ok(dev) = Device::open() else {
+        let Ok(dev) = Context::open() else {
             return false;
         };
         let Ok(buf) = Mapping::new(8 * PAGE, false) else {
@@ -542,7 +542,7 @@ pub const GROUPS: &[&str] = &["ops", "faults", "munmap", "mprotect", "fork", "pr
 /// Runs the check groups named in `only` (all when empty).
 pub fn run(c: &mut Checks, only: &[String]) -> Result<()> {
     let wanted = |g: &str| only.is_empty() || only.iter().any(|o| o == g);
-    let dev = Device::open()?;
+    let dev = Context::open()?;
     for group in GROUPS.iter().copied().filter(|g| wanted(g)) {
         println!("rmnic-guest: coherence group {group}");
         match group {

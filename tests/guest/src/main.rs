@@ -8,9 +8,9 @@ mod exit_port;
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use rmnic_abi::Device;
+use rmnic_abi::Context;
 
 #[derive(Parser)]
 #[command(about = "Guest-side programs of the rmnic test bed")]
@@ -128,7 +128,7 @@ fn probe(want_cpus: usize) -> Result<ExitCode> {
         "dmesg shows probe's scratch test",
     );
 
-    let device = Device::open()?;
+    let device = Context::open()?;
     let info = device.version()?;
     println!(
         "DEVICE id={:#010x} version={:#010x} caps={:#010x} pci={:04x}:{:04x} driver={:#08x} abi={}",
@@ -184,7 +184,7 @@ fn coherence(only: &[String]) -> Result<ExitCode> {
 }
 
 fn demo() -> Result<()> {
-    let device = Device::open()?;
+    let device = Context::open()?;
     let info = device.version()?;
     println!(
         "rmnic demo: device ID {:#010x} (\"{}\"), spec version {}.{}, PCI {:04x}:{:04x}",
