@@ -34,10 +34,11 @@ impl InputHash {
         self
     }
 
-    /// Adds a file's contents, named by its path.
-    pub fn file(&mut self, path: &Path) -> Result<&mut Self> {
+    /// Adds a file's contents under `name` (a repository-relative name, so the hash does not
+    /// depend on where the checkout lives).
+    pub fn file(&mut self, name: &str, path: &Path) -> Result<&mut Self> {
         let data = fs::read(path).with_context(|| format!("Cannot read {}", path.display()))?;
-        Ok(self.bytes(&path.to_string_lossy(), &data))
+        Ok(self.bytes(name, &data))
     }
 
     /// Adds every file below `dir` (sorted, relative names), skipping build droppings.
@@ -118,5 +119,31 @@ impl Entry {
     pub fn mark_complete(&self) -> Result<()> {
         fs::write(self.dir.join("complete"), b"")
             .with_context(|| format!("Cannot stamp {}", self.dir.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InputHash;
+
+    #[test]
+    fn hash_depends_on_contents_and_names_not_on_location() {
+        let a = std::env::temp_dir().join(format!("rmnic-hash-a-{}", std::process::id()));
+        let b = std::env::temp_dir().join(format!("rmnic-hash-b-{}", std::process::id()));
+        for dir in [&a, &b] {
+            std::fs::create_dir_all(dir.join("sub")).expect("temp dir");
+            std::fs::write(dir.join("sub/f.txt"), b"same").expect("write");
+        }
+        let hash = |dir: &std::path::Path| {
+            let mut h = InputHash::default();
+            h.tree(dir).expect("tree");
+            h.file("f", &dir.join("sub/f.txt")).expect("file");
+            h.finish()
+        };
+        assert_eq!(hash(&a), hash(&b), "two checkouts of the same inputs");
+        std::fs::write(b.join("sub/f.txt"), b"different").expect("write");
+        assert_ne!(hash(&a), hash(&b), "changed contents");
+        let _ = std::fs::remove_dir_all(&a);
+        let _ = std::fs::remove_dir_all(&b);
     }
 }

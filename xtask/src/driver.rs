@@ -20,7 +20,7 @@ pub fn build(repo: &Path, kernel: &Kernel) -> Result<PathBuf> {
     let mut h = InputHash::default();
     h.bytes("kernel", kernel.hash.as_bytes());
     h.tree(&module_src)?;
-    h.file(&abi_src)?;
+    h.file("guest-driver/abi/src/abi.rs", &abi_src)?;
     let hash = h.finish();
     let entry = Entry::new("module", &hash);
     let ko = entry.dir.join("module/rmnic.ko");

@@ -56,7 +56,10 @@ fn tool_version(cmd: &str, arg: &str) -> String {
 fn input_hash(repo: &Path) -> Result<String> {
     let mut h = InputHash::default();
     h.bytes("recipe", RECIPE_VERSION.as_bytes());
-    h.file(&repo.join("images/kernel/rmnic.config"))?;
+    h.file(
+        "images/kernel/rmnic.config",
+        &repo.join("images/kernel/rmnic.config"),
+    )?;
     h.tree(&repo.join("images/kernel/patches"))?;
     h.bytes(
         "linux-source",
