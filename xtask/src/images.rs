@@ -30,6 +30,7 @@ pub fn build(repo: &Path) -> Result<PathBuf> {
     )?;
     guest.add(&module, "lib/modules/rmnic.ko", 0o644)?;
     guest.add(&guest_program, "bin/rmnic-guest", 0o755)?;
+    guest.add(&guest_program.with_file_name("rmnic"), "bin/rmnic", 0o755)?;
     guest.pack(&out.join(GUEST_INITRAMFS))?;
 
     fs::copy(&kernel.bzimage, out.join(BZIMAGE)).context("Cannot copy bzImage")?;

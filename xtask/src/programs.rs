@@ -25,8 +25,8 @@ pub fn build_vmm(repo: &Path) -> Result<PathBuf> {
     Ok(repo.join("target/release/rmnic-vmm"))
 }
 
-/// Static release build of the guest programs (`rmnic-guest`): the guest initramfs has no C
-/// library. A separate target directory keeps the static flags from invalidating the host
+/// Static release build of the guest programs (`rmnic-guest`, and `rmnic` beside it): the
+/// guest initramfs has no C library. A separate target directory keeps the static flags from invalidating the host
 /// build.
 pub fn build_guest(repo: &Path) -> Result<PathBuf> {
     let start = progress::step("Building guest programs (static)");

@@ -157,6 +157,22 @@ fn probe(want_cpus: usize) -> Result<ExitCode> {
             format!("wrote={value:#010x} read={readback:#010x}"),
         );
     }
+    // The guest CLI runs an operation end to end and prints the counters.
+    let cli = std::process::Command::new("/bin/rmnic")
+        .args(["fill", "--len", "8192"])
+        .output();
+    let (ok, out) = match cli {
+        Ok(o) => (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        ),
+        Err(e) => (false, e.to_string()),
+    };
+    checks.check(
+        "rmnic-cli",
+        ok && out.contains("data verified") && out.contains("faults 2"),
+        out.trim().replace('\n', " | "),
+    );
     println!(
         "probe summary: {} checks, {} failed",
         checks.total, checks.failed
@@ -205,8 +221,8 @@ fn demo() -> Result<()> {
 
     // A device COPY between two buffers of this process.
     let len = 64 * 1024;
-    let mut src = coherence::Mapping::new(len, false)?;
-    let mut dst = coherence::Mapping::new(len, false)?;
+    let mut src = rmnic_guest::Mapping::new(len, false)?;
+    let mut dst = rmnic_guest::Mapping::new(len, false)?;
     for (i, b) in src.bytes_mut().iter_mut().enumerate() {
         *b = (i % 251) as u8;
     }
