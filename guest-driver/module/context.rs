@@ -28,6 +28,7 @@ use crate::invq::Target;
 use crate::mm::{MmRef, MmUsers};
 use crate::mmu::{Event, Handle, IntervalCallbacks, IntervalNotifier, Range, Seq};
 use crate::pci;
+use crate::poll::{self, PollQueue, PollTable};
 use crate::regs::*;
 use crate::uapi;
 
@@ -152,6 +153,9 @@ pub(crate) struct Context {
     /// Woken by the completion interrupt.
     #[pin]
     completed: CondVar,
+    /// Same, for `poll()`.
+    #[pin]
+    pollers: PollQueue,
 }
 
 impl Context {
@@ -184,6 +188,7 @@ impl Context {
                 queue <- new_mutex!(QueueState { indices: Indices { submitted: 0, collected: 0 } },
                                     "rmnic::Context::queue"),
                 completed <- new_condvar!("rmnic::Context::completed"),
+                pollers <- PollQueue::new(),
             }),
             GFP_KERNEL,
         )?;
@@ -218,9 +223,21 @@ impl Context {
         self.mirror.update.lock().dead = true;
     }
 
-    /// Wakes waiters (completion interrupt).
+    /// Wakes waiters and pollers (completion interrupt).
     pub(crate) fn notify_completion(&self) {
         self.completed.notify_all();
+        self.pollers.wake();
+    }
+
+    /// `poll()`: readable when completions wait to be collected.
+    pub(crate) fn poll(&self, table: &PollTable) -> u32 {
+        table.register(&self.pollers);
+        let q = self.queue.lock();
+        if self.queue_mem.ready(&q.indices) > 0 {
+            poll::READABLE
+        } else {
+            0
+        }
     }
 
     /// Checks that the caller is the process the context is bound to.

@@ -448,6 +448,10 @@ impl misc::FileOps for RmnicDriver {
         shared.close_context(&ctx);
     }
 
+    fn poll(_shared: &Rmnic, ctx: &Arc<Context>, table: &crate::poll::PollTable) -> u32 {
+        ctx.poll(table)
+    }
+
     fn ioctl(shared: &Rmnic, ctx: &Arc<Context>, cmd: u32, arg: usize) -> Result<isize> {
         match cmd {
             uapi::IOC_VERSION => {

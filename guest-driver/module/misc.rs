@@ -20,6 +20,8 @@ use kernel::str::CStr;
 use kernel::sync::Arc;
 use kernel::types::{ForeignOwnable, Opaque};
 
+use crate::poll::PollTable;
+
 /// `MISC_DYNAMIC_MINOR`: let the misc core pick the minor number.
 const MISC_DYNAMIC_MINOR: c_int = 255;
 
@@ -38,6 +40,11 @@ pub(crate) trait FileOps {
 
     /// The last reference to the file is gone (close or process exit). May sleep.
     fn release(shared: &Self::Shared, file: Self::Open);
+
+    /// `poll()`: registers the file's wait queues with `table` and returns the ready mask.
+    fn poll(_shared: &Self::Shared, _file: &Self::Open, _table: &PollTable) -> u32 {
+        0
+    }
 }
 
 /// What `private_data` of an open file owns.
@@ -93,6 +100,7 @@ impl<T: FileOps + 'static> Registration<T> {
             (*fops).open = Some(open_callback::<T>);
             (*fops).release = Some(release_callback::<T>);
             (*fops).unlocked_ioctl = Some(ioctl_callback::<T>);
+            (*fops).poll = Some(poll_callback::<T>);
             core::ptr::write_bytes(misc, 0, 1);
             (*misc).minor = MISC_DYNAMIC_MINOR;
             (*misc).name = name.as_char_ptr();
@@ -165,4 +173,16 @@ unsafe extern "C" fn ioctl_callback<T: FileOps + 'static>(
         Ok(ret) => ret,
         Err(err) => err.to_errno() as c_long,
     }
+}
+
+unsafe extern "C" fn poll_callback<T: FileOps + 'static>(
+    file: *mut bindings::file,
+    table: *mut bindings::poll_table_struct,
+) -> bindings::__poll_t {
+    // SAFETY: `open_callback` stored a `KBox<OpenFile<T>>` foreign pointer that `release` has
+    // not reclaimed yet (release cannot run while a file operation is in progress).
+    let state = unsafe { KBox::<OpenFile<T>>::borrow((*file).private_data) };
+    // SAFETY: these are the arguments of this running poll call.
+    let table = unsafe { PollTable::from_raw(file, table) };
+    T::poll(&state.shared, &state.open, &table)
 }

@@ -46,6 +46,7 @@ mod mm;
 )]
 mod mmu;
 mod pci;
+mod poll;
 #[allow(
     dead_code,
     reason = "the register map mirrors the spec; not every register is used"

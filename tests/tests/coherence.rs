@@ -29,6 +29,10 @@ const CHECKS: &[&str] = &[
     "exit-with-commands-in-flight",
     "no-context-leaked",
     "many-processes",
+    "poll-reports-completion",
+    "unload-refused-while-open",
+    "unbind-with-open-context",
+    "rebind-works",
 ];
 
 #[test]

@@ -152,6 +152,25 @@ impl Context {
         Ok(arg.count as usize)
     }
 
+    /// Waits up to `timeout_ms` for completions to collect, with `poll(2)` on the context's
+    /// file; returns whether some are ready.
+    pub fn poll_ready(&self, timeout_ms: i32) -> Result<bool, Error> {
+        let mut fd = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut fd, 1, timeout_ms) };
+        if rc < 0 {
+            return Err(Error::Ioctl {
+                name: "poll",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(rc > 0 && fd.revents & libc::POLLIN != 0)
+    }
+
     /// This context's counters.
     pub fn stats(&self) -> Result<ContextStats, Error> {
         let mut stats = ContextStats::default();

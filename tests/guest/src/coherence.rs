@@ -398,8 +398,78 @@ fn processes(c: &mut Checks) -> Result<()> {
     Ok(())
 }
 
+/// `poll()` on a context reports completions.
+fn poll(dev: &Context, c: &mut Checks) -> Result<()> {
+    let buf = Mapping::new(PAGE, false)?;
+    let idle = dev.poll_ready(0)?;
+    let cmd = Command {
+        opcode: opcode::WRITE64,
+        id: 77,
+        addr0: buf.addr(),
+        operand0: 9,
+        ..Command::default()
+    };
+    dev.submit(std::slice::from_ref(&cmd))?;
+    let ready = dev.poll_ready(10_000)?;
+    let mut out = [Completion::default()];
+    let got = dev.wait(&mut out, 0, 0)?;
+    c.check(
+        "poll-reports-completion",
+        !idle && ready && got == 1 && out[0].id == 77 && buf.read_u64(0) == 9,
+        format!("idle {idle}, ready {ready}, collected {got}"),
+    );
+    Ok(())
+}
+
+/// Driver teardown with a context open: unload is refused; unbinding the device makes the open
+/// context fail cleanly with ENODEV; rebinding brings a working device back.
+fn teardown(c: &mut Checks) -> Result<()> {
+    let dev = Context::open()?;
+    let rmmod = std::process::Command::new("rmmod").arg("rmnic").output()?;
+    c.check(
+        "unload-refused-while-open",
+        !rmmod.status.success() && dev.version().is_ok(),
+        String::from_utf8_lossy(&rmmod.stderr).trim().to_string(),
+    );
+    let driver = std::path::Path::new("/sys/bus/pci/drivers/rmnic");
+    let bdf = std::fs::read_dir(driver)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("0000:"))
+        .ok_or_else(|| anyhow::anyhow!("no device bound to rmnic"))?;
+    std::fs::write(driver.join("unbind"), &bdf)?;
+    let after = dev.version();
+    let enodev = matches!(&after, Err(rmnic_abi::Error::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::ENODEV));
+    drop(dev);
+    c.check("unbind-with-open-context", enodev, format!("{after:?}"));
+    std::fs::write(driver.join("bind"), &bdf)?;
+    let again = Context::open().and_then(|d| {
+        let buf = Mapping::new(PAGE, false).map_err(|e| rmnic_abi::Error::Ioctl {
+            name: "mmap",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        d.write64(buf.addr(), 3)
+            .map(|r| r.is_ok() && buf.read_u64(0) == 3)
+    });
+    c.check(
+        "rebind-works",
+        matches!(again, Ok(true)),
+        format!("{again:?}"),
+    );
+    Ok(())
+}
+
 /// Check groups, in the order they run.
-pub const GROUPS: &[&str] = &["ops", "faults", "munmap", "mprotect", "fork", "processes"];
+pub const GROUPS: &[&str] = &[
+    "ops",
+    "faults",
+    "munmap",
+    "mprotect",
+    "fork",
+    "poll",
+    "processes",
+    "teardown",
+];
 
 /// Runs the check groups named in `only` (all when empty).
 pub fn run(c: &mut Checks, only: &[String]) -> Result<()> {
@@ -413,7 +483,9 @@ pub fn run(c: &mut Checks, only: &[String]) -> Result<()> {
             "munmap" => munmap(&dev, c)?,
             "mprotect" => mprotect(&dev, c)?,
             "fork" => fork_cow(&dev, c)?,
-            _ => processes(c)?,
+            "poll" => poll(&dev, c)?,
+            "processes" => processes(c)?,
+            _ => {}
         }
     }
     let s = dev.stats()?;
@@ -422,5 +494,11 @@ pub fn run(c: &mut Checks, only: &[String]) -> Result<()> {
         s.submitted, s.completed, s.faults, s.dropins_4k, s.dropins_2m, s.aborts,
         s.invalidations_received, s.invalidations_sent, s.retries
     );
+    drop(dev);
+    // Last: it unbinds and rebinds the device under every other context's feet.
+    if wanted("teardown") {
+        println!("rmnic-guest: coherence group teardown");
+        teardown(c)?;
+    }
     Ok(())
 }
