@@ -18,39 +18,21 @@ mod cmdq;
 mod context;
 mod delay;
 mod device;
-#[allow(
-    dead_code,
-    reason = "wrapper API: not every item is used by the driver yet"
-)]
+#[allow(dead_code, reason = "complete wrapper API")]
 mod dma;
-#[allow(
-    dead_code,
-    reason = "wrapper API: not every item is used by the driver yet"
-)]
+#[allow(dead_code, reason = "complete wrapper API")]
 mod hmm;
 mod invq;
-#[allow(
-    dead_code,
-    reason = "wrapper API: not every item is used by the driver yet"
-)]
+#[allow(dead_code, reason = "complete wrapper API")]
 mod irq;
 mod misc;
-#[allow(
-    dead_code,
-    reason = "wrapper API: not every item is used by the driver yet"
-)]
+#[allow(dead_code, reason = "complete wrapper API")]
 mod mm;
-#[allow(
-    dead_code,
-    reason = "wrapper API: not every item is used by the driver yet"
-)]
+#[allow(dead_code, reason = "complete wrapper API")]
 mod mmu;
 mod pci;
 mod poll;
-#[allow(
-    dead_code,
-    reason = "the register map mirrors the spec; not every register is used"
-)]
+#[allow(dead_code, reason = "the register map mirrors the spec")]
 mod regs;
 mod uapi;
 
