@@ -8,6 +8,7 @@ use core::pin::Pin;
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex, SpinLock};
+use kernel::time::{ktime_ms_delta, Ktime};
 use kernel::types::ScopeGuard;
 use kernel::uaccess::UserSlice;
 use kernel::{c_str, new_mutex, new_spinlock};
@@ -179,7 +180,8 @@ impl Rmnic {
         ctx.mark_dead();
         if self.hw.ctx_write(index, CTX_CONTROL, 0).is_ok() {
             let mut stopped = false;
-            for _ in 0..DISABLE_WAIT_MS {
+            let start = Ktime::ktime_get();
+            while ktime_ms_delta(Ktime::ktime_get(), start) < i64::from(DISABLE_WAIT_MS) {
                 match self.hw.ctx_read(index, CTX_STATUS) {
                     Ok(status) if status & CTX_STATUS_STATE_MASK == CTX_STATE_FREE => {
                         stopped = true;

@@ -11,6 +11,7 @@
 use kernel::new_spinlock;
 use kernel::prelude::*;
 use kernel::sync::SpinLock;
+use kernel::time::{ktime_ms_delta, Ktime};
 
 use crate::delay;
 use crate::device::Hw;
@@ -123,11 +124,17 @@ impl InvalidationQueue {
                 }
                 delay::udelay(1);
             }
-            for _ in 0..BLOCKING_WAIT_MS {
+            // msleep(1) sleeps at least a jiffy (10 ms at HZ=100): bound the wait by time, not
+            // by iterations.
+            let start = Ktime::ktime_get();
+            while ktime_ms_delta(Ktime::ktime_get(), start) < i64::from(BLOCKING_WAIT_MS) {
                 if self.completed(seq) {
                     return Ok(());
                 }
                 delay::msleep(1);
+            }
+            if self.completed(seq) {
+                return Ok(());
             }
             pr_err!("rmnic: invalidation {seq} did not complete in {BLOCKING_WAIT_MS} ms\n");
             Err(EIO)

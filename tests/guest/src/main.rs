@@ -184,7 +184,24 @@ fn probe(want_cpus: usize) -> Result<ExitCode> {
     })
 }
 
+/// Seconds the coherence checks may take before the watchdog dumps the kernel's task stacks
+/// to the console and ends the VM; a hang then leaves evidence instead of a silent timeout.
+const WATCHDOG_SECS: u64 = 120;
+
+fn start_watchdog() {
+    std::thread::spawn(|| {
+        std::thread::sleep(std::time::Duration::from_secs(WATCHDOG_SECS));
+        println!("rmnic-guest: watchdog: no result after {WATCHDOG_SECS} s; dumping task stacks");
+        let _ = std::fs::write("/proc/sys/kernel/printk", "8");
+        let _ = std::fs::write("/proc/sysrq-trigger", "w");
+        let _ = std::fs::write("/proc/sysrq-trigger", "t");
+        std::thread::sleep(std::time::Duration::from_secs(10));
+        let _ = exit_port::exit(124);
+    });
+}
+
 fn coherence(only: &[String]) -> Result<ExitCode> {
+    start_watchdog();
     let mut checks = Checks::default();
     let result = coherence::run(&mut checks, only);
     println!(
