@@ -64,6 +64,9 @@ pub(crate) struct Coverage {
     hi: u64,
     /// The address space is gone (notifier release) or the file is closing: no more drop-ins.
     dead: bool,
+    /// The file is closing: the device slot may be handed to another context, so nothing may
+    /// be written to it on this context's behalf any more.
+    closed: bool,
 }
 
 /// The part of a context the notifier and the miss path share.
@@ -170,7 +173,7 @@ impl Context {
                 rmnic: rmnic.clone(),
                 index,
                 asid,
-                update <- new_spinlock!(Coverage { lo: u64::MAX, hi: 0, dead: false },
+                update <- new_spinlock!(Coverage { lo: u64::MAX, hi: 0, dead: false, closed: false },
                                         "rmnic::Mirror::update"),
                 stats: Stats::default(),
             }),
@@ -218,9 +221,11 @@ impl Context {
         &self.queue_mem
     }
 
-    /// Marks the context closing: the miss path stops dropping in from here on.
-    pub(crate) fn mark_dead(&self) {
-        self.mirror.update.lock().dead = true;
+    /// Marks the context closing: the miss path stops touching the device slot from here on.
+    pub(crate) fn mark_closed(&self) {
+        let mut cov = self.mirror.update.lock();
+        cov.dead = true;
+        cov.closed = true;
     }
 
     /// Wakes waiters and pollers (completion interrupt).
@@ -347,11 +352,18 @@ impl Context {
             Err(e) if e == EPERM || e == EACCES => uapi::status::PERMISSION,
             Err(_) => uapi::status::FAULT_UNRESOLVED,
         };
+        // Under the update lock and only while the context is alive: once closed, its device
+        // slot may already belong to another process's context.
+        let cov = mirror.update.lock();
+        if cov.closed {
+            return;
+        }
         bump(&mirror.stats.aborts);
         let _ = mirror.rmnic.context_command(
             mirror.index,
             CTX_CMD_ABORT | (status << CTX_CMD_ABORT_STATUS_SHIFT),
         );
+        drop(cov);
     }
 
     fn try_resolve(&self, va: u64, write: bool) -> Result {

@@ -177,7 +177,7 @@ impl Rmnic {
     /// commands, drops its TLB entries and stops touching its rings), then free the slot.
     fn close_context(&self, ctx: &Arc<Context>) {
         let index = ctx.index();
-        ctx.mark_dead();
+        ctx.mark_closed();
         if self.hw.ctx_write(index, CTX_CONTROL, 0).is_ok() {
             let mut stopped = false;
             let start = Ktime::ktime_get();
@@ -192,7 +192,7 @@ impl Rmnic {
                 }
             }
             if !stopped {
-                pr_err!("rmnic: context {index} did not stop within {DISABLE_WAIT_MS} ms\n");
+                pr_err!("context {index} did not stop within {DISABLE_WAIT_MS} ms\n");
             }
         }
         self.free_context(index);
@@ -230,7 +230,9 @@ impl Rmnic {
                 };
                 match self.lookup(usize::from(index), asid) {
                     Some(ctx) => ctx.resolve_fault(va, access & FAULT_ACCESS_WRITE != 0),
-                    None => pr_warn!("rmnic: fault for unknown context {index} asid {asid}\n"),
+                    // The context was closed after the device wrote the record: nothing to
+                    // answer, the disable already dropped the stalled command.
+                    None => pr_debug!("fault for closed context {index} asid {asid}\n"),
                 }
             }
         }
@@ -285,7 +287,7 @@ impl IrqHandler for ErrorIrq {
     fn handle_thread(&self) -> ThreadReturn {
         let status = self.0.hw.read(REG_DEV_STATUS).unwrap_or(u32::MAX);
         let error = self.0.hw.read(REG_DEV_ERROR).unwrap_or(u32::MAX);
-        pr_err!("rmnic: device error interrupt: status {status:#x} error {error:#x}\n");
+        pr_err!("device error interrupt: status {status:#x} error {error:#x}\n");
         ThreadReturn::Handled
     }
 }
@@ -318,7 +320,7 @@ impl pci::Driver for RmnicDriver {
         let bar = dev.iomap::<BAR0_SIZE>(0)?;
         let id = bar.read32::<REG_ID>();
         if id != ID_MAGIC {
-            pr_err!("rmnic: ID register reads {id:#010x}, expected {ID_MAGIC:#010x}\n");
+            pr_err!("ID register reads {id:#010x}, expected {ID_MAGIC:#010x}\n");
             return Err(ENODEV);
         }
         let version = bar.read32::<REG_VERSION>();
@@ -338,11 +340,11 @@ impl pci::Driver for RmnicDriver {
             bar.write32::<REG_SCRATCH>(pattern);
             let readback = bar.read32::<REG_SCRATCH>();
             if readback != pattern {
-                pr_err!("rmnic: scratch wrote {pattern:#010x}, read {readback:#010x}\n");
+                pr_err!("scratch wrote {pattern:#010x}, read {readback:#010x}\n");
                 return Err(EIO);
             }
         }
-        pr_info!("rmnic: scratch register round-trip ok\n");
+        pr_info!("scratch register round-trip ok\n");
         let contexts = ((bar.read32::<REG_CAPS>() & CAPS_CONTEXTS_MASK) as usize).min(MAX_CONTEXTS);
         dma::set_dma_mask(dev, 64)?;
         dev.set_master();
@@ -419,7 +421,7 @@ impl pci::Driver for RmnicDriver {
         reset.dismiss();
         claimed.dismiss();
         enabled.dismiss();
-        pr_info!("rmnic: bound, {contexts} contexts, /dev/rmnic registered\n");
+        pr_info!("bound, {contexts} contexts, /dev/rmnic registered\n");
         Ok(bound)
     }
 
@@ -434,7 +436,7 @@ impl pci::Driver for RmnicDriver {
         drop(bar);
         dev.release_regions();
         dev.disable();
-        pr_info!("rmnic: removed\n");
+        pr_info!("removed\n");
     }
 }
 

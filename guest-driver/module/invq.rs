@@ -136,7 +136,7 @@ impl InvalidationQueue {
             if self.completed(seq) {
                 return Ok(());
             }
-            pr_err!("rmnic: invalidation {seq} did not complete in {BLOCKING_WAIT_MS} ms\n");
+            pr_err!("invalidation {seq} did not complete in {BLOCKING_WAIT_MS} ms\n");
             Err(EIO)
         } else {
             for _ in 0..ATOMIC_WAIT_US {

@@ -368,7 +368,7 @@ unsafe extern "C" fn invalidate_callback<T: IntervalCallbacks>(
         // The callback reported success without recording the invalidation: a fill racing with
         // it could pass `read_retry` and program a stale translation. Record it now, late.
         if !FORGOT_SET_SEQ_WARNED.swap(true, Ordering::Relaxed) {
-            pr_warn!("rmnic: interval notifier returned true without set_seq\n");
+            pr_warn!("interval notifier returned true without set_seq\n");
         }
         handle.set_seq(cur_seq);
     }

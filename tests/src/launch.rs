@@ -85,6 +85,9 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// When each `rmnic-host:` / `rmnic-guest:` line arrived, counted from launch.
     pub timeline: Vec<(Duration, String)>,
+    /// Console tail of a first boot that triple-faulted in emulated mode, if this outcome is
+    /// from the retry (see [`run_in`]).
+    pub retried: Option<String>,
 }
 
 impl Outcome {
@@ -228,6 +231,7 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
         mode,
         elapsed,
         timeline,
+        retried: None,
     })
 }
 
