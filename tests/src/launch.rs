@@ -214,10 +214,12 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
     let elapsed = start.elapsed();
     let status = match mode {
         HostMode::Direct => status.code().unwrap_or(-1),
-        HostMode::Emulated => match status.code() {
-            // isa-debug-exit: QEMU exits with (value << 1) | 1.
-            Some(code) if code % 2 == 1 => code >> 1,
-            code => {
+        // The host's init prints rmnic-vmm's status before passing it to isa-debug-exit, whose
+        // 8-bit QEMU exit code ((value << 1) | 1) cannot carry statuses above 127: the console
+        // line is the source of truth, the exit code only says the host got that far.
+        HostMode::Emulated => match (host_reported_status(&console), status.code()) {
+            (Some(reported), Some(code)) if code % 2 == 1 => reported,
+            (_, code) => {
                 return Err(LaunchError::HostFailed {
                     code,
                     tail: tail(&console),
@@ -233,6 +235,18 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
         timeline,
         retried: None,
     })
+}
+
+/// Printed by the emulated host's init after rmnic-vmm exits (images/initramfs/host-init).
+const HOST_STATUS_MARKER: &str = "rmnic-host: rmnic-vmm exited with status ";
+
+/// The status the emulated host's init reported for rmnic-vmm, if it got that far.
+fn host_reported_status(console: &str) -> Option<i32> {
+    console
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix(HOST_STATUS_MARKER))
+        .and_then(|rest| rest.trim().parse().ok())
 }
 
 fn direct_command(images: &Images, guest: &GuestRun) -> Command {
@@ -334,4 +348,20 @@ fn lock(console: &Mutex<Console>) -> std::sync::MutexGuard<'_, Console> {
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_reported_status;
+
+    #[test]
+    fn host_status_line_carries_statuses_qemu_cannot() {
+        let console = "rmnic-vmm: guest reset (triple fault on vCPU 0)\n\
+                       rmnic-host: rmnic-vmm exited with status 130\n";
+        assert_eq!(host_reported_status(console), Some(130));
+        assert_eq!(
+            host_reported_status("rmnic-host: starting rmnic-vmm\n"),
+            None
+        );
+    }
 }
