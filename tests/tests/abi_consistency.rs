@@ -223,3 +223,54 @@ int main(void) {
     );
     assert_eq!(text, want, "C header and Rust ABI disagree");
 }
+
+/// The user ABI passes device commands and completions through unchanged: its opcodes and
+/// statuses must be the device's.
+#[test]
+fn user_abi_opcodes_and_statuses_are_the_devices() {
+    use rmnic_abi::{opcode, status};
+    let device: HashMap<&str, u64> = rmnic_device::commands::SPEC_CONSTANTS
+        .iter()
+        .copied()
+        .collect();
+    let user = [
+        ("OP_NOP", u64::from(opcode::NOP)),
+        ("OP_COPY", u64::from(opcode::COPY)),
+        ("OP_FILL", u64::from(opcode::FILL)),
+        ("OP_READ64", u64::from(opcode::READ64)),
+        ("OP_WRITE64", u64::from(opcode::WRITE64)),
+        ("OP_FETCH_ADD", u64::from(opcode::FETCH_ADD)),
+        ("OP_CAS", u64::from(opcode::CAS)),
+        ("OP_SWAP", u64::from(opcode::SWAP)),
+        ("OP_FENCE", u64::from(opcode::FENCE)),
+        ("STATUS_OK", u64::from(status::OK)),
+        (
+            "STATUS_FAULT_UNRESOLVED",
+            u64::from(status::FAULT_UNRESOLVED),
+        ),
+        ("STATUS_PERMISSION", u64::from(status::PERMISSION)),
+        ("STATUS_DEVICE_ERROR", u64::from(status::DEVICE_ERROR)),
+        ("STATUS_INVALID_OPCODE", u64::from(status::INVALID_OPCODE)),
+        ("STATUS_ABORTED", u64::from(status::ABORTED)),
+        ("STATUS_ALIGNMENT", u64::from(status::ALIGNMENT)),
+        (
+            "STATUS_INVALID_ARGUMENT",
+            u64::from(status::INVALID_ARGUMENT),
+        ),
+        (
+            "COMMAND_SIZE",
+            std::mem::size_of::<rmnic_abi::Command>() as u64,
+        ),
+        (
+            "COMPLETION_SIZE",
+            std::mem::size_of::<rmnic_abi::Completion>() as u64,
+        ),
+        (
+            "CMD_FLAG_INTERRUPT",
+            u64::from(rmnic_abi::abi::CMD_FLAG_INTERRUPT),
+        ),
+    ];
+    for (name, value) in user {
+        assert_eq!(device.get(name), Some(&value), "rmnic-abi {name}");
+    }
+}
