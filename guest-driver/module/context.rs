@@ -21,7 +21,11 @@ use kernel::sync::{Arc, CondVar, CondVarTimeoutResult, Mutex, SpinLock};
 use kernel::time::msecs_to_jiffies;
 use kernel::{new_condvar, new_mutex, new_spinlock};
 
+use kernel::c_str;
+use kernel::str::CStr;
+
 use crate::cmdq::{CommandQueue, Indices, SLOTS};
+use crate::debugfs::Dir;
 use crate::device::Rmnic;
 use crate::hmm::{self, Access};
 use crate::invq::Target;
@@ -38,7 +42,7 @@ const MAX_FAULT_RETRIES: u32 = 16;
 const PAGE: u64 = 4096;
 const HUGE_PAGE: u64 = 2 << 20;
 
-/// Counters of one context (`RMNIC_IOC_STATS`).
+/// Counters of one context (`RMNIC_IOC_STATS`, and debugfs `rmnic/ctx<N>-asid<A>/`).
 #[derive(Default)]
 pub(crate) struct Stats {
     submitted: AtomicU64,
@@ -51,6 +55,19 @@ pub(crate) struct Stats {
     invalidations_sent: AtomicU64,
     retries: AtomicU64,
 }
+
+/// The debugfs files of a context's counters.
+pub(crate) const DEBUGFS_COUNTERS: [(&CStr, fn(&Mirror) -> &AtomicU64); 9] = [
+    (c_str!("submitted"), |m| &m.stats.submitted),
+    (c_str!("completed"), |m| &m.stats.completed),
+    (c_str!("faults"), |m| &m.stats.faults),
+    (c_str!("dropins_4k"), |m| &m.stats.dropins_4k),
+    (c_str!("dropins_2m"), |m| &m.stats.dropins_2m),
+    (c_str!("aborts"), |m| &m.stats.aborts),
+    (c_str!("invalidations_received"), |m| &m.stats.invalidations_received),
+    (c_str!("invalidations_sent"), |m| &m.stats.invalidations_sent),
+    (c_str!("retries"), |m| &m.stats.retries),
+];
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
@@ -159,6 +176,8 @@ pub(crate) struct Context {
     /// Same, for `poll()`.
     #[pin]
     pollers: PollQueue,
+    /// `rmnic/ctx<N>-asid<A>/` in debugfs: this context's counters.
+    _debugfs: Option<Dir>,
 }
 
 impl Context {
@@ -180,6 +199,7 @@ impl Context {
             GFP_KERNEL,
         )?;
         let queue_mem = CommandQueue::new(dev)?;
+        let debugfs = rmnic.debugfs_context_dir(index, asid, &mirror);
         let notifier = IntervalNotifier::insert_all(&users, mirror.clone())?;
         let mm = users.grab();
         let ctx = Arc::pin_init(
@@ -192,6 +212,7 @@ impl Context {
                                     "rmnic::Context::queue"),
                 completed <- new_condvar!("rmnic::Context::completed"),
                 pollers <- PollQueue::new(),
+                _debugfs: debugfs,
             }),
             GFP_KERNEL,
         )?;

@@ -11,9 +11,11 @@ use kernel::sync::{Arc, Mutex, SpinLock};
 use kernel::time::{ktime_ms_delta, Ktime};
 use kernel::types::ScopeGuard;
 use kernel::uaccess::UserSlice;
-use kernel::{c_str, new_mutex, new_spinlock};
+use kernel::str::CString;
+use kernel::{c_str, fmt, new_mutex, new_spinlock};
 
-use crate::context::Context;
+use crate::context::{Context, Mirror, DEBUGFS_COUNTERS};
+use crate::debugfs::Dir;
 use crate::delay;
 use crate::dma::{self, CoherentRing};
 use crate::invq::{InvalidationQueue, Target};
@@ -102,9 +104,25 @@ pub(crate) struct Rmnic {
     contexts: SpinLock<Contexts>,
     pci_vendor: u16,
     pci_device: u16,
+    /// `rmnic/` in debugfs (absent when debugfs is).
+    debugfs: Option<Dir>,
 }
 
 impl Rmnic {
+    /// Creates `rmnic/ctx<index>-asid<asid>/` with the context's counters; `None` if debugfs
+    /// is unavailable (best effort, as debugfs is by convention).
+    pub(crate) fn debugfs_context_dir(
+        &self,
+        index: usize,
+        asid: u16,
+        mirror: &Arc<Mirror>,
+    ) -> Option<Dir> {
+        let name = CString::try_from_fmt(fmt!("ctx{index}-asid{asid}")).ok()?;
+        let mut dir = Dir::new(&name, Some(self.debugfs.as_ref()?))?;
+        dir.counters(mirror.clone(), &DEBUGFS_COUNTERS).ok()?;
+        Some(dir)
+    }
+
     /// Sends one invalidation and waits for it (see [`InvalidationQueue::wait`]).
     pub(crate) fn invalidate(&self, target: Target, blockable: bool) -> Result {
         let seq = loop {
@@ -367,6 +385,7 @@ impl pci::Driver for RmnicDriver {
                 }, "rmnic::Rmnic::contexts"),
                 pci_vendor,
                 pci_device,
+                debugfs: Dir::new(c_str!("rmnic"), None),
             }? Error),
             GFP_KERNEL,
         )?;

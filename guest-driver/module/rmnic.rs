@@ -16,6 +16,7 @@ use kernel::prelude::*;
 
 mod cmdq;
 mod context;
+mod debugfs;
 mod delay;
 mod device;
 #[allow(dead_code, reason = "complete wrapper API")]

@@ -18,6 +18,7 @@ const CHECKS: &[&str] = &[
     "op-batch",
     "fault-once-per-page",
     "fault-once-per-2m-page",
+    "debugfs-counters",
     "munmap-shootdown",
     "munmap-access-fails",
     "munmap-remap-sees-new-page",

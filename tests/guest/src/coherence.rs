@@ -147,6 +147,19 @@ fn faults(dev: &Context, c: &mut Checks) -> Result<()> {
         format!("first pass {f1} faults / {d1} drop-ins, second pass {f2} faults"),
     );
 
+    // The same counters in debugfs (init mounts it at /sys/kernel/debug).
+    let s = dev.stats()?;
+    let path = format!(
+        "/sys/kernel/debug/rmnic/ctx{}-asid{}/faults",
+        s.context, s.asid
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    c.check(
+        "debugfs-counters",
+        text.trim().parse::<u64>().ok() == Some(s.faults),
+        format!("{path}: {:?}, ioctl: {}", text.trim(), s.faults),
+    );
+
     let thp =
         std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     let mut huge = Mapping::aligned(2 * HUGE, HUGE)?;
