@@ -53,6 +53,7 @@ fn device_stays_coherent_with_cpu_page_tables() {
     }
     // The guest's init scans dmesg for WARNING/BUG/Oops/lockdep reports and turns any into
     // status 121; the console carries them too.
+    let lines: Vec<&str> = outcome.console.lines().collect();
     for marker in [
         "WARNING:",
         "BUG:",
@@ -60,9 +61,14 @@ fn device_stays_coherent_with_cpu_page_tables() {
         "circular locking",
         "inconsistent lock state",
     ] {
-        if outcome.console.contains(marker) {
-            problems.push(format!("kernel log contains {marker:?}"));
+        if let Some(at) = lines.iter().position(|l| l.contains(marker)) {
+            // The report itself, not just the console's tail, so the failure can be read.
+            let report = lines[at.saturating_sub(2)..(at + 30).min(lines.len())].join("\n");
+            problems.push(format!("kernel log contains {marker:?}:\n{report}"));
         }
+    }
+    if let Some(first) = &outcome.retried {
+        eprintln!("coherence: passed on the emulated-mode retry; first attempt:\n{first}");
     }
     assert!(
         problems.is_empty() && outcome.status == 0,
