@@ -233,6 +233,14 @@ impl Rmnic {
             if *tail == head {
                 return;
             }
+            // The device owns HEAD: never trust it further than the ring holds. After a reset
+            // it goes back to 0, and walking from TAIL up to it would take 2^32 steps.
+            if head.wrapping_sub(*tail) > FAULT_ENTRIES {
+                pr_err!("fault ring head {head} is out of step with tail {}; resynchronising\n", *tail);
+                *tail = head;
+                let _ = self.hw.write(REG_FAULT_TAIL, head);
+                return;
+            }
             while *tail != head {
                 let at = *tail;
                 let record = (
