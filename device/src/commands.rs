@@ -427,7 +427,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::spec_doc::constant;
 
     fn record(opcode: Opcode) -> CommandRecord {
         CommandRecord {
@@ -547,13 +546,6 @@ mod tests {
         let mut bad = bytes;
         bad[8] = 99;
         assert_eq!(Completion::from_bytes(&bad), None);
-    }
-
-    #[test]
-    fn specification_command_constants_match_the_code() {
-        for (name, value) in SPEC_CONSTANTS {
-            assert_eq!(constant(name), Some(value), "docs/device-spec.md: {name}");
-        }
     }
 
     proptest! {

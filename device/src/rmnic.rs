@@ -527,7 +527,6 @@ mod tests {
     };
     use crate::pci::msix::{MSIX_CONTROL_ENABLE, MSIX_CONTROL_FUNCTION_MASK};
     use crate::regs::{REG_ID, REG_SCRATCH, REG_VERSION, RMNIC_ID_MAGIC, RMNIC_SPEC_VERSION};
-    use crate::spec_doc::constant;
 
     const BAR0_ADDRESS: u64 = 0x1_0000_0000;
 
@@ -845,25 +844,6 @@ mod tests {
         assert_eq!(device.bars()[0].base, 0);
         assert_eq!(device.register(REG_SCRATCH), 0);
         assert!(!device.msix().enabled());
-    }
-
-    #[test]
-    fn specification_identity_constants_match_the_code() {
-        for (name, value) in [
-            ("RMNIC_VENDOR_ID", u64::from(RMNIC_VENDOR_ID)),
-            ("RMNIC_DEVICE_ID", u64::from(RMNIC_DEVICE_ID)),
-            ("RMNIC_REVISION_ID", u64::from(RMNIC_REVISION_ID)),
-            ("RMNIC_CLASS_CODE", u64::from(RMNIC_CLASS_CODE)),
-            ("RMNIC_SUBCLASS", u64::from(RMNIC_SUBCLASS)),
-            ("RMNIC_PROG_IF", u64::from(RMNIC_PROG_IF)),
-            ("RMNIC_MSIX_VECTORS", u64::from(RMNIC_MSIX_VECTORS)),
-            ("VECTOR_FAULT", u64::from(VECTOR_FAULT)),
-            ("VECTOR_COMPLETION", u64::from(VECTOR_COMPLETION)),
-            ("VECTOR_INVALIDATION", u64::from(VECTOR_INVALIDATION)),
-            ("VECTOR_ERROR", u64::from(VECTOR_ERROR)),
-        ] {
-            assert_eq!(constant(name), Some(value), "docs/device-spec.md: {name}");
-        }
     }
 
     proptest! {

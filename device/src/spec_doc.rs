@@ -88,14 +88,6 @@ pub(crate) fn counter_rows(prefix: &str) -> Vec<CounterRow> {
         .collect()
 }
 
-/// The value of a constants-table row `| NAME | 0x… | … |`.
-pub(crate) fn constant(name: &str) -> Option<u64> {
-    SPEC.lines()
-        .filter_map(cells)
-        .find(|cells| cells.first() == Some(&name))
-        .and_then(|cells| cells.get(1).and_then(|value| parse_number(value)))
-}
-
 /// Every constants-table row: `(NAME, value)` for rows whose first cell is an upper-case
 /// identifier and whose second cell is a number.
 pub(crate) fn constants() -> Vec<(String, u64)> {
