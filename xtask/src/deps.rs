@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::progress;
 
@@ -122,8 +122,5 @@ pub fn ensure() -> Result<()> {
 }
 
 fn is_root() -> bool {
-    progress::output(Command::new("id").arg("-u"))
-        .map(|uid| uid == "0")
-        .context("id -u")
-        .unwrap_or(false)
+    progress::output(Command::new("id").arg("-u")).is_ok_and(|uid| uid == "0")
 }
