@@ -321,6 +321,10 @@ impl IrqHandler for ErrorIrq {
 /// The rmnic PCI driver.
 pub(crate) struct RmnicDriver;
 
+/// `/dev/rmnic`'s file operations: static, because files opened before an unbind still use
+/// them when they are closed (see `misc`).
+static FOPS: misc::FileOperations<RmnicDriver> = misc::FileOperations::new(&crate::THIS_MODULE);
+
 /// What the PCI core keeps for a bound device. Field order is teardown order.
 pub(crate) struct Bound {
     misc: Option<Pin<KBox<misc::Registration<RmnicDriver>>>>,
@@ -432,11 +436,7 @@ impl pci::Driver for RmnicDriver {
         drop(vectors);
         rmnic.hw.write(REG_DEV_CONTROL, DEV_CONTROL_ENABLE)?;
 
-        let misc = misc::Registration::<RmnicDriver>::new(
-            c_str!("rmnic"),
-            rmnic.clone(),
-            &crate::THIS_MODULE,
-        )?;
+        let misc = misc::Registration::<RmnicDriver>::new(c_str!("rmnic"), rmnic.clone(), &FOPS)?;
         let bound = KBox::new(
             Bound {
                 misc: Some(misc),

@@ -2,13 +2,19 @@
 
 //! A small safe misc-device abstraction (Linux 6.12 ships none for Rust).
 //!
-//! A [`Registration`] owns a `struct miscdevice`, its `file_operations` and an
-//! `Arc<T::Shared>`. Every open file holds its own reference to the shared state plus the
-//! per-file state [`FileOps::open`] returned, so a file that outlives the registration (the
-//! device was unbound while user space kept `/dev/rmnic` open) still points at live memory;
-//! the driver then answers `ENODEV`.
+//! A [`Registration`] owns a `struct miscdevice` and an `Arc<T::Shared>`; the
+//! `file_operations` live in a [`FileOperations`] static. Every open file holds its own
+//! reference to the shared state plus the per-file state [`FileOps::open`] returned, so a file
+//! that outlives the registration (the device was unbound while user space kept `/dev/rmnic`
+//! open) still points at live memory; the driver then answers `ENODEV`.
+//!
+//! Why the table is static: `misc_open` points the open file's `f_op` at it, and the VFS reads
+//! `f_op` (`->release`, then `->owner` for the module reference) when the file is closed, which
+//! can be long after the device was unbound and its `Registration` freed. The table therefore
+//! has to live as long as the module, which every open file pins through `owner`. (It used to
+//! sit inside the `Registration`: closing a file after an unbind read freed memory.)
 
-use core::marker::PhantomPinned;
+use core::marker::{PhantomData, PhantomPinned};
 use core::mem::offset_of;
 use core::pin::Pin;
 
@@ -53,63 +59,91 @@ struct OpenFile<T: FileOps> {
     open: T::Open,
 }
 
+/// The `file_operations` of misc devices of type `T`, to be kept in a `static` (see the module
+/// documentation for why it must outlive every registration).
+///
+/// # Invariants
+///
+/// `table.owner` is the module that contains `T`'s code, and every callback is the trampoline
+/// for `T` below.
+pub(crate) struct FileOperations<T: FileOps> {
+    table: bindings::file_operations,
+    _ops: PhantomData<T>,
+}
+
+// SAFETY: the table is never written after construction (the misc core and the VFS only read
+// it), and it holds only function pointers and the module pointer.
+unsafe impl<T: FileOps> Sync for FileOperations<T> {}
+
+impl<T: FileOps + 'static> FileOperations<T> {
+    /// The table for `T`, whose open files pin `module` (pass the driver's own `THIS_MODULE`).
+    pub(crate) const fn new(module: &'static ThisModule) -> Self {
+        // INVARIANT: `module` is the caller's module; the callbacks are `T`'s trampolines.
+        Self {
+            table: bindings::file_operations {
+                owner: module.as_ptr(),
+                open: Some(open_callback::<T>),
+                release: Some(release_callback::<T>),
+                unlocked_ioctl: Some(ioctl_callback::<T>),
+                poll: Some(poll_callback::<T>),
+                // SAFETY: all-zero is a valid `file_operations`: null pointers and `None`
+                // callbacks for everything not set above.
+                ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+            },
+            _ops: PhantomData,
+        }
+    }
+}
+
 /// A registered misc device; deregisters on drop.
 ///
 /// # Invariants
 ///
-/// `misc` is registered with the misc core from `new` until `drop`; its `fops` points at
-/// `fops`, and both stay pinned at the same address for that whole time.
+/// `misc` is registered with the misc core from `new` until `drop`; its `fops` points at a
+/// `'static` [`FileOperations<T>`], and `misc` stays pinned at the same address for that whole
+/// time.
 #[repr(C)]
 pub(crate) struct Registration<T: FileOps> {
     misc: Opaque<bindings::miscdevice>,
-    fops: Opaque<bindings::file_operations>,
     shared: Arc<T::Shared>,
     _pinned: PhantomPinned,
 }
 
-// SAFETY: the C structures are only read by the misc core after registration, and `shared` is
+// SAFETY: the C structure is only read by the misc core after registration, and `shared` is
 // `Send + Sync`.
 unsafe impl<T: FileOps> Send for Registration<T> {}
 // SAFETY: `&Registration` only hands out `&T::Shared`, which is `Sync`.
 unsafe impl<T: FileOps> Sync for Registration<T> {}
 
 impl<T: FileOps + 'static> Registration<T> {
-    /// Registers `/dev/<name>` whose open files share `shared`.
+    /// Registers `/dev/<name>` with the file operations `fops`; its open files share `shared`.
     pub(crate) fn new(
         name: &'static CStr,
         shared: Arc<T::Shared>,
-        module: &'static ThisModule,
+        fops: &'static FileOperations<T>,
     ) -> Result<Pin<KBox<Self>>> {
         let reg = KBox::pin(
             Self {
                 misc: Opaque::uninit(),
-                fops: Opaque::uninit(),
                 shared,
                 _pinned: PhantomPinned,
             },
             GFP_KERNEL,
         )?;
         let misc = reg.misc.get();
-        let fops = reg.fops.get();
-        // SAFETY: both structures are freshly allocated, pinned and not yet shared; all-zero
-        // is a valid `file_operations` and `miscdevice` (null pointers, `None` callbacks, empty
-        // list head that `misc_register` initialises).
+        // SAFETY: the structure is freshly allocated, pinned and not yet shared; all-zero is a
+        // valid `miscdevice` (null pointers, empty list head that `misc_register` initialises).
         unsafe {
-            core::ptr::write_bytes(fops, 0, 1);
-            (*fops).owner = module.as_ptr();
-            (*fops).open = Some(open_callback::<T>);
-            (*fops).release = Some(release_callback::<T>);
-            (*fops).unlocked_ioctl = Some(ioctl_callback::<T>);
-            (*fops).poll = Some(poll_callback::<T>);
             core::ptr::write_bytes(misc, 0, 1);
             (*misc).minor = MISC_DYNAMIC_MINOR;
             (*misc).name = name.as_char_ptr();
-            (*misc).fops = fops;
+            (*misc).fops = &fops.table;
             (*misc).mode = 0o666;
         }
-        // SAFETY: `misc` is fully initialised and stays pinned until `drop` deregisters it.
+        // SAFETY: `misc` is fully initialised and stays pinned until `drop` deregisters it;
+        // `fops` is `'static`.
         to_result(unsafe { bindings::misc_register(misc) })?;
-        // INVARIANT: registered just above; the box is pinned.
+        // INVARIANT: registered just above; the box is pinned; `fops` is `'static`.
         Ok(reg)
     }
 }
@@ -117,7 +151,8 @@ impl<T: FileOps + 'static> Registration<T> {
 impl<T: FileOps> Drop for Registration<T> {
     fn drop(&mut self) {
         // SAFETY: registered by the type invariant. After `misc_deregister` no new open can
-        // reach `misc`; files already open hold their own `Arc` and never touch `misc` again.
+        // reach `misc`; files already open hold their own `Arc`, never touch `misc` again, and
+        // their `f_op` is the `'static` table, not part of `self`.
         unsafe { bindings::misc_deregister(self.misc.get()) }
     }
 }

@@ -2,10 +2,14 @@
 //! chosen guest program, directly under `rmnic-vmm` or inside an emulated host, returning the
 //! console output and the guest-chosen exit status.
 
+pub mod emulated;
 pub mod host;
 pub mod images;
 pub mod launch;
+pub mod verdict;
 
+pub use emulated::EmulatedHost;
 pub use host::HostMode;
 pub use images::Images;
 pub use launch::{run, GuestRun, LaunchError, Outcome};
+pub use verdict::{BootTally, Verdict};

@@ -6,6 +6,8 @@
 //! - `test`: `images`, then `cargo test --workspace` (unit and integration tests).
 //! - `run`: `images`, then boot the guest running any `rmnic-guest` subcommand.
 //! - `bench`: the device-model benchmarks (criterion), each against its baseline.
+//! - `soak`: `images`, then many boots of one workload, each classified, none retried: the
+//!   platform's failure rate for one configuration.
 
 mod cache;
 mod deps;
@@ -15,6 +17,7 @@ mod initramfs;
 mod kernel;
 mod programs;
 mod progress;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -47,6 +50,37 @@ enum Cmd {
         /// Extra arguments for `cargo bench` (e.g. a benchmark name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Build, then boot the guest N times with one workload, classify every boot (no retries)
+    /// and print the tally: the platform's failure rate in one configuration.
+    Soak {
+        /// Boots to make.
+        #[arg(long, default_value_t = 30)]
+        boots: u32,
+        /// What each boot runs.
+        #[arg(long, value_enum, default_value = "stress")]
+        workload: soak::Workload,
+        /// Seconds of load per boot (stress workloads).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// QEMU binary for the emulated host (default: `RMNIC_QEMU`, else the system's).
+        #[arg(long)]
+        qemu: Option<std::path::PathBuf>,
+        /// Firmware directory for that QEMU (`-L`).
+        #[arg(long)]
+        qemu_data: Option<std::path::PathBuf>,
+        /// TCG threading of the emulated host: `multi` or `single`.
+        #[arg(long)]
+        tcg: Option<String>,
+        /// `-cpu` model of the emulated host.
+        #[arg(long)]
+        host_cpu: Option<String>,
+        /// Extra words for the emulated host kernel's command line (e.g. `kvm_amd.vls=0`).
+        #[arg(long, allow_hyphen_values = true)]
+        host_append: Option<String>,
+        /// Extra words for the guest kernel's command line (e.g. `clocksource=tsc`).
+        #[arg(long, allow_hyphen_values = true)]
+        guest_append: Option<String>,
     },
     /// Build, then boot the guest running `rmnic-guest <ARGS>`.
     Run {
@@ -107,19 +141,69 @@ fn real_main() -> Result<ExitCode> {
             progress::done("benchmarks", start);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Soak {
+            boots,
+            workload,
+            seconds,
+            qemu,
+            qemu_data,
+            tcg,
+            host_cpu,
+            host_append,
+            guest_append,
+        } => {
+            deps::ensure()?;
+            images::build(&repo)?;
+            // Flags win over the RMNIC_* variables, which win over the defaults.
+            let mut host = rmnic_tests::EmulatedHost::from_env()?;
+            if let Some(qemu) = qemu {
+                host.qemu = qemu;
+            }
+            if qemu_data.is_some() {
+                host.data_dir = qemu_data;
+            }
+            if let Some(tcg) = tcg {
+                host.tcg = tcg.parse()?;
+            }
+            if let Some(cpu) = host_cpu {
+                host.cpu = cpu;
+            }
+            if let Some(append) = host_append {
+                host.kernel_append = append;
+            }
+            soak::Soak {
+                boots,
+                workload,
+                seconds,
+                host,
+                guest_append: guest_append
+                    .or_else(|| std::env::var("RMNIC_GUEST_APPEND").ok())
+                    .unwrap_or_default(),
+            }
+            .run()
+        }
         Cmd::Test { args } => {
             deps::ensure()?;
             lint(&repo)?;
             let dir = images::build(&repo)?;
             let start = progress::step("cargo test --workspace");
+            // Every boot the tests make is classified and logged here; the summary below says
+            // how many there were and how many were retried and why.
+            let boot_log =
+                std::env::temp_dir().join(format!("rmnic-boots-{}.log", std::process::id()));
+            let _ = std::fs::remove_file(&boot_log);
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .current_dir(&repo)
                 .env("RMNIC_IMAGES", &dir)
+                .env("RMNIC_BOOT_LOG", &boot_log)
                 .args(["test", "--workspace"])
                 .args(&args)
                 .status()
                 .context("Cannot run cargo test")?;
             progress::done("tests", start);
+            let log = std::fs::read_to_string(&boot_log).unwrap_or_default();
+            let _ = std::fs::remove_file(&boot_log);
+            eprintln!("==> guest boots: {}", rmnic_tests::BootTally::parse(&log));
             if !status.success() {
                 bail!("cargo test failed ({status})");
             }

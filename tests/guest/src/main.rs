@@ -5,6 +5,7 @@
 
 mod coherence;
 mod exit_port;
+mod stress;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,18 @@ enum Command {
         #[arg(long)]
         only: Vec<String>,
     },
+    /// The platform reproducer: parallel workers that make the guest exit to the VMM as often
+    /// as they can (register or port I/O storms, mprotect toggling next to device operations,
+    /// context open/close churn, fork/exit churn) for a fixed time.
+    Stress {
+        /// How long to run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// The same load shape without touching the rmnic device (port I/O instead of device
+        /// registers, CPU stores instead of device operations).
+        #[arg(long)]
+        no_device: bool,
+    },
     /// Exits with `status` (tests that a guest failure reaches the host).
     Fail {
         /// Status to exit with.
@@ -56,6 +69,16 @@ fn main() -> ExitCode {
         Command::Probe { cpus } => probe(cpus),
         Command::Demo => demo().map(|()| ExitCode::SUCCESS),
         Command::Coherence { only } => coherence(&only),
+        Command::Stress { seconds, no_device } => {
+            start_watchdog();
+            stress::run(seconds, !no_device).map(|ok| {
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            })
+        }
         Command::Fail { status } => {
             println!("rmnic-guest: failing on purpose with status {status}");
             Ok(ExitCode::from(status))

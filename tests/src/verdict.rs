@@ -1,0 +1,270 @@
+//! What one boot came to, in the terms the platform work counts: did the guest finish and
+//! pass, fail its own checks, or did the platform fail under it (a triple fault, a stall, a
+//! crash of the emulated host, a timeout)? Every boot the harness makes is classified here and,
+//! when `RMNIC_BOOT_LOG` names a file, recorded there, so `cargo xtask test` can say how many
+//! boots it made and how many were retried and why.
+
+use std::fmt;
+use std::io::Write;
+
+use crate::launch::{LaunchError, Outcome, STATUS_GUEST_WATCHDOG, STATUS_TRIPLE_FAULT};
+
+/// rmnic-vmm status the emulated host's init reports when its own watchdog killed a stuck
+/// rmnic-vmm (images/initramfs/host-init).
+pub const STATUS_HOST_WATCHDOG: i32 = 126;
+/// Guest status when the guest's init found kernel warnings in dmesg (guest-init).
+pub const STATUS_KERNEL_WARNING: i32 = 121;
+
+/// Console text that means a CPU stopped making progress even if the run later finished.
+const STALL_MARKERS: &[&str] = &[
+    "self-detected stall on CPU",
+    "rcu_sched detected stalls",
+    "rcu: INFO: rcu_sched",
+    "timer wakeup didn't happen",
+    "watchdog: BUG: soft lockup",
+    "blocked for more than",
+];
+/// Console text of a kernel crash.
+const CRASH_MARKERS: &[&str] = &["BUG: ", "Oops", "general protection fault", "Kernel panic"];
+
+/// The class of one boot's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verdict {
+    /// Status 0, no stall or crash report on the console.
+    Passed,
+    /// The guest program reported failure (a product result, not a platform one).
+    GuestFailed,
+    /// The guest's init found a kernel warning in dmesg.
+    KernelWarning,
+    /// A CPU stalled (RCU stall, soft lockup, hung task) although the run finished.
+    Stall,
+    /// The guest's watchdog found the checks hung and ended the VM.
+    GuestWatchdog,
+    /// The emulated host's watchdog killed a stuck rmnic-vmm.
+    HostWatchdog,
+    /// rmnic-vmm saw the guest triple-fault.
+    TripleFault,
+    /// The emulated host's kernel crashed (oops or panic on its console, or QEMU ended
+    /// without a guest status).
+    HostCrashed,
+    /// The harness's boot timeout expired.
+    Timeout,
+    /// The VM could not be started at all.
+    LaunchFailed,
+}
+
+impl Verdict {
+    /// A failure of the test platform rather than of the guest's own checks.
+    pub fn is_platform_failure(self) -> bool {
+        !matches!(self, Self::Passed | Self::GuestFailed | Self::KernelWarning)
+    }
+
+    /// Classifies a boot result. `host_lines` tells the emulated host's kernel lines from the
+    /// guest's: the host kernel prints a `[seconds]` timestamp (`printk.time=1` on its command
+    /// line), the guest kernel does not.
+    pub fn of(result: &Result<Outcome, LaunchError>) -> Self {
+        match result {
+            Err(LaunchError::Timeout { .. }) => Self::Timeout,
+            Err(LaunchError::HostFailed { .. }) => Self::HostCrashed,
+            Err(_) => Self::LaunchFailed,
+            Ok(outcome) => {
+                if host_crash_line(&outcome.console).is_some() {
+                    return Self::HostCrashed;
+                }
+                match outcome.status {
+                    STATUS_TRIPLE_FAULT => Self::TripleFault,
+                    STATUS_GUEST_WATCHDOG => Self::GuestWatchdog,
+                    STATUS_HOST_WATCHDOG => Self::HostWatchdog,
+                    _ if stall_line(&outcome.console).is_some() => Self::Stall,
+                    0 => Self::Passed,
+                    STATUS_KERNEL_WARNING => Self::KernelWarning,
+                    _ => Self::GuestFailed,
+                }
+            }
+        }
+    }
+
+    /// Short name for tables and the boot log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::GuestFailed => "guest-failed",
+            Self::KernelWarning => "kernel-warning",
+            Self::Stall => "stall",
+            Self::GuestWatchdog => "guest-watchdog",
+            Self::HostWatchdog => "host-watchdog",
+            Self::TripleFault => "triple-fault",
+            Self::HostCrashed => "host-crashed",
+            Self::Timeout => "timeout",
+            Self::LaunchFailed => "launch-failed",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The first console line reporting a stall, if any.
+pub fn stall_line(console: &str) -> Option<&str> {
+    console
+        .lines()
+        .find(|l| STALL_MARKERS.iter().any(|m| l.contains(m)))
+}
+
+/// The first crash report of the emulated host's kernel (a timestamped line), if any.
+pub fn host_crash_line(console: &str) -> Option<&str> {
+    console
+        .lines()
+        .find(|l| l.trim_start().starts_with('[') && CRASH_MARKERS.iter().any(|m| l.contains(m)))
+}
+
+/// Appends one line about a boot to `$RMNIC_BOOT_LOG` (if set): `<verdict> <seconds>
+/// retry=<0|1> <command>`. Best effort: a log that cannot be written must not fail a test.
+pub fn record(verdict: Verdict, seconds: f64, retry: bool, command: &[String]) {
+    let Some(path) = std::env::var_os("RMNIC_BOOT_LOG") else {
+        return;
+    };
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(
+            file,
+            "{verdict} {seconds:.1} retry={} {}",
+            u8::from(retry),
+            command.join(" ")
+        );
+    }
+}
+
+/// Boots counted from a boot log: (boots, retries, per-verdict counts of failed first tries).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BootTally {
+    /// Boots made.
+    pub boots: usize,
+    /// Boots that were retries of a failed boot.
+    pub retries: usize,
+    /// Boots whose verdict was a platform failure, by verdict name.
+    pub platform_failures: Vec<(String, usize)>,
+}
+
+impl BootTally {
+    /// Reads the lines [`record`] wrote.
+    pub fn parse(log: &str) -> Self {
+        let mut tally = Self::default();
+        for line in log.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(verdict), Some(_secs), Some(retry)) =
+                (words.next(), words.next(), words.next())
+            else {
+                continue;
+            };
+            tally.boots += 1;
+            if retry == "retry=1" {
+                tally.retries += 1;
+            }
+            let failed = !matches!(verdict, "passed" | "guest-failed" | "kernel-warning");
+            if failed {
+                match tally
+                    .platform_failures
+                    .iter_mut()
+                    .find(|(v, _)| v == verdict)
+                {
+                    Some((_, n)) => *n += 1,
+                    None => tally.platform_failures.push((verdict.to_string(), 1)),
+                }
+            }
+        }
+        tally
+    }
+}
+
+impl fmt::Display for BootTally {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} boots, {} retried, {} platform failures",
+            self.boots,
+            self.retries,
+            self.platform_failures.iter().map(|(_, n)| n).sum::<usize>()
+        )?;
+        if !self.platform_failures.is_empty() {
+            let list: Vec<String> = self
+                .platform_failures
+                .iter()
+                .map(|(v, n)| format!("{n} {v}"))
+                .collect();
+            write!(f, " ({})", list.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::HostMode;
+    use std::time::Duration;
+
+    fn outcome(status: i32, console: &str) -> Result<Outcome, LaunchError> {
+        Ok(Outcome {
+            status,
+            console: console.to_string(),
+            mode: HostMode::Emulated,
+            elapsed: Duration::from_secs(1),
+            timeline: Vec::new(),
+            retried: None,
+        })
+    }
+
+    #[test]
+    fn statuses_and_console_reports_map_to_verdicts() {
+        assert_eq!(Verdict::of(&outcome(0, "ok\n")), Verdict::Passed);
+        assert_eq!(Verdict::of(&outcome(1, "")), Verdict::GuestFailed);
+        assert_eq!(Verdict::of(&outcome(121, "")), Verdict::KernelWarning);
+        assert_eq!(Verdict::of(&outcome(0x82, "")), Verdict::TripleFault);
+        assert_eq!(Verdict::of(&outcome(124, "")), Verdict::GuestWatchdog);
+        assert_eq!(Verdict::of(&outcome(126, "")), Verdict::HostWatchdog);
+        let stalled = "rcu: INFO: rcu_sched self-detected stall on CPU\n";
+        assert_eq!(Verdict::of(&outcome(0, stalled)), Verdict::Stall);
+        // A crash line without the host's timestamp is the guest's: the guest's init turns it
+        // into a kernel-warning status itself.
+        assert_eq!(
+            Verdict::of(&outcome(121, "BUG: unable to handle\n")),
+            Verdict::KernelWarning
+        );
+        let host_oops = "[   41.000001] BUG: TASK stack guard page was hit at 0000\n";
+        assert_eq!(Verdict::of(&outcome(0, host_oops)), Verdict::HostCrashed);
+        let timeout = Err(LaunchError::Timeout {
+            seconds: 1,
+            mode: HostMode::Emulated,
+            tail: String::new(),
+        });
+        assert_eq!(Verdict::of(&timeout), Verdict::Timeout);
+        assert!(Verdict::Timeout.is_platform_failure());
+        assert!(!Verdict::GuestFailed.is_platform_failure());
+    }
+
+    #[test]
+    fn boot_log_tally_counts_boots_retries_and_platform_failures() {
+        let log = "passed 12.0 retry=0 probe --cpus 2\n\
+                   triple-fault 10.1 retry=0 coherence\n\
+                   passed 19.9 retry=1 coherence\n\
+                   guest-failed 3.0 retry=0 fail --status 3\n";
+        let tally = BootTally::parse(log);
+        assert_eq!(tally.boots, 4);
+        assert_eq!(tally.retries, 1);
+        assert_eq!(
+            tally.platform_failures,
+            vec![("triple-fault".to_string(), 1)]
+        );
+        assert_eq!(
+            tally.to_string(),
+            "4 boots, 1 retried, 1 platform failures (1 triple-fault)"
+        );
+    }
+}
