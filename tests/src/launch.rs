@@ -355,10 +355,11 @@ fn emulated_command(images: &Images, guest: &GuestRun, host: &EmulatedHost) -> C
         .arg(images.path(HOST_INITRAMFS))
         .arg("-append")
         .arg(format!(
-            "{HOST_CMDLINE} {} rmnic_cpus={} rmnic_mem={} rmnic_watchdog={} {}{}",
+            "{HOST_CMDLINE} {} rmnic_cpus={} rmnic_mem={} rmnic_dump={} rmnic_watchdog={} {}{}",
             guest.run_word(),
             guest.cpus,
             guest.memory_mib,
+            host_dump_secs(guest.timeout),
             host_watchdog_secs(guest.timeout),
             guest_append_word(&guest.guest_append),
             host.kernel_append
@@ -376,6 +377,13 @@ const HOST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=5 printk.time=
 /// early enough to beat the harness's timeout.
 fn host_watchdog_secs(timeout: Duration) -> u64 {
     timeout.as_secs().saturating_sub(30).max(60)
+}
+
+/// When the emulated host dumps rmnic-vmm's vCPU states and its own tasks: 110 s (just before
+/// the guest's watchdog reports at 120 s into its program), earlier if the host's watchdog
+/// comes sooner.
+fn host_dump_secs(timeout: Duration) -> u64 {
+    host_watchdog_secs(timeout).saturating_sub(20).min(110)
 }
 
 /// `rmnic_guest_append=` for host-init (spaces become commas there and back).
@@ -458,6 +466,19 @@ fn tail(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::host_reported_status;
+
+    #[test]
+    fn host_dump_comes_before_the_host_watchdog_and_the_harness_timeout() {
+        use super::{host_dump_secs, host_watchdog_secs};
+        use std::time::Duration;
+        for secs in [60, 120, 300, 900] {
+            let t = Duration::from_secs(secs);
+            assert!(host_dump_secs(t) < host_watchdog_secs(t), "timeout {secs}");
+            assert!(host_watchdog_secs(t) <= secs.max(60), "timeout {secs}");
+        }
+        assert_eq!(host_dump_secs(Duration::from_secs(300)), 110);
+        assert_eq!(host_dump_secs(Duration::from_secs(120)), 70);
+    }
 
     #[test]
     fn host_status_line_carries_statuses_qemu_cannot() {

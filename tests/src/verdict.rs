@@ -65,6 +65,9 @@ impl Verdict {
     pub fn of(result: &Result<Outcome, LaunchError>) -> Self {
         match result {
             Err(LaunchError::Timeout { .. }) => Self::Timeout,
+            // QEMU that stops before the host kernel printed a line never ran a host: a bad
+            // QEMU binary or option, not a crash.
+            Err(LaunchError::HostFailed { tail, .. }) if !host_started(tail) => Self::LaunchFailed,
             Err(LaunchError::HostFailed { .. }) => Self::HostCrashed,
             Err(_) => Self::LaunchFailed,
             Ok(outcome) => {
@@ -105,6 +108,13 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Whether the emulated host's kernel or init printed anything.
+fn host_started(console: &str) -> bool {
+    console
+        .lines()
+        .any(|l| l.trim_start().starts_with('[') || l.contains("rmnic-host:"))
 }
 
 /// The first console line reporting a stall, if any.
@@ -245,6 +255,17 @@ mod tests {
             tail: String::new(),
         });
         assert_eq!(Verdict::of(&timeout), Verdict::Timeout);
+        let qemu_refused = Err(LaunchError::HostFailed {
+            code: Some(1),
+            tail: "qemu-system-x86_64: fatal: could not load module for type 'tcg-accel-ops'"
+                .to_string(),
+        });
+        assert_eq!(Verdict::of(&qemu_refused), Verdict::LaunchFailed);
+        let host_died = Err(LaunchError::HostFailed {
+            code: Some(0),
+            tail: "[    3.1] Kernel panic - not syncing: Fatal exception".to_string(),
+        });
+        assert_eq!(Verdict::of(&host_died), Verdict::HostCrashed);
         assert!(Verdict::Timeout.is_platform_failure());
         assert!(!Verdict::GuestFailed.is_platform_failure());
     }

@@ -121,6 +121,16 @@ impl ExitLatch {
         self.set.load(Ordering::Acquire)
     }
 
+    /// Waits up to `limit` for a stop; `None` if none came (nothing is triggered).
+    pub fn wait_for(&self, limit: Duration) -> Option<ExitReason> {
+        let slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let (slot, _) = self
+            .cond
+            .wait_timeout_while(slot, limit, |r| r.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        slot.clone()
+    }
+
     /// Waits for a reason until `timeout` (forever with `None`); on expiry records
     /// [`ExitReason::Timeout`] itself, so the result is always the reason that won.
     pub fn wait(&self, timeout: Option<Duration>) -> ExitReason {

@@ -27,7 +27,7 @@ use crate::pci::{
     assign_bars, BarError, BarPlacement, HostBridge, PciConfigIo, PciError, PciRoot,
     PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN,
 };
-use crate::vstate::{CpuTemplate, Vcpu, VcpuError, VcpuExitContext, Vm, VmError};
+use crate::vstate::{dump, CpuTemplate, Vcpu, VcpuError, VcpuExitContext, Vm, VmError};
 
 /// PCI slot of the host bridge.
 pub const HOST_BRIDGE_SLOT: u8 = 0;
@@ -213,6 +213,7 @@ impl Vmm {
     /// Runs the guest until it stops; returns why.
     pub fn run(self) -> Result<ExitReason, VmmError> {
         install_kick_handler()?;
+        dump::install().map_err(VmmError::Signal)?;
         let latch = self.ctx.latch.clone();
         let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus {
@@ -234,7 +235,7 @@ impl Vmm {
             spawn_stdin_forwarder(self.serial.clone(), latch.clone());
         }
         let run_start = Instant::now();
-        let reason = latch.wait(self.config.timeout);
+        let reason = wait_serving_dumps(&latch, self.config.timeout, &threads);
         tracing::info!(
             "guest stopped after {:?} ({:?} since VMM start): {reason:?}",
             run_start.elapsed(),
@@ -294,6 +295,42 @@ fn place_bars(pci: &PciRoot) -> Result<Vec<BarPlacement>, VmmError> {
         pci.enable_memory_decoding(slot);
     }
     Ok(placed)
+}
+
+/// How often the main thread looks for a state-dump request while the guest runs.
+const DUMP_POLL: Duration = Duration::from_millis(100);
+
+/// Waits for the VM to stop (or `timeout`), serving `kill -USR1` state-dump requests meanwhile
+/// by kicking every vCPU thread out of KVM_RUN (see [`dump`]).
+fn wait_serving_dumps(
+    latch: &ExitLatch,
+    timeout: Option<Duration>,
+    threads: &[JoinHandle<()>],
+) -> ExitReason {
+    let deadline = timeout.map(|t| (t, Instant::now() + t));
+    loop {
+        let slice = match deadline {
+            Some((total, at)) => {
+                let now = Instant::now();
+                if now >= at {
+                    latch.trigger(ExitReason::Timeout(total));
+                    return latch.wait(None);
+                }
+                DUMP_POLL.min(at - now)
+            }
+            None => DUMP_POLL,
+        };
+        if let Some(reason) = latch.wait_for(slice) {
+            return reason;
+        }
+        if dump::take_request() {
+            for t in threads.iter().filter(|t| !t.is_finished()) {
+                if let Err(e) = t.kill(kick_signal()) {
+                    tracing::debug!("kick for a state dump failed: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// The signal used to knock vCPU threads out of KVM_RUN.

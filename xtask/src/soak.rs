@@ -109,6 +109,12 @@ impl Soak {
             }
             eprintln!("{line}");
             results.push((verdict, took));
+            if boot == 1 && verdict == Verdict::LaunchFailed {
+                anyhow::bail!(
+                    "the first boot could not start the VM; not trying {} more",
+                    self.boots - 1
+                );
+            }
         }
         let passed = results
             .iter()

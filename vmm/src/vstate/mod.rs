@@ -2,6 +2,7 @@
 //! state, CPUID, run loop).
 
 pub mod cpuid;
+pub mod dump;
 pub mod vcpu;
 pub mod vm;
 

@@ -18,6 +18,7 @@ use crate::exit::{ExitLatch, ExitReason};
 use crate::pci::PciRoot;
 
 use super::cpuid::fixup_for_vcpu;
+use super::dump::ExitCounts;
 use super::vm::Vm;
 
 const X86_CR0_PE: u64 = 1 << 0;
@@ -252,14 +253,22 @@ impl Vcpu {
     /// never panics on guest input.
     pub fn run(mut self, ctx: VcpuExitContext) {
         let id = u32::from(self.id);
+        let mut counts = ExitCounts::default();
         while !ctx.latch.is_set() {
             let step = match self.fd.run() {
-                Ok(exit) => handle_exit(id, exit, &ctx),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Continue,
+                Ok(exit) => {
+                    count_exit(&mut counts, &exit);
+                    handle_exit(id, exit, &ctx)
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    counts.interrupted += 1;
+                    Step::Continue
+                }
                 Err(e) => Step::Stop(ExitReason::VmmError(format!(
                     "KVM_RUN failed on vCPU {id}: {e}"
                 ))),
             };
+            counts.maybe_dump(id, &self.fd);
             match step {
                 Step::Continue => {}
                 Step::Stop(reason) => {
@@ -282,6 +291,16 @@ impl Vcpu {
         // which the kernel fills the `internal` member of the exit union; the struct is
         // plain integers, valid for any bit pattern.
         unsafe { run.__bindgen_anon_1.internal.suberror }
+    }
+}
+
+fn count_exit(counts: &mut ExitCounts, exit: &VcpuExit<'_>) {
+    match exit {
+        VcpuExit::MmioRead(..) => counts.mmio_read += 1,
+        VcpuExit::MmioWrite(..) => counts.mmio_write += 1,
+        VcpuExit::IoIn(..) => counts.pio_in += 1,
+        VcpuExit::IoOut(..) => counts.pio_out += 1,
+        _ => counts.other += 1,
     }
 }
 
