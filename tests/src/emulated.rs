@@ -87,12 +87,29 @@ impl Default for EmulatedHost {
 impl EmulatedHost {
     /// The defaults, with every `RMNIC_*` override above applied.
     pub fn from_env() -> Result<Self, BadSetting> {
-        let mut host = Self::default();
+        Self::default().with_env()
+    }
+
+    /// The defaults with `qemu` (and its firmware directory) as the QEMU to run, then the
+    /// `RMNIC_*` overrides: how `cargo xtask` hands over the QEMU it built.
+    pub fn from_env_with(qemu: PathBuf, data_dir: Option<PathBuf>) -> Result<Self, BadSetting> {
+        Self {
+            qemu,
+            data_dir,
+            ..Self::default()
+        }
+        .with_env()
+    }
+
+    fn with_env(self) -> Result<Self, BadSetting> {
+        let mut host = self;
         let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         if let Some(qemu) = var("RMNIC_QEMU") {
             host.qemu = PathBuf::from(qemu);
         }
-        host.data_dir = var("RMNIC_QEMU_DATA").map(PathBuf::from);
+        if let Some(dir) = var("RMNIC_QEMU_DATA") {
+            host.data_dir = Some(PathBuf::from(dir));
+        }
         if let Some(tcg) = var("RMNIC_TCG") {
             host.tcg = tcg.parse()?;
         }

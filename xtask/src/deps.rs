@@ -28,23 +28,6 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "initramfs userland"),
 ];
 
-/// The emulated host's QEMU: `qemu-system-x86` from Debian's bookworm-backports (10.0), not
-/// bookworm's 7.2, whose TCG emulation of SVM crashed and stalled nested guests
-/// (docs/platform.md has the soak numbers behind this choice).
-const QEMU_PACKAGE: &str = "qemu-system-x86";
-const QEMU_SUITE: &str = "bookworm-backports";
-/// Oldest QEMU major version accepted for the emulated host.
-pub const QEMU_MIN_MAJOR: u32 = 10;
-/// Debian's archive and the suites apt resolves the backports install against (its
-/// dependencies come from bookworm itself). A separate source list and list directory, so the
-/// machine's own apt configuration is left as it is.
-const QEMU_APT_SOURCES: &str = "\
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main
-";
-
 /// bindgen-cli version known to work with Linux 6.12 here.
 pub const BINDGEN_VERSION: &str = "0.73.2";
 
@@ -72,6 +55,7 @@ pub fn home() -> PathBuf {
 fn missing_packages() -> Vec<&'static str> {
     PACKAGES
         .iter()
+        .chain(crate::qemu::BUILD_PACKAGES)
         .filter(|(name, _)| {
             let out = Command::new("dpkg-query")
                 .args(["-W", "-f=${Status}", name])
@@ -95,61 +79,8 @@ fn apt(args: &[&str]) -> Command {
     cmd
 }
 
-/// Major version of the `qemu-system-x86_64` on PATH, if there is one.
-pub fn qemu_major() -> Option<u32> {
-    let out = progress::output(Command::new("qemu-system-x86_64").arg("--version")).ok()?;
-    parse_qemu_major(&out)
-}
-
-/// `QEMU emulator version 10.0.2 (Debian ...)` -> 10.
-fn parse_qemu_major(version: &str) -> Option<u32> {
-    let rest = version.split("version ").nth(1)?;
-    rest.split('.').next()?.trim().parse().ok()
-}
-
-/// Installs `qemu-system-x86` from bookworm-backports unless a new enough QEMU is there.
-fn ensure_qemu() -> Result<()> {
-    if qemu_major().is_some_and(|major| major >= QEMU_MIN_MAJOR) {
-        return Ok(());
-    }
-    let start = progress::step(&format!(
-        "Installing {QEMU_PACKAGE} from {QEMU_SUITE} (QEMU {QEMU_MIN_MAJOR}.x for the emulated host)"
-    ));
-    let dir = crate::cache::root().join("apt");
-    let lists = dir.join("lists");
-    std::fs::create_dir_all(lists.join("partial"))?;
-    let sources = dir.join("sources.list");
-    std::fs::write(&sources, QEMU_APT_SOURCES)?;
-    let options = [
-        format!("-o=Dir::Etc::SourceList={}", sources.display()),
-        "-o=Dir::Etc::SourceParts=/dev/null".to_string(),
-        format!("-o=Dir::State::Lists={}", lists.display()),
-        "-o=Dpkg::Use-Pty=0".to_string(),
-    ];
-    progress::run(apt(&["update", "-qq"]).args(&options))?;
-    progress::run(
-        apt(&[
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "-t",
-            QEMU_SUITE,
-        ])
-        .args(&options)
-        .arg(QEMU_PACKAGE),
-    )?;
-    match qemu_major() {
-        Some(major) if major >= QEMU_MIN_MAJOR => {}
-        other => bail!(
-            "{QEMU_PACKAGE} from {QEMU_SUITE} installed, but qemu-system-x86_64 reports major version {other:?}, not >= {QEMU_MIN_MAJOR}"
-        ),
-    }
-    progress::done(QEMU_PACKAGE, start);
-    Ok(())
-}
-
-/// Installs missing Debian packages, QEMU and bindgen-cli; a no-op when all are present.
+/// Installs missing Debian packages (the kernel's and QEMU's build needs) and bindgen-cli; a
+/// no-op when all are present.
 pub fn ensure() -> Result<()> {
     let missing = missing_packages();
     if !missing.is_empty() {
@@ -163,7 +94,6 @@ pub fn ensure() -> Result<()> {
         progress::run(&mut install)?;
         progress::done("packages", start);
     }
-    ensure_qemu()?;
     let bindgen = bindgen_path();
     let have = Command::new(&bindgen)
         .arg("--version")
@@ -191,21 +121,4 @@ pub fn ensure() -> Result<()> {
 
 fn is_root() -> bool {
     progress::output(Command::new("id").arg("-u")).is_ok_and(|uid| uid == "0")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_qemu_major;
-
-    #[test]
-    fn qemu_major_version_is_read_from_its_version_banner() {
-        let banner = "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n\
-                      Copyright (c) 2003-2025 Fabrice Bellard and the QEMU Project developers";
-        assert_eq!(parse_qemu_major(banner), Some(10));
-        assert_eq!(
-            parse_qemu_major("QEMU emulator version 7.2.19 (Debian)"),
-            Some(7)
-        );
-        assert_eq!(parse_qemu_major("not qemu"), None);
-    }
 }

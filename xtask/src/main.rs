@@ -17,6 +17,7 @@ mod initramfs;
 mod kernel;
 mod programs;
 mod progress;
+mod qemu;
 mod soak;
 
 use std::path::PathBuf;
@@ -123,12 +124,14 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Demo => {
             deps::ensure()?;
             images::build(&repo)?;
-            boot(&["demo".to_string()], 2)
+            let host = emulated_host()?;
+            boot(&["demo".to_string()], 2, host)
         }
         Cmd::Run { cpus, args } => {
             deps::ensure()?;
             images::build(&repo)?;
-            boot(&args, cpus)
+            let host = emulated_host()?;
+            boot(&args, cpus, host)
         }
         Cmd::Bench { args } => {
             let start = progress::step("cargo bench -p rmnic-device");
@@ -155,7 +158,10 @@ fn real_main() -> Result<ExitCode> {
             deps::ensure()?;
             images::build(&repo)?;
             // Flags win over the RMNIC_* variables, which win over the defaults.
-            let mut host = rmnic_tests::EmulatedHost::from_env()?;
+            let mut host = match emulated_host()? {
+                Some(host) => host,
+                None => rmnic_tests::EmulatedHost::from_env()?,
+            };
             if let Some(qemu) = qemu {
                 host.qemu = qemu;
             }
@@ -186,20 +192,28 @@ fn real_main() -> Result<ExitCode> {
             deps::ensure()?;
             lint(&repo)?;
             let dir = images::build(&repo)?;
+            let host = emulated_host()?;
             let start = progress::step("cargo test --workspace");
             // Every boot the tests make is classified and logged here; the summary below says
             // how many there were and how many were retried and why.
             let boot_log =
                 std::env::temp_dir().join(format!("rmnic-boots-{}.log", std::process::id()));
             let _ = std::fs::remove_file(&boot_log);
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            let mut cargo_test =
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cargo_test
                 .current_dir(&repo)
                 .env("RMNIC_IMAGES", &dir)
                 .env("RMNIC_BOOT_LOG", &boot_log)
                 .args(["test", "--workspace"])
-                .args(&args)
-                .status()
-                .context("Cannot run cargo test")?;
+                .args(&args);
+            if let Some(host) = &host {
+                cargo_test.env("RMNIC_QEMU", &host.qemu);
+                if let Some(data) = &host.data_dir {
+                    cargo_test.env("RMNIC_QEMU_DATA", data);
+                }
+            }
+            let status = cargo_test.status().context("Cannot run cargo test")?;
             progress::done("tests", start);
             let log = std::fs::read_to_string(&boot_log).unwrap_or_default();
             let _ = std::fs::remove_file(&boot_log);
@@ -235,15 +249,29 @@ fn lint(repo: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// In emulated mode, the emulated host to run: the QEMU built from Debian's source
+/// ([`qemu::build`], cached), then the `RMNIC_*` overrides. `None` in direct mode.
+fn emulated_host() -> Result<Option<rmnic_tests::EmulatedHost>> {
+    if HostMode::from_env()? != HostMode::Emulated {
+        return Ok(None);
+    }
+    let built = qemu::build()?;
+    Ok(Some(rmnic_tests::EmulatedHost::from_env_with(
+        built.binary,
+        Some(built.data_dir),
+    )?))
+}
+
 /// Boots the guest running `rmnic-guest <args>`, echoing its console; exits with the guest's
 /// status.
-fn boot(args: &[String], cpus: u32) -> Result<ExitCode> {
+fn boot(args: &[String], cpus: u32, host: Option<rmnic_tests::EmulatedHost>) -> Result<ExitCode> {
     let images = Images::locate()?;
     let mode = HostMode::from_env()?;
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut guest = GuestRun::new(&words);
     guest.cpus = cpus;
     guest.echo = true;
+    guest.host = host;
     let start = progress::step(&format!(
         "Booting the guest ({mode} mode, {cpus} vCPUs): rmnic-guest {}",
         args.join(" ")
