@@ -90,17 +90,6 @@ impl EmulatedHost {
         Self::default().with_env()
     }
 
-    /// The defaults with `qemu` (and its firmware directory) as the QEMU to run, then the
-    /// `RMNIC_*` overrides: how `cargo xtask` hands over the QEMU it built.
-    pub fn from_env_with(qemu: PathBuf, data_dir: Option<PathBuf>) -> Result<Self, BadSetting> {
-        Self {
-            qemu,
-            data_dir,
-            ..Self::default()
-        }
-        .with_env()
-    }
-
     fn with_env(self) -> Result<Self, BadSetting> {
         let mut host = self;
         let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());

@@ -18,7 +18,7 @@ use crate::images::{Images, MissingImage, BZIMAGE, GUEST_INITRAMFS, HOST_INITRAM
 use crate::verdict::{self, Verdict};
 
 /// Guest kernel command line shared by both modes (host-init uses the same words).
-pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=5 acpi=off slub_debug=P";
+pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4 acpi=off";
 
 /// Memory of the emulated host; the guest's RAM comes out of it.
 const EMULATED_HOST_MEMORY: &str = "3G";
@@ -367,10 +367,11 @@ fn emulated_command(images: &Images, guest: &GuestRun, host: &EmulatedHost) -> C
     cmd
 }
 
-/// The emulated host kernel's command line. `loglevel=5` lets warnings and oops bodies (printed
-/// at the default level 4) reach the console; `printk.time=1` timestamps the host's lines, which
-/// tells them apart from the guest's (whose console rmnic-vmm forwards untimed).
-const HOST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=5 printk.time=1";
+/// The emulated host kernel's command line: a quiet boot (host-init raises the console level
+/// to 5 once it runs, so warnings and oops bodies, printed at the default level 4, reach the
+/// console while rmnic-vmm runs); `printk.time=1` timestamps the host's lines, which tells them
+/// apart from the guest's (whose console rmnic-vmm forwards untimed).
+const HOST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=3 printk.time=1";
 
 /// When the emulated host's watchdog dumps its task stacks and kills a stuck rmnic-vmm: late
 /// enough for the guest's own watchdog (120 s after its program starts) to report first,

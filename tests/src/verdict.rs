@@ -34,7 +34,8 @@ pub enum Verdict {
     Passed,
     /// The guest program reported failure (a product result, not a platform one).
     GuestFailed,
-    /// The guest's init found a kernel warning in dmesg.
+    /// The guest's kernel reported a warning or crashed (its init found the report in dmesg,
+    /// or the console shows the guest's oops even though the run then hung).
     KernelWarning,
     /// A CPU stalled (RCU stall, soft lockup, hung task) although the run finished.
     Stall,
@@ -73,6 +74,11 @@ impl Verdict {
             Ok(outcome) => {
                 if host_crash_line(&outcome.console).is_some() {
                     return Self::HostCrashed;
+                }
+                // A crash of the guest's own kernel is a product failure even when the guest
+                // then hangs and a watchdog ends the run: never a reason to retry.
+                if guest_crash_line(&outcome.console).is_some() {
+                    return Self::KernelWarning;
                 }
                 match outcome.status {
                     STATUS_TRIPLE_FAULT => Self::TripleFault,
@@ -122,6 +128,13 @@ pub fn stall_line(console: &str) -> Option<&str> {
     console
         .lines()
         .find(|l| STALL_MARKERS.iter().any(|m| l.contains(m)))
+}
+
+/// The first crash report of the guest's kernel (an untimed line), if any.
+pub fn guest_crash_line(console: &str) -> Option<&str> {
+    console
+        .lines()
+        .find(|l| !l.trim_start().starts_with('[') && CRASH_MARKERS.iter().any(|m| l.contains(m)))
 }
 
 /// The first crash report of the emulated host's kernel (a timestamped line), if any.
@@ -245,6 +258,14 @@ mod tests {
         // into a kernel-warning status itself.
         assert_eq!(
             Verdict::of(&outcome(121, "BUG: unable to handle\n")),
+            Verdict::KernelWarning
+        );
+        // The guest oopsed, hung, and the host's watchdog ended the run: still the guest's
+        // failure (the old driver's use-after-free on unbind looked exactly like this).
+        let guest_oops_then_hang = "Oops: general protection fault: 0000 [#1] SMP\n\
+                                    RIP: 0010:0x6b6b6b6b6b6b6b6b\n";
+        assert_eq!(
+            Verdict::of(&outcome(126, guest_oops_then_hang)),
             Verdict::KernelWarning
         );
         let host_oops = "[   41.000001] BUG: TASK stack guard page was hit at 0000\n";

@@ -36,11 +36,18 @@ const CHECKS: &[&str] = &[
     "rebind-works",
 ];
 
+/// Guest kernel option that poisons freed kmalloc objects (the driver allocates with kmalloc).
+const SLAB_POISONING: &str = "slub_debug=P,kmalloc-*";
+
 #[test]
 fn device_stays_coherent_with_cpu_page_tables() {
     let images = Images::locate().unwrap_or_else(|e| panic!("{e}"));
-    let outcome =
-        run(&images, &GuestRun::new(&["coherence"])).unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let mut guest = GuestRun::new(&["coherence"]);
+    // Slab poisoning for the driver's allocations: a use after free then oopses (status 121)
+    // instead of reading stale bytes. It caught `/dev/rmnic`'s file operations being freed on
+    // unbind while files stayed open (`teardown` group; docs/platform.md).
+    guest.guest_append = format!("{} {SLAB_POISONING}", guest.guest_append);
+    let outcome = run(&images, &guest).unwrap_or_else(|e| panic!("boot failed: {e}"));
     let lines: Vec<&str> = outcome.lines_with("CHECK ").collect();
     let mut problems = Vec::new();
     for name in CHECKS {

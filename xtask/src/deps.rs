@@ -26,6 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("patch", "applying the project kernel patches"),
     ("xz-utils", "kernel source unpacking"),
     ("busybox-static", "initramfs userland"),
+    (
+        "qemu-system-x86",
+        "emulated host (QEMU 7.2 TCG with nested SVM; docs/platform.md says why this one)",
+    ),
 ];
 
 /// bindgen-cli version known to work with Linux 6.12 here.
@@ -52,10 +56,9 @@ pub fn home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
-fn missing_packages() -> Vec<&'static str> {
-    PACKAGES
+fn missing_packages(packages: &[(&'static str, &'static str)]) -> Vec<&'static str> {
+    packages
         .iter()
-        .chain(crate::qemu::BUILD_PACKAGES)
         .filter(|(name, _)| {
             let out = Command::new("dpkg-query")
                 .args(["-W", "-f=${Status}", name])
@@ -79,10 +82,9 @@ fn apt(args: &[&str]) -> Command {
     cmd
 }
 
-/// Installs missing Debian packages (the kernel's and QEMU's build needs) and bindgen-cli; a
-/// no-op when all are present.
-pub fn ensure() -> Result<()> {
-    let missing = missing_packages();
+/// Installs those of `packages` that are missing; a no-op when all are present.
+pub fn install(packages: &[(&'static str, &'static str)]) -> Result<()> {
+    let missing = missing_packages(packages);
     if !missing.is_empty() {
         let start = progress::step(&format!(
             "Installing Debian packages: {}",
@@ -94,6 +96,12 @@ pub fn ensure() -> Result<()> {
         progress::run(&mut install)?;
         progress::done("packages", start);
     }
+    Ok(())
+}
+
+/// Installs missing Debian packages and bindgen-cli; a no-op when all are present.
+pub fn ensure() -> Result<()> {
+    install(PACKAGES)?;
     let bindgen = bindgen_path();
     let have = Command::new(&bindgen)
         .arg("--version")

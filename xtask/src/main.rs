@@ -6,6 +6,7 @@
 //! - `test`: `images`, then `cargo test --workspace` (unit and integration tests).
 //! - `run`: `images`, then boot the guest running any `rmnic-guest` subcommand.
 //! - `bench`: the device-model benchmarks (criterion), each against its baseline.
+//! - `qemu`: builds QEMU 10.2.2 from Debian's source package, for comparisons.
 //! - `soak`: `images`, then many boots of one workload, each classified, none retried: the
 //!   platform's failure rate for one configuration.
 
@@ -83,6 +84,9 @@ enum Cmd {
         #[arg(long, allow_hyphen_values = true)]
         guest_append: Option<String>,
     },
+    /// Build QEMU 10.2.2 from Debian's source package (cached) and print how to use it as the
+    /// emulated host (`RMNIC_QEMU`, `RMNIC_QEMU_DATA`, or `soak --qemu`).
+    Qemu,
     /// Build, then boot the guest running `rmnic-guest <ARGS>`.
     Run {
         /// Guest vCPUs.
@@ -119,6 +123,15 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Images => {
             deps::ensure()?;
             images::build(&repo)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Qemu => {
+            let built = qemu::build()?;
+            println!(
+                "RMNIC_QEMU={} RMNIC_QEMU_DATA={}",
+                built.binary.display(),
+                built.data_dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => {
@@ -249,17 +262,13 @@ fn lint(repo: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// In emulated mode, the emulated host to run: the QEMU built from Debian's source
-/// ([`qemu::build`], cached), then the `RMNIC_*` overrides. `None` in direct mode.
+/// In emulated mode, the emulated host to run: the defaults (the system's QEMU) with the
+/// `RMNIC_*` overrides. `None` in direct mode.
 fn emulated_host() -> Result<Option<rmnic_tests::EmulatedHost>> {
     if HostMode::from_env()? != HostMode::Emulated {
         return Ok(None);
     }
-    let built = qemu::build()?;
-    Ok(Some(rmnic_tests::EmulatedHost::from_env_with(
-        built.binary,
-        Some(built.data_dir),
-    )?))
+    Ok(Some(rmnic_tests::EmulatedHost::from_env()?))
 }
 
 /// Boots the guest running `rmnic-guest <args>`, echoing its console; exits with the guest's

@@ -1,12 +1,9 @@
-//! Builds the emulated host's QEMU from Debian's source package, because no packaged QEMU here
-//! is fit for it (docs/platform.md has the soak numbers):
-//!
-//! - bookworm's 7.2 and bookworm-backports' 10.0 both corrupt nested-guest state under load
-//!   (QEMU's SVM emulation, multi-threaded TCG): the emulated host's kernel oopses with a wrong
-//!   GS base, and guests triple-fault or stall with the host's RIP and CR3 in their saved state.
-//!   10.2 makes the vCPU interrupt-request updates atomic (`cpu_set_interrupt` in
-//!   `helper_vmrun`), which is what these races need.
-//! - 10.1 and later also carry the vfio-user client the QEMU host mode needs.
+//! `cargo xtask qemu`: builds a newer QEMU than Debian bookworm packages, for comparing
+//! emulated-host configurations (`cargo xtask soak --qemu ...`) and for the vfio-user client
+//! (QEMU 10.1 and later) the QEMU host mode will need. Not the default emulated host: over the
+//! soak runs in docs/platform.md, 10.2.2 failed about as often as bookworm's 7.2 (the same
+//! host/guest state mix-up in its SVM emulation) and booted the nested guest 1 to 1.5 s
+//! slower, so the packaged 7.2 stays.
 //!
 //! The source is Debian's `qemu` source package from sid (fetched with a separate apt
 //! configuration, the machine's sources stay as they are), built for x86_64 system emulation
@@ -106,8 +103,9 @@ fn input_hash() -> String {
     h.finish()
 }
 
-/// The cached build, building it first if needed (about 12 minutes on 2 cores).
+/// The cached build, building it first if needed (about 5 minutes on 2 cores).
 pub fn build() -> Result<Qemu> {
+    crate::deps::install(BUILD_PACKAGES)?;
     let hash = input_hash();
     let entry = Entry::new("qemu", &hash);
     let install = entry.dir.join("install");
@@ -124,7 +122,7 @@ pub fn build() -> Result<Qemu> {
     }
     let start = progress::step(&format!(
         "Building QEMU {QEMU_UPSTREAM} from Debian's source package {QEMU_SOURCE_VERSION} \
-         ({hash}; about 12 minutes on 2 cores)"
+         ({hash}; about 5 minutes on 2 cores)"
     ));
     entry.reset()?;
     let src = fetch_source(&entry.dir)?;
