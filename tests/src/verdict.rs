@@ -132,9 +132,11 @@ pub fn stall_line(console: &str) -> Option<&str> {
 
 /// The first crash report of the guest's kernel (an untimed line), if any.
 pub fn guest_crash_line(console: &str) -> Option<&str> {
-    console
-        .lines()
-        .find(|l| !l.trim_start().starts_with('[') && CRASH_MARKERS.iter().any(|m| l.contains(m)))
+    console.lines().find(|l| {
+        !l.trim_start().starts_with('[')
+            && CRASH_MARKERS.iter().any(|m| l.contains(m))
+            && !STALL_MARKERS.iter().any(|m| l.contains(m))
+    })
 }
 
 /// The first crash report of the emulated host's kernel (a timestamped line), if any.
@@ -254,6 +256,8 @@ mod tests {
         assert_eq!(Verdict::of(&outcome(126, "")), Verdict::HostWatchdog);
         let stalled = "rcu: INFO: rcu_sched self-detected stall on CPU\n";
         assert_eq!(Verdict::of(&outcome(0, stalled)), Verdict::Stall);
+        let soft_lockup = "watchdog: BUG: soft lockup - CPU#1 stuck for 22s!\n";
+        assert_eq!(Verdict::of(&outcome(0, soft_lockup)), Verdict::Stall);
         // A crash line without the host's timestamp is the guest's: the guest's init turns it
         // into a kernel-warning status itself.
         assert_eq!(
