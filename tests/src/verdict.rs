@@ -2,7 +2,7 @@
 //! pass, fail its own checks, or did the platform fail under it (a triple fault, a stall, a
 //! crash of the emulated host, a timeout)? Every boot the harness makes is classified here and,
 //! when `RMNIC_BOOT_LOG` names a file, recorded there, so `cargo xtask test` can say how many
-//! boots it made and how many were retried and why.
+//! boots it made and which of them failed on the platform's side.
 
 use std::fmt;
 use std::io::Write;
@@ -76,7 +76,7 @@ impl Verdict {
                     return Self::HostCrashed;
                 }
                 // A crash of the guest's own kernel is a product failure even when the guest
-                // then hangs and a watchdog ends the run: never a reason to retry.
+                // then hangs and a watchdog ends the run.
                 if guest_crash_line(&outcome.console).is_some() {
                     return Self::KernelWarning;
                 }
@@ -147,8 +147,8 @@ pub fn host_crash_line(console: &str) -> Option<&str> {
 }
 
 /// Appends one line about a boot to `$RMNIC_BOOT_LOG` (if set): `<verdict> <seconds>
-/// retry=<0|1> <command>`. Best effort: a log that cannot be written must not fail a test.
-pub fn record(verdict: Verdict, seconds: f64, retry: bool, command: &[String]) {
+/// <command>`. Best effort: a log that cannot be written must not fail a test.
+pub fn record(verdict: Verdict, seconds: f64, command: &[String]) {
     let Some(path) = std::env::var_os("RMNIC_BOOT_LOG") else {
         return;
     };
@@ -157,22 +157,15 @@ pub fn record(verdict: Verdict, seconds: f64, retry: bool, command: &[String]) {
         .append(true)
         .open(path)
     {
-        let _ = writeln!(
-            file,
-            "{verdict} {seconds:.1} retry={} {}",
-            u8::from(retry),
-            command.join(" ")
-        );
+        let _ = writeln!(file, "{verdict} {seconds:.1} {}", command.join(" "));
     }
 }
 
-/// Boots counted from a boot log: (boots, retries, per-verdict counts of failed first tries).
+/// Boots counted from a boot log: how many, and the platform failures among them by verdict.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct BootTally {
     /// Boots made.
     pub boots: usize,
-    /// Boots that were retries of a failed boot.
-    pub retries: usize,
     /// Boots whose verdict was a platform failure, by verdict name.
     pub platform_failures: Vec<(String, usize)>,
 }
@@ -183,15 +176,10 @@ impl BootTally {
         let mut tally = Self::default();
         for line in log.lines() {
             let mut words = line.split_whitespace();
-            let (Some(verdict), Some(_secs), Some(retry)) =
-                (words.next(), words.next(), words.next())
-            else {
+            let (Some(verdict), Some(_secs)) = (words.next(), words.next()) else {
                 continue;
             };
             tally.boots += 1;
-            if retry == "retry=1" {
-                tally.retries += 1;
-            }
             let failed = !matches!(verdict, "passed" | "guest-failed" | "kernel-warning");
             if failed {
                 match tally
@@ -212,9 +200,8 @@ impl fmt::Display for BootTally {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} boots, {} retried, {} platform failures",
+            "{} boots, none retried, {} platform failures",
             self.boots,
-            self.retries,
             self.platform_failures.iter().map(|(_, n)| n).sum::<usize>()
         )?;
         if !self.platform_failures.is_empty() {
@@ -242,7 +229,6 @@ mod tests {
             mode: HostMode::Emulated,
             elapsed: Duration::from_secs(1),
             timeline: Vec::new(),
-            retried: None,
         })
     }
 
@@ -296,21 +282,20 @@ mod tests {
     }
 
     #[test]
-    fn boot_log_tally_counts_boots_retries_and_platform_failures() {
-        let log = "passed 12.0 retry=0 probe --cpus 2\n\
-                   triple-fault 10.1 retry=0 coherence\n\
-                   passed 19.9 retry=1 coherence\n\
-                   guest-failed 3.0 retry=0 fail --status 3\n";
+    fn boot_log_tally_counts_boots_and_platform_failures() {
+        let log = "passed 12.0 probe --cpus 2\n\
+                   triple-fault 10.1 coherence\n\
+                   passed 19.9 coherence\n\
+                   guest-failed 3.0 fail --status 3\n";
         let tally = BootTally::parse(log);
         assert_eq!(tally.boots, 4);
-        assert_eq!(tally.retries, 1);
         assert_eq!(
             tally.platform_failures,
             vec![("triple-fault".to_string(), 1)]
         );
         assert_eq!(
             tally.to_string(),
-            "4 boots, 1 retried, 1 platform failures (1 triple-fault)"
+            "4 boots, none retried, 1 platform failures (1 triple-fault)"
         );
     }
 }

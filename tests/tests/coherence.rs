@@ -74,9 +74,6 @@ fn device_stays_coherent_with_cpu_page_tables() {
             problems.push(format!("kernel log contains {marker:?}:\n{report}"));
         }
     }
-    if let Some(first) = &outcome.retried {
-        eprintln!("coherence: passed on the emulated-mode retry; first attempt:\n{first}");
-    }
     assert!(
         problems.is_empty() && outcome.status == 0,
         "status {}; problems:\n{}\n--- console tail ---\n{}",

@@ -208,7 +208,7 @@ fn real_main() -> Result<ExitCode> {
             let host = emulated_host()?;
             let start = progress::step("cargo test --workspace");
             // Every boot the tests make is classified and logged here; the summary below says
-            // how many there were and how many were retried and why.
+            // how many there were and which failed on the platform's side (none is retried).
             let boot_log =
                 std::env::temp_dir().join(format!("rmnic-boots-{}.log", std::process::id()));
             let _ = std::fs::remove_file(&boot_log);
