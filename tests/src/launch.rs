@@ -331,12 +331,12 @@ fn emulated_command(images: &Images, guest: &GuestRun, host: &EmulatedHost) -> C
 /// emulated host's KVM shadows the guest's page tables instead of using nested paging. With
 /// nested paging, QEMU's TCG emulation of SVM mixed the host's and the guest's state at VMRUN
 /// and #VMEXIT (stalls, triple faults, host oopses in 16 to 24 % of stress boots); with shadow
-/// paging, 50 of 50 stress boots passed at the same speed (docs/platform.md).
+/// paging, 50 of 50 stress boots passed, at about 0.8 s more per boot (docs/platform.md).
 const HOST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=3 printk.time=1 kvm_amd.npt=0";
 
-/// When the emulated host's watchdog dumps its task stacks and kills a stuck rmnic-vmm: late
-/// enough for the guest's own watchdog (120 s after its program starts) to report first,
-/// early enough to beat the harness's timeout.
+/// When the emulated host's watchdog kills a stuck rmnic-vmm (status 126): late enough for the
+/// guest's own watchdog (120 s after its program starts) to report first, early enough to beat
+/// the harness's timeout.
 fn host_watchdog_secs(timeout: Duration) -> u64 {
     timeout.as_secs().saturating_sub(30).max(60)
 }

@@ -93,6 +93,25 @@ impl Verdict {
         }
     }
 
+    /// Every verdict.
+    pub const ALL: [Verdict; 10] = [
+        Self::Passed,
+        Self::GuestFailed,
+        Self::KernelWarning,
+        Self::Stall,
+        Self::GuestWatchdog,
+        Self::HostWatchdog,
+        Self::TripleFault,
+        Self::HostCrashed,
+        Self::Timeout,
+        Self::LaunchFailed,
+    ];
+
+    /// The verdict a [`Verdict::name`] names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == name)
+    }
+
     /// Short name for tables and the boot log.
     pub fn name(self) -> &'static str {
         match self {
@@ -180,8 +199,8 @@ impl BootTally {
                 continue;
             };
             tally.boots += 1;
-            let failed = !matches!(verdict, "passed" | "guest-failed" | "kernel-warning");
-            if failed {
+            // A word this code never writes counts as a failure rather than vanish.
+            if Verdict::from_name(verdict).is_none_or(Verdict::is_platform_failure) {
                 match tally
                     .platform_failures
                     .iter_mut()
@@ -278,6 +297,9 @@ mod tests {
         });
         assert_eq!(Verdict::of(&host_died), Verdict::HostCrashed);
         assert!(Verdict::Timeout.is_platform_failure());
+        for v in Verdict::ALL {
+            assert_eq!(Verdict::from_name(v.name()), Some(v));
+        }
         assert!(!Verdict::GuestFailed.is_platform_failure());
     }
 

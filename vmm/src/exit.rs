@@ -121,39 +121,61 @@ impl ExitLatch {
         self.set.load(Ordering::Acquire)
     }
 
-    /// Waits up to `limit` for a stop; `None` if none came (nothing is triggered).
-    pub fn wait_for(&self, limit: Duration) -> Option<ExitReason> {
-        let slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        let (slot, _) = self
-            .cond
-            .wait_timeout_while(slot, limit, |r| r.is_none())
-            .unwrap_or_else(|e| e.into_inner());
-        slot.clone()
-    }
-
     /// Waits for a reason until `timeout` (forever with `None`); on expiry records
     /// [`ExitReason::Timeout`] itself, so the result is always the reason that won.
     pub fn wait(&self, timeout: Option<Duration>) -> ExitReason {
+        self.wait_inner(timeout, None)
+    }
+
+    /// [`ExitLatch::wait`], calling `tick` (without the latch's lock held) each time `every`
+    /// passes with no reason recorded: the VMM's main thread serves state-dump requests this
+    /// way while the guest runs.
+    pub fn wait_ticking(
+        &self,
+        timeout: Option<Duration>,
+        every: Duration,
+        mut tick: impl FnMut(),
+    ) -> ExitReason {
+        self.wait_inner(timeout, Some((every, &mut tick)))
+    }
+
+    fn wait_inner(
+        &self,
+        timeout: Option<Duration>,
+        mut tick: Option<(Duration, &mut dyn FnMut())>,
+    ) -> ExitReason {
         let deadline = timeout.map(|t| (t, Instant::now() + t));
         let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(reason) = slot.as_ref() {
                 return reason.clone();
             }
-            slot = match deadline {
+            let mut slice = tick.as_ref().map(|(every, _)| *every);
+            if let Some((total, at)) = deadline {
+                let now = Instant::now();
+                if now >= at {
+                    drop(slot);
+                    self.trigger(ExitReason::Timeout(total));
+                    slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
+                slice = Some(slice.map_or(at - now, |s| s.min(at - now)));
+            }
+            slot = match slice {
                 None => self.cond.wait(slot).unwrap_or_else(|e| e.into_inner()),
-                Some((total, at)) => {
-                    let now = Instant::now();
-                    if now >= at {
-                        drop(slot);
-                        self.trigger(ExitReason::Timeout(total));
-                        slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-                        continue;
+                Some(slice) => {
+                    let (slot, waited) = self
+                        .cond
+                        .wait_timeout(slot, slice)
+                        .unwrap_or_else(|e| e.into_inner());
+                    match tick.as_mut() {
+                        Some((_, tick)) if waited.timed_out() && slot.is_none() => {
+                            drop(slot);
+                            tick();
+                            self.reason.lock().unwrap_or_else(|e| e.into_inner())
+                        }
+                        _ => slot,
                     }
-                    self.cond
-                        .wait_timeout(slot, at - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
                 }
             };
         }
@@ -202,6 +224,27 @@ mod tests {
         assert!(!latch.trigger(ExitReason::I8042Reset));
         assert!(latch.is_set());
         assert_eq!(latch.wait(None), ExitReason::Guest(3));
+    }
+
+    #[test]
+    fn wait_ticking_ticks_until_a_reason_comes_and_still_times_out() {
+        let latch = ExitLatch::new();
+        let mut ticks = 0;
+        let reason = latch.wait_ticking(None, Duration::from_millis(1), || {
+            ticks += 1;
+            if ticks == 3 {
+                latch.trigger(ExitReason::Guest(7));
+            }
+        });
+        assert_eq!(reason, ExitReason::Guest(7));
+        assert_eq!(ticks, 3);
+        let t = Duration::from_millis(20);
+        let mut ticked = false;
+        let reason = ExitLatch::new().wait_ticking(Some(t), Duration::from_millis(5), || {
+            ticked = true;
+        });
+        assert_eq!(reason, ExitReason::Timeout(t));
+        assert!(ticked);
     }
 
     #[test]

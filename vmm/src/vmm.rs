@@ -235,7 +235,9 @@ impl Vmm {
             spawn_stdin_forwarder(self.serial.clone(), latch.clone());
         }
         let run_start = Instant::now();
-        let reason = wait_serving_dumps(&latch, self.config.timeout, &threads);
+        let reason = latch.wait_ticking(self.config.timeout, DUMP_POLL, || {
+            serve_dump_request(&threads)
+        });
         tracing::info!(
             "guest stopped after {:?} ({:?} since VMM start): {reason:?}",
             run_start.elapsed(),
@@ -300,34 +302,13 @@ fn place_bars(pci: &PciRoot) -> Result<Vec<BarPlacement>, VmmError> {
 /// How often the main thread looks for a state-dump request while the guest runs.
 const DUMP_POLL: Duration = Duration::from_millis(100);
 
-/// Waits for the VM to stop (or `timeout`), serving `kill -USR1` state-dump requests meanwhile
-/// by kicking every vCPU thread out of KVM_RUN (see [`dump`]).
-fn wait_serving_dumps(
-    latch: &ExitLatch,
-    timeout: Option<Duration>,
-    threads: &[JoinHandle<()>],
-) -> ExitReason {
-    let deadline = timeout.map(|t| (t, Instant::now() + t));
-    loop {
-        let slice = match deadline {
-            Some((total, at)) => {
-                let now = Instant::now();
-                if now >= at {
-                    latch.trigger(ExitReason::Timeout(total));
-                    return latch.wait(None);
-                }
-                DUMP_POLL.min(at - now)
-            }
-            None => DUMP_POLL,
-        };
-        if let Some(reason) = latch.wait_for(slice) {
-            return reason;
-        }
-        if dump::take_request() {
-            for t in threads.iter().filter(|t| !t.is_finished()) {
-                if let Err(e) = t.kill(kick_signal()) {
-                    tracing::debug!("kick for a state dump failed: {e}");
-                }
+/// Serves a pending `kill -USR1` state-dump request by kicking every vCPU thread out of
+/// KVM_RUN (see [`dump`]).
+fn serve_dump_request(threads: &[JoinHandle<()>]) {
+    if dump::take_request() {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            if let Err(e) = t.kill(kick_signal()) {
+                tracing::debug!("kick for a state dump failed: {e}");
             }
         }
     }

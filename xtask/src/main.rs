@@ -137,14 +137,12 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Demo => {
             deps::ensure()?;
             images::build(&repo)?;
-            let host = emulated_host()?;
-            boot(&["demo".to_string()], 2, host)
+            boot(&["demo".to_string()], 2)
         }
         Cmd::Run { cpus, args } => {
             deps::ensure()?;
             images::build(&repo)?;
-            let host = emulated_host()?;
-            boot(&args, cpus, host)
+            boot(&args, cpus)
         }
         Cmd::Bench { args } => {
             let start = progress::step("cargo bench -p rmnic-device");
@@ -171,10 +169,7 @@ fn real_main() -> Result<ExitCode> {
             deps::ensure()?;
             images::build(&repo)?;
             // Flags win over the RMNIC_* variables, which win over the defaults.
-            let mut host = match emulated_host()? {
-                Some(host) => host,
-                None => rmnic_tests::EmulatedHost::from_env()?,
-            };
+            let mut host = rmnic_tests::EmulatedHost::from_env()?;
             if let Some(qemu) = qemu {
                 host.qemu = qemu;
             }
@@ -195,9 +190,7 @@ fn real_main() -> Result<ExitCode> {
                 workload,
                 seconds,
                 host,
-                guest_append: guest_append
-                    .or_else(|| std::env::var("RMNIC_GUEST_APPEND").ok())
-                    .unwrap_or_default(),
+                guest_append,
             }
             .run()
         }
@@ -205,7 +198,6 @@ fn real_main() -> Result<ExitCode> {
             deps::ensure()?;
             lint(&repo)?;
             let dir = images::build(&repo)?;
-            let host = emulated_host()?;
             let start = progress::step("cargo test --workspace");
             // Every boot the tests make is classified and logged here; the summary below says
             // how many there were and which failed on the platform's side (none is retried).
@@ -220,12 +212,6 @@ fn real_main() -> Result<ExitCode> {
                 .env("RMNIC_BOOT_LOG", &boot_log)
                 .args(["test", "--workspace"])
                 .args(&args);
-            if let Some(host) = &host {
-                cargo_test.env("RMNIC_QEMU", &host.qemu);
-                if let Some(data) = &host.data_dir {
-                    cargo_test.env("RMNIC_QEMU_DATA", data);
-                }
-            }
             let status = cargo_test.status().context("Cannot run cargo test")?;
             progress::done("tests", start);
             let log = std::fs::read_to_string(&boot_log).unwrap_or_default();
@@ -262,25 +248,15 @@ fn lint(repo: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// In emulated mode, the emulated host to run: the defaults (the system's QEMU) with the
-/// `RMNIC_*` overrides. `None` in direct mode.
-fn emulated_host() -> Result<Option<rmnic_tests::EmulatedHost>> {
-    if HostMode::from_env()? != HostMode::Emulated {
-        return Ok(None);
-    }
-    Ok(Some(rmnic_tests::EmulatedHost::from_env()?))
-}
-
 /// Boots the guest running `rmnic-guest <args>`, echoing its console; exits with the guest's
 /// status.
-fn boot(args: &[String], cpus: u32, host: Option<rmnic_tests::EmulatedHost>) -> Result<ExitCode> {
+fn boot(args: &[String], cpus: u32) -> Result<ExitCode> {
     let images = Images::locate()?;
     let mode = HostMode::from_env()?;
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut guest = GuestRun::new(&words);
     guest.cpus = cpus;
     guest.echo = true;
-    guest.host = host;
     let start = progress::step(&format!(
         "Booting the guest ({mode} mode, {cpus} vCPUs): rmnic-guest {}",
         args.join(" ")

@@ -33,7 +33,8 @@ pub struct Soak {
     pub workload: Workload,
     pub seconds: u64,
     pub host: EmulatedHost,
-    pub guest_append: String,
+    /// Extra guest kernel words; `None` keeps `RMNIC_GUEST_APPEND`.
+    pub guest_append: Option<String>,
 }
 
 impl Soak {
@@ -56,7 +57,9 @@ impl Soak {
         let words: Vec<&str> = command.iter().map(String::as_str).collect();
         let mut guest = GuestRun::new(&words);
         guest.host = Some(self.host.clone());
-        guest.guest_append = self.guest_append.clone();
+        if let Some(append) = &self.guest_append {
+            guest.guest_append = append.clone();
+        }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -74,8 +77,8 @@ impl Soak {
                 String::new()
             }
         ));
-        if !self.guest_append.is_empty() {
-            eprintln!("    guest kernel gets: {}", self.guest_append);
+        if !guest.guest_append.is_empty() {
+            eprintln!("    guest kernel gets: {}", guest.guest_append);
         }
         eprintln!("    consoles of failed boots go to {}", logs.display());
         let mut results: Vec<(Verdict, Duration)> = Vec::new();

@@ -77,7 +77,6 @@ pub fn run(seconds: u64, device: bool) -> Result<bool> {
         ("open-close-churn", open_close_churn),
         ("fork-exit-churn", fork_exit_churn),
     ];
-    // The toggled page and its neighbour are shared by two workers.
     let mut handles = Vec::new();
     let mut tallies = Vec::new();
     for (name, work) in workers {
