@@ -540,8 +540,11 @@ impl Shared {
         // CAST: the permission bits are bits 1:0.
         let perms = Perms::from_bits((attr & 0x3) as u8);
         // CAST: page sizes fit usize.
-        let in_ram =
-            GuestMemoryBackend::check_range(&self.mem, GuestAddress(gpa), size.bytes() as usize);
+        let in_ram = GuestMemoryBackend::check_range(
+            &*self.memory(),
+            GuestAddress(gpa),
+            size.bytes() as usize,
+        );
         if perms == Perms::NONE || !va.is_aligned(size.bytes()) || gpa & size.mask() != 0 || !in_ram
         {
             self.context_error(ctx, ErrorCode::DropIn);

@@ -317,6 +317,18 @@ impl RmnicDevice {
         self.shared.function_reset();
     }
 
+    /// Replaces the guest memory the device reaches (a vfio-user server does as its client
+    /// maps and unmaps DMA regions). Returns once no device access through the old map is
+    /// left, so the caller may then let the old memory go.
+    pub fn set_memory(&self, memory: GuestRam) {
+        self.shared.set_memory(memory);
+    }
+
+    /// The guest memory the device reaches now.
+    pub fn memory(&self) -> Arc<GuestRam> {
+        self.shared.memory()
+    }
+
     /// Raises `vector` (one of the `VECTOR_*` constants) as the MSI-X state allows.
     pub fn raise(&mut self, vector: u16) -> Result<Delivery, MsixError> {
         lock(&self.shared.msix).raise(vector)

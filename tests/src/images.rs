@@ -58,6 +58,11 @@ impl Images {
         })
     }
 
+    /// The images directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Path of one image file.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)

@@ -33,10 +33,14 @@ const TAIL_LINES: usize = 40;
 /// other down past their timeouts.
 static BOOT_LOCK: Mutex<()> = Mutex::new(());
 
+/// Separates programs in [`GuestRun::command`].
+pub const PROGRAM_SEPARATOR: &str = "+";
+
 /// One guest boot.
 #[derive(Clone, Debug)]
 pub struct GuestRun {
-    /// `rmnic-guest` subcommand and arguments the guest's init runs.
+    /// `rmnic-guest` subcommands and their arguments the guest's init runs, programs separated
+    /// by [`PROGRAM_SEPARATOR`] ([`GuestRun::then`]).
     pub command: Vec<String>,
     /// Guest vCPUs.
     pub cpus: u32,
@@ -73,8 +77,18 @@ impl GuestRun {
         }
     }
 
+    /// Runs `command` after the programs already named, in the same boot (the guest's init
+    /// runs them in order; the boot's status is the first non-zero one).
+    pub fn then(mut self, command: &[&str]) -> Self {
+        self.command.push(PROGRAM_SEPARATOR.to_string());
+        self.command.extend(command.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// The guest's command line word: arguments joined by `,`, programs by `+`
+    /// (`images/initramfs/guest-init`).
     fn run_word(&self) -> String {
-        format!("rmnic_run={}", self.command.join(","))
+        format!("rmnic_run={}", self.command.join(",")).replace(",+,", "+")
     }
 }
 
@@ -186,12 +200,31 @@ pub const STATUS_GUEST_WATCHDOG: i32 = 124;
 pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outcome, LaunchError> {
     let started = Instant::now();
     let outcome = run_once(mode, images, guest);
-    verdict::record(
-        Verdict::of(&outcome),
-        started.elapsed().as_secs_f64(),
-        &guest.command,
-    );
+    let verdict = Verdict::of(&outcome);
+    verdict::record(verdict, started.elapsed().as_secs_f64(), &guest.command);
+    if verdict != Verdict::Passed {
+        if let Ok(outcome) = &outcome {
+            save_console(images, guest, verdict, &outcome.console);
+        }
+    }
     outcome
+}
+
+/// Keeps the whole console of a boot that did not pass in `<cache>/failed-boots/` (a test's
+/// message shows only the tail) and says where. Best effort.
+fn save_console(images: &Images, guest: &GuestRun, verdict: Verdict, console: &str) {
+    let Some(cache) = images.dir().parent() else {
+        return;
+    };
+    let dir = cache.join("failed-boots");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let program = guest.command.first().map_or("boot", String::as_str);
+    let path = dir.join(format!("{stamp}-{program}-{verdict}.log"));
+    if std::fs::create_dir_all(&dir).is_ok() && std::fs::write(&path, console).is_ok() {
+        eprintln!("rmnic: boot {verdict}: whole console in {}", path.display());
+    }
 }
 
 /// Boots once and returns what happened, without recording it (the soak keeps its own tally).
@@ -440,6 +473,16 @@ mod tests {
         }
         assert_eq!(host_dump_secs(Duration::from_secs(300)), 110);
         assert_eq!(host_dump_secs(Duration::from_secs(120)), 70);
+    }
+
+    #[test]
+    fn programs_of_one_boot_are_joined_with_plus() {
+        let run = super::GuestRun::new(&["probe", "--cpus", "2"]).then(&["coherence"]);
+        assert_eq!(run.run_word(), "rmnic_run=probe,--cpus,2+coherence");
+        assert_eq!(
+            super::GuestRun::new(&["fail", "--status", "3"]).run_word(),
+            "rmnic_run=fail,--status,3"
+        );
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub fn build(repo: &Path) -> Result<PathBuf> {
         &repo.join("images/initramfs/guest-init"),
     )?;
     guest.add(&module, "lib/modules/rmnic.ko", 0o644)?;
-    guest.add(&guest_program, "bin/rmnic-guest", 0o755)?;
-    guest.add(&guest_program.with_file_name("rmnic"), "bin/rmnic", 0o755)?;
+    guest.add_program(&guest_program, "bin/rmnic-guest")?;
+    guest.add_program(&guest_program.with_file_name("rmnic"), "bin/rmnic")?;
     guest.pack(&out.join(GUEST_INITRAMFS))?;
 
     fs::copy(&kernel.bzimage, out.join(BZIMAGE)).context("Cannot copy bzImage")?;
@@ -38,7 +38,7 @@ pub fn build(repo: &Path) -> Result<PathBuf> {
 
     let host = Staging::new(&work.join("host"), &repo.join("images/initramfs/host-init"))?;
     host.add_dynamic(&vmm, "bin/rmnic-vmm")?;
-    host.add(&guest_program, "bin/rmnic-guest", 0o755)?;
+    host.add_program(&guest_program, "bin/rmnic-guest")?;
     host.add(&kernel.bzimage, "guest/bzImage", 0o644)?;
     host.add(&out.join(GUEST_INITRAMFS), "guest/initramfs.cpio", 0o644)?;
     host.pack(&out.join(HOST_INITRAMFS))?;

@@ -23,6 +23,9 @@ pub enum Workload {
     StressNoDevice,
     /// The full coherence checks.
     Coherence,
+    /// The boot `cargo xtask test` shares: probe, then the coherence checks, with slab
+    /// poisoning.
+    Suite,
     /// Boot, probe and power off: the platform with almost no load.
     Probe,
 }
@@ -44,6 +47,7 @@ impl Soak {
             Workload::Stress => vec!["stress", "--seconds", &secs],
             Workload::StressNoDevice => vec!["stress", "--no-device", "--seconds", &secs],
             Workload::Coherence => vec!["coherence"],
+            Workload::Suite => vec!["probe", "--cpus", "2", "+", "coherence"],
             Workload::Probe => vec!["probe", "--cpus", "2"],
         };
         words.into_iter().map(String::from).collect()
@@ -59,6 +63,9 @@ impl Soak {
         guest.host = Some(self.host.clone());
         if let Some(append) = &self.guest_append {
             guest.guest_append = append.clone();
+        }
+        if matches!(self.workload, Workload::Suite) {
+            guest.guest_append = format!("{} slub_debug=P,kmalloc-*", guest.guest_append);
         }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

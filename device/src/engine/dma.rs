@@ -6,6 +6,7 @@
 //! goes through the same checks and hooks as every other DMA.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use thiserror::Error;
 use vm_memory::bitmap::BS;
@@ -50,10 +51,19 @@ pub enum DmaError {
 /// Bytes moved per bounce when a copy crosses a region boundary.
 const BOUNCE_BYTES: usize = 4096;
 
+/// The guest RAM a [`Dma`] reaches: borrowed, or a snapshot of the device's current map
+/// (which a host that maps memory at run time, like a vfio-user server, replaces; the
+/// snapshot keeps the old map alive until the access through it is over).
+#[derive(Clone)]
+enum Ram<'a> {
+    Borrowed(&'a GuestRam),
+    Snapshot(Arc<GuestRam>),
+}
+
 /// DMA for one purpose through one injector.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Dma<'a> {
-    mem: &'a GuestRam,
+    mem: Ram<'a>,
     injector: &'a dyn FaultInjector,
     purpose: DmaPurpose,
 }
@@ -70,7 +80,20 @@ impl<'a> Dma<'a> {
     /// DMA into `mem` for `purpose`, offered to `injector` first.
     pub fn new(mem: &'a GuestRam, injector: &'a dyn FaultInjector, purpose: DmaPurpose) -> Self {
         Self {
-            mem,
+            mem: Ram::Borrowed(mem),
+            injector,
+            purpose,
+        }
+    }
+
+    /// DMA into a snapshot of the device's memory map.
+    pub(crate) fn snapshot(
+        mem: Arc<GuestRam>,
+        injector: &'a dyn FaultInjector,
+        purpose: DmaPurpose,
+    ) -> Self {
+        Self {
+            mem: Ram::Snapshot(mem),
             injector,
             purpose,
         }
@@ -82,15 +105,18 @@ impl<'a> Dma<'a> {
     }
 
     /// The guest RAM behind it.
-    pub fn memory(&self) -> &'a GuestRam {
-        self.mem
+    pub fn memory(&self) -> &GuestRam {
+        match &self.mem {
+            Ram::Borrowed(mem) => mem,
+            Ram::Snapshot(mem) => mem,
+        }
     }
 
     /// Checks a DMA of `len` bytes at `gpa`: inside RAM, and not failed by the injector.
     pub fn admit(&self, gpa: GuestAddress, len: usize, write: bool) -> Result<(), DmaError> {
         // CAST: usize fits u64 on every supported host.
         let len64 = len as u64;
-        if !GuestMemoryBackend::check_range(self.mem, gpa, len) {
+        if !GuestMemoryBackend::check_range(self.memory(), gpa, len) {
             return Err(DmaError::OutsideRam {
                 gpa: gpa.0,
                 len: len64,
@@ -114,13 +140,13 @@ impl<'a> Dma<'a> {
     /// Reads `buf.len()` bytes at `gpa`.
     pub fn read(&self, gpa: GuestAddress, buf: &mut [u8]) -> Result<(), DmaError> {
         self.admit(gpa, buf.len(), false)?;
-        Bytes::read_slice(self.mem, buf, gpa).map_err(|_| outside(gpa, buf.len()))
+        Bytes::read_slice(self.memory(), buf, gpa).map_err(|_| outside(gpa, buf.len()))
     }
 
     /// Writes `buf` at `gpa`.
     pub fn write(&self, gpa: GuestAddress, buf: &[u8]) -> Result<(), DmaError> {
         self.admit(gpa, buf.len(), true)?;
-        Bytes::write_slice(self.mem, buf, gpa).map_err(|_| outside(gpa, buf.len()))
+        Bytes::write_slice(self.memory(), buf, gpa).map_err(|_| outside(gpa, buf.len()))
     }
 
     /// Stores a little-endian u32 at `gpa` with release ordering: every earlier store of the
@@ -146,8 +172,8 @@ impl<'a> Dma<'a> {
     {
         let len = std::mem::size_of::<T>();
         self.admit(gpa, len, true)?;
-        let slice =
-            GuestMemoryBackend::get_slice(self.mem, gpa, len).map_err(|_| outside(gpa, len))?;
+        let slice = GuestMemoryBackend::get_slice(self.memory(), gpa, len)
+            .map_err(|_| outside(gpa, len))?;
         let word = slice
             .get_atomic_ref::<T>(0)
             .map_err(|_| DmaError::Misaligned { gpa: gpa.0 })?;
@@ -158,8 +184,8 @@ impl<'a> Dma<'a> {
     pub fn copy(&self, src: GuestAddress, dst: GuestAddress, len: usize) -> Result<(), DmaError> {
         self.admit(src, len, false)?;
         self.admit(dst, len, true)?;
-        let direct = GuestMemoryBackend::get_slice(self.mem, src, len).and_then(|from| {
-            GuestMemoryBackend::get_slice(self.mem, dst, len).map(|to| (from, to))
+        let direct = GuestMemoryBackend::get_slice(self.memory(), src, len).and_then(|from| {
+            GuestMemoryBackend::get_slice(self.memory(), dst, len).map(|to| (from, to))
         });
         if let Ok((from, to)) = direct {
             from.copy_to_volatile_slice(to);
@@ -171,8 +197,9 @@ impl<'a> Dma<'a> {
         while done < len {
             let n = (len - done).min(BOUNCE_BYTES);
             let (from, to) = (offset(src, done), offset(dst, done));
-            Bytes::read_slice(self.mem, &mut bounce[..n], from).map_err(|_| outside(from, n))?;
-            Bytes::write_slice(self.mem, &bounce[..n], to).map_err(|_| outside(to, n))?;
+            Bytes::read_slice(self.memory(), &mut bounce[..n], from)
+                .map_err(|_| outside(from, n))?;
+            Bytes::write_slice(self.memory(), &bounce[..n], to).map_err(|_| outside(to, n))?;
             done += n;
         }
         Ok(())
@@ -196,7 +223,7 @@ impl<'a> Dma<'a> {
         while done < len {
             let n = (len - done).min(block.len());
             let to = offset(dst, done);
-            Bytes::write_slice(self.mem, &block[..n], to).map_err(|_| outside(to, n))?;
+            Bytes::write_slice(self.memory(), &block[..n], to).map_err(|_| outside(to, n))?;
             done += n;
         }
         Ok(())
@@ -235,11 +262,11 @@ impl GuestMemory for Dma<'_> {
     {
         self.admit(addr, count, access.has_write())
             .map_err(|_| GuestMemoryError::InvalidGuestAddress(addr))?;
-        Ok(GuestMemoryBackend::get_slices(self.mem, addr, count))
+        Ok(GuestMemoryBackend::get_slices(self.memory(), addr, count))
     }
 
     fn physical_memory(&self) -> Option<&Self::PhysicalMemory> {
-        Some(self.mem)
+        Some(self.memory())
     }
 }
 

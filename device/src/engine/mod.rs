@@ -60,8 +60,9 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// State shared by the MMIO paths and the workers. Field order is lock order.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// Guest RAM (immutable: the VMM does not hot-plug memory).
-    pub(crate) mem: GuestRam,
+    /// Guest RAM as the host maps it now. rmnic-vmm sets it once; a vfio-user server
+    /// replaces it as the client maps and unmaps DMA regions ([`Shared::set_memory`]).
+    pub(crate) mem: RwLock<Arc<GuestRam>>,
     /// Oracle and fault-injection hooks.
     pub(crate) injector: Arc<dyn FaultInjector>,
     /// Lock 1: the contexts.
@@ -103,7 +104,7 @@ impl Shared {
         injector: Arc<dyn FaultInjector>,
     ) -> Self {
         Self {
-            mem,
+            mem: RwLock::new(Arc::new(mem)),
             injector,
             // CAST: NUM_CONTEXTS <= 255 (checked in regs.rs).
             contexts: (0..NUM_CONTEXTS)
@@ -126,7 +127,38 @@ impl Shared {
 
     /// DMA for `purpose`.
     pub(crate) fn dma(&self, purpose: DmaPurpose) -> Dma<'_> {
-        Dma::new(&self.mem, &*self.injector, purpose)
+        Dma::snapshot(self.memory(), &*self.injector, purpose)
+    }
+
+    /// The current memory map.
+    pub(crate) fn memory(&self) -> Arc<GuestRam> {
+        self.mem
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// Replaces the memory map and waits until no access through the old one is left: after
+    /// it returns the device touches only `mem` (what a vfio-user DMA unmap requires before
+    /// its reply). Accesses are short (one command step), so the wait is too.
+    pub(crate) fn set_memory(&self, mem: GuestRam) {
+        let old = std::mem::replace(
+            &mut *self
+                .mem
+                .write()
+                .unwrap_or_else(|poison| poison.into_inner()),
+            Arc::new(mem),
+        );
+        let mut old = old;
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(_) => return,
+                Err(still_used) => {
+                    old = still_used;
+                    std::thread::yield_now();
+                }
+            }
+        }
     }
 
     /// The TLB for lookups.

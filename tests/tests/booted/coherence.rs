@@ -1,8 +1,8 @@
-//! Integration test of the driver's coherence guarantees: boots the real guest with the real
-//! driver and runs `rmnic-guest coherence` (every check in one boot, ~10 s each through the
-//! emulated host), then asserts on each named check so a failure names what broke.
+//! The driver's coherence guarantees: `rmnic-guest coherence` runs every check in the shared
+//! boot (with slab poisoning), and the test asserts on each named check so a failure names
+//! what broke.
 
-use rmnic_tests::{run, GuestRun, Images};
+use crate::{program_status, shared_boot};
 
 /// Every check the guest program must report as passed.
 const CHECKS: &[&str] = &[
@@ -36,18 +36,12 @@ const CHECKS: &[&str] = &[
     "rebind-works",
 ];
 
-/// Guest kernel option that poisons freed kmalloc objects (the driver allocates with kmalloc).
-const SLAB_POISONING: &str = "slub_debug=P,kmalloc-*";
+/// The guest program and its arguments.
+pub const COMMAND: [&str; 1] = ["coherence"];
 
 #[test]
 fn device_stays_coherent_with_cpu_page_tables() {
-    let images = Images::locate().unwrap_or_else(|e| panic!("{e}"));
-    let mut guest = GuestRun::new(&["coherence"]);
-    // Slab poisoning for the driver's allocations: a use after free then oopses (status 121)
-    // instead of reading stale bytes. It caught `/dev/rmnic`'s file operations being freed on
-    // unbind while files stayed open (`teardown` group; docs/platform.md).
-    guest.guest_append = format!("{} {SLAB_POISONING}", guest.guest_append);
-    let outcome = run(&images, &guest).unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let outcome = shared_boot();
     let lines: Vec<&str> = outcome.lines_with("CHECK ").collect();
     let mut problems = Vec::new();
     for name in CHECKS {
@@ -74,9 +68,10 @@ fn device_stays_coherent_with_cpu_page_tables() {
             problems.push(format!("kernel log contains {marker:?}:\n{report}"));
         }
     }
+    let status = program_status(outcome, &COMMAND);
     assert!(
-        problems.is_empty() && outcome.status == 0,
-        "status {}; problems:\n{}\n--- console tail ---\n{}",
+        problems.is_empty() && status == Some(0) && outcome.status == 0,
+        "coherence exited with {status:?}, the boot with {}; problems:\n{}\n--- console tail ---\n{}",
         outcome.status,
         problems.join("\n"),
         outcome.tail()
