@@ -13,6 +13,7 @@
 //! implements the server side itself rather than using the `vfio_user` crate's.
 
 pub mod backend;
+pub mod client;
 pub mod dma_map;
 pub mod interrupts;
 pub mod protocol;

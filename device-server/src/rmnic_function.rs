@@ -22,8 +22,8 @@ use tracing::debug;
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE, VFIO_IRQ_SET_ACTION_TRIGGER,
     VFIO_IRQ_SET_ACTION_TYPE_MASK, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
-    VFIO_IRQ_SET_DATA_TYPE_MASK, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_IRQ_SET_DATA_TYPE_MASK, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ERR_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE,
 };
 
@@ -48,6 +48,11 @@ pub struct RmnicFunction {
     sink: Arc<EventfdSink>,
     /// Configuration register (dword index) holding the MSI-X capability's first dword.
     msix_reg: usize,
+    /// The client's eventfd for uncorrectable-error reports (`VFIO_PCI_ERR_IRQ_INDEX`). The
+    /// rmnic function reports its errors in `REG_DEV_ERROR` and the error vector, never
+    /// through PCI error recovery, so it is kept (QEMU warns when the index has no vector)
+    /// and never signalled.
+    err_eventfd: Option<std::fs::File>,
 }
 
 impl RmnicFunction {
@@ -60,6 +65,7 @@ impl RmnicFunction {
             maps: DmaMappings::new(),
             sink,
             msix_reg: 0,
+            err_eventfd: None,
         };
         function.msix_reg = function
             .find_capability(MSIX_CAPABILITY_ID)
@@ -238,6 +244,10 @@ impl DeviceBackend for RmnicFunction {
                     count: u32::from(RMNIC_MSIX_VECTORS),
                     flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
                 },
+                VFIO_PCI_ERR_IRQ_INDEX => IrqDescription {
+                    count: 1,
+                    flags: VFIO_IRQ_INFO_EVENTFD,
+                },
                 _ => IrqDescription { count: 0, flags: 0 },
             })
             .collect()
@@ -301,6 +311,10 @@ impl DeviceBackend for RmnicFunction {
         if request.index == VFIO_PCI_MSIX_IRQ_INDEX {
             return self.set_msix(request);
         }
+        if request.index == VFIO_PCI_ERR_IRQ_INDEX {
+            self.err_eventfd = request.eventfds.into_iter().next();
+            return Ok(());
+        }
         // The other indexes have no vectors: only "disable everything" is meaningful.
         if request.count == 0 {
             return Ok(());
@@ -313,6 +327,7 @@ impl DeviceBackend for RmnicFunction {
 
     fn reset(&mut self) -> Result<()> {
         self.sink.disconnect_all();
+        self.err_eventfd = None;
         self.device.reset();
         Ok(())
     }

@@ -12,6 +12,9 @@ pub enum HostMode {
     Direct,
     /// `rmnic-vmm` runs inside `qemu-system-x86_64 -accel tcg -cpu max`.
     Emulated,
+    /// QEMU boots the guest itself (TCG, or KVM where usable) with the rmnic device served
+    /// by `rmnic-device-server` over vfio-user; rmnic-vmm is not involved.
+    Qemu,
 }
 
 impl fmt::Display for HostMode {
@@ -19,23 +22,23 @@ impl fmt::Display for HostMode {
         f.write_str(match self {
             Self::Direct => "direct",
             Self::Emulated => "emulated",
+            Self::Qemu => "qemu",
         })
     }
 }
 
 /// Bad value in `RMNIC_HOST`.
 #[derive(Debug, thiserror::Error)]
-#[error("RMNIC_HOST must be `direct`, `emulated` or `auto`, not `{0}`")]
+#[error("RMNIC_HOST must be `direct`, `emulated`, `qemu` or `auto`, not `{0}`")]
 pub struct BadHostMode(String);
 
 impl HostMode {
-    /// `RMNIC_HOST` if set (`direct`, `emulated`, `auto`), else [`HostMode::detect`].
+    /// `RMNIC_HOST` if set (`direct`, `emulated`, `qemu`, `auto`), else
+    /// [`HostMode::detect`].
     pub fn from_env() -> Result<Self, BadHostMode> {
         match std::env::var("RMNIC_HOST").as_deref() {
-            Ok("direct") => Ok(Self::Direct),
-            Ok("emulated") => Ok(Self::Emulated),
             Ok("auto") | Ok("") | Err(_) => Ok(Self::detect()),
-            Ok(other) => Err(BadHostMode(other.to_string())),
+            Ok(other) => other.parse(),
         }
     }
 
@@ -54,6 +57,20 @@ impl HostMode {
             Self::Direct
         } else {
             Self::Emulated
+        }
+    }
+}
+
+impl std::str::FromStr for HostMode {
+    type Err = BadHostMode;
+
+    fn from_str(s: &str) -> Result<Self, BadHostMode> {
+        match s {
+            "direct" => Ok(Self::Direct),
+            "emulated" => Ok(Self::Emulated),
+            "qemu" => Ok(Self::Qemu),
+            "auto" => Ok(Self::detect()),
+            other => Err(BadHostMode(other.to_string())),
         }
     }
 }

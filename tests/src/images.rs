@@ -11,6 +11,12 @@ pub const GUEST_INITRAMFS: &str = "guest-initramfs.cpio";
 pub const HOST_INITRAMFS: &str = "host-initramfs.cpio";
 /// The rmnic-vmm binary matching the images.
 pub const VMM: &str = "rmnic-vmm";
+/// The vfio-user device server matching the images (`qemu` mode).
+pub const DEVICE_SERVER: &str = "rmnic-device-server";
+/// Link to the QEMU with a vfio-user client that `cargo xtask images` builds (`qemu` mode).
+pub const QEMU: &str = "qemu-system-x86_64";
+/// Link to that QEMU's firmware directory (`-L`).
+pub const QEMU_DATA: &str = "qemu-data";
 
 /// Missing images.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +62,17 @@ impl Images {
         Ok(Self {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Checks that the optional artifacts `names` exist too.
+    pub fn require(&self, names: &[&str]) -> Result<(), MissingImage> {
+        for name in names {
+            let path = self.dir.join(name);
+            if !path.exists() {
+                return Err(MissingImage { path });
+            }
+        }
+        Ok(())
     }
 
     /// The images directory.

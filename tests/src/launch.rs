@@ -14,7 +14,11 @@ use wait_timeout::ChildExt;
 
 use crate::emulated::{BadSetting, EmulatedHost};
 use crate::host::{BadHostMode, HostMode};
-use crate::images::{Images, MissingImage, BZIMAGE, GUEST_INITRAMFS, HOST_INITRAMFS, VMM};
+use crate::images::{
+    Images, MissingImage, BZIMAGE, DEVICE_SERVER, GUEST_INITRAMFS, HOST_INITRAMFS, QEMU, QEMU_DATA,
+    VMM,
+};
+use crate::qemu_host::{qemu_command, DeviceServer};
 use crate::verdict::{self, Verdict};
 
 /// Guest kernel command line shared by both modes (host-init uses the same words).
@@ -87,7 +91,7 @@ impl GuestRun {
 
     /// The guest's command line word: arguments joined by `,`, programs by `+`
     /// (`images/initramfs/guest-init`).
-    fn run_word(&self) -> String {
+    pub(crate) fn run_word(&self) -> String {
         format!("rmnic_run={}", self.command.join(",")).replace(",+,", "+")
     }
 }
@@ -125,7 +129,7 @@ impl Outcome {
         };
         let init = at(GUEST_INIT_MARKER)?;
         let start = match self.mode {
-            HostMode::Direct => Duration::ZERO,
+            HostMode::Direct | HostMode::Qemu => Duration::ZERO,
             HostMode::Emulated => at(HOST_VMM_START_MARKER)?,
         };
         init.checked_sub(start)
@@ -171,8 +175,12 @@ pub enum LaunchError {
         /// Last console lines.
         tail: String,
     },
-    /// The emulated host ended without passing on a status (it crashed or rebooted).
-    #[error("Emulated host ended with QEMU status {code:?} and no guest status; last console lines:\n{tail}")]
+    /// `rmnic-device-server` did not come up (`qemu` mode).
+    #[error("{0}")]
+    DeviceServer(String),
+    /// The emulated host (or, in `qemu` mode, QEMU) ended without passing on a status (it
+    /// crashed or rebooted).
+    #[error("QEMU ended with status {code:?} and no guest status; last console lines:\n{tail}")]
     HostFailed {
         /// QEMU's exit code.
         code: Option<i32>,
@@ -202,7 +210,9 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
     let outcome = run_once(mode, images, guest);
     let verdict = Verdict::of(&outcome);
     verdict::record(verdict, started.elapsed().as_secs_f64(), &guest.command);
-    if verdict != Verdict::Passed {
+    // A guest program's own failure is in the console tail a test prints; anything worse
+    // (kernel warning, stall, crash) needs the whole console.
+    if !matches!(verdict, Verdict::Passed | Verdict::GuestFailed) {
         if let Ok(outcome) = &outcome {
             save_console(images, guest, verdict, &outcome.console);
         }
@@ -210,8 +220,8 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
     outcome
 }
 
-/// Keeps the whole console of a boot that did not pass in `<cache>/failed-boots/` (a test's
-/// message shows only the tail) and says where. Best effort.
+/// Keeps the whole console of a failed boot in `<cache>/failed-boots/` (a test's message
+/// shows only the tail) and says where. Best effort.
 fn save_console(images: &Images, guest: &GuestRun, verdict: Verdict, console: &str) {
     let Some(cache) = images.dir().parent() else {
         return;
@@ -232,6 +242,12 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
     let _serial = BOOT_LOCK
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let start = Instant::now();
+    let console = Arc::new(Mutex::new(Console::default()));
+    let mut readers = Vec::new();
+    // In `qemu` mode the device runs in its own process, started first; its messages join
+    // the console.
+    let mut device_server = None;
     let mut cmd = match mode {
         HostMode::Direct => direct_command(images, guest),
         HostMode::Emulated => {
@@ -241,17 +257,23 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
             };
             emulated_command(images, guest, &host)
         }
+        HostMode::Qemu => {
+            images.require(&[DEVICE_SERVER, QEMU, QEMU_DATA])?;
+            let mut server = DeviceServer::start(images)?;
+            readers.extend(capture(server.child(), &console, guest.echo, start));
+            let cmd = qemu_command(images, guest, server.socket());
+            device_server = Some(server);
+            cmd
+        }
     };
     let program = format!("{:?}", cmd.get_program());
-    let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| LaunchError::Spawn { program, source })?;
-    let console = Arc::new(Mutex::new(Console::default()));
-    let readers = capture(&mut child, &console, guest.echo, start);
+    readers.extend(capture(&mut child, &console, guest.echo, start));
     let waited = child
         .wait_timeout(guest.timeout)
         .map_err(LaunchError::Wait)?;
@@ -261,6 +283,7 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
             // Kill errors mean it exited meanwhile; either way it is gone after wait().
             let _ = child.kill();
             let _ = child.wait();
+            drop(device_server);
             for reader in readers {
                 let _ = reader.join();
             }
@@ -271,6 +294,9 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
             });
         }
     };
+    if let Some(server) = &mut device_server {
+        server.finish();
+    }
     for reader in readers {
         let _ = reader.join();
     }
@@ -284,6 +310,17 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
         // The host's init prints rmnic-vmm's status before passing it to isa-debug-exit, whose
         // 8-bit QEMU exit code ((value << 1) | 1) cannot carry statuses above 127: the console
         // line is the source of truth, the exit code only says the host got that far.
+        // isa-debug-exit: QEMU exits with (value << 1) | 1 for the guest's exit-port write;
+        // any other code means the guest never got there.
+        HostMode::Qemu => match status.code() {
+            Some(code) if code % 2 == 1 => code >> 1,
+            code => {
+                return Err(LaunchError::HostFailed {
+                    code,
+                    tail: tail(&console),
+                })
+            }
+        },
         HostMode::Emulated => match (host_reported_status(&console), status.code()) {
             (Some(reported), Some(code)) if code % 2 == 1 => reported,
             (_, code) => {

@@ -6,6 +6,7 @@ pub mod emulated;
 pub mod host;
 pub mod images;
 pub mod launch;
+pub mod qemu_host;
 pub mod verdict;
 
 pub use emulated::EmulatedHost;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{
-    default_image_dir, validate_cpus, validate_memory, ConfigError, VmConfig, DEFAULT_CMDLINE,
+    default_image_dir, validate_cpus, validate_memory, ConfigError, DeviceSource, VmConfig,
+    DEFAULT_CMDLINE,
 };
 
 /// Kernel file name inside the image directory.
@@ -62,6 +63,12 @@ pub struct Cli {
     /// Device worker threads (1..=16).
     #[arg(long, value_name = "N", default_value_t = rmnic_device::rmnic::DEFAULT_WORKERS)]
     pub device_workers: usize,
+
+    /// Where the rmnic function's model runs: `rmnic` (in this process) or
+    /// `vfio-user:SOCKET` (another process serving it over vfio-user, e.g.
+    /// `rmnic-device-server --socket SOCKET`).
+    #[arg(long, value_name = "DEVICE", default_value = "rmnic")]
+    pub device: DeviceSource,
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
@@ -110,6 +117,7 @@ impl Cli {
             tlb_sets: self.tlb_sets,
             tlb_ways: self.tlb_ways,
             device_workers: self.device_workers,
+            device: self.device,
         };
         config.validate()?;
         Ok(config)

@@ -62,6 +62,33 @@ pub enum ConfigError {
     NoImageDir,
 }
 
+/// Where the rmnic function's device model runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DeviceSource {
+    /// In this process (`rmnic_device::RmnicDevice`).
+    #[default]
+    InProcess,
+    /// In another process, reached over vfio-user at this socket (`rmnic-device-server`, or
+    /// any vfio-user server of a PCI device).
+    VfioUser(PathBuf),
+}
+
+impl std::str::FromStr for DeviceSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            _ if s == "rmnic" => Ok(Self::InProcess),
+            Some(("vfio-user", path)) if !path.is_empty() => {
+                Ok(Self::VfioUser(PathBuf::from(path)))
+            }
+            _ => Err(format!(
+                "'{s}' is not a device: use `rmnic` (in process) or `vfio-user:SOCKET`"
+            )),
+        }
+    }
+}
+
 /// A VM to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -85,6 +112,8 @@ pub struct VmConfig {
     pub tlb_ways: u32,
     /// Device worker threads executing commands and invalidations.
     pub device_workers: usize,
+    /// Where the device model runs.
+    pub device: DeviceSource,
 }
 
 impl VmConfig {
@@ -101,6 +130,7 @@ impl VmConfig {
             tlb_sets: DEFAULT_TLB_SETS,
             tlb_ways: DEFAULT_TLB_WAYS,
             device_workers: rmnic_device::rmnic::DEFAULT_WORKERS,
+            device: DeviceSource::InProcess,
         }
     }
 

@@ -14,7 +14,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::boot::layout::{ram_regions, RamRegion, PCI_MMIO_END, PCI_MMIO_START};
 use crate::boot::{load_linux, BootError};
 use crate::bus::{Bus, BusError, BusRange, SharedBusDevice};
-use crate::config::{ConfigError, VmConfig};
+use crate::config::{ConfigError, DeviceSource, VmConfig};
 use crate::devices::exit_port::{ExitPort, EXIT_PORT, EXIT_PORT_LEN};
 use crate::devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_COMMAND_PORT_LEN};
 use crate::devices::serial::IrqTrigger;
@@ -23,6 +23,7 @@ use crate::exit::{ExitLatch, ExitReason};
 use crate::interrupts::{DeviceMsi, GsiRouter, InterruptError, IrqBackend};
 use crate::memory::{create_guest_ram, GuestRam, MemoryError};
 use crate::pci::bars::{probe_bars, program_bar};
+use crate::pci::vfio_user::{VfioUserError, VfioUserFunction};
 use crate::pci::{
     assign_bars, BarError, BarPlacement, HostBridge, PciConfigIo, PciError, PciRoot,
     PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN,
@@ -47,6 +48,9 @@ pub enum VmmError {
     /// The rmnic device model could not be built.
     #[error("Cannot build the rmnic device")]
     Device(#[from] rmnic_device::rmnic::BuildError),
+    /// The out-of-process device could not be attached.
+    #[error(transparent)]
+    VfioUser(#[from] VfioUserError),
     /// KVM VM setup.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -145,8 +149,16 @@ impl Vmm {
             workers: config.device_workers,
             ..RmnicConfig::default()
         };
-        let rmnic = RmnicDevice::with_memory(ram.memory.clone(), device_config, msi)?;
-        pci.add_device(RMNIC_SLOT, Arc::new(Mutex::new(rmnic)))?;
+        match &config.device {
+            DeviceSource::InProcess => {
+                let rmnic = RmnicDevice::with_memory(ram.memory.clone(), device_config, msi)?;
+                pci.add_device(RMNIC_SLOT, Arc::new(Mutex::new(rmnic)))?;
+            }
+            DeviceSource::VfioUser(socket) => {
+                let function = VfioUserFunction::attach(socket, &ram.memory, msi)?;
+                pci.add_device(RMNIC_SLOT, Arc::new(Mutex::new(function)))?;
+            }
+        }
         let bars = place_bars(&pci)?;
         let pci = Arc::new(pci);
         place(

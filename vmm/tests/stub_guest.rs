@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rmnic_device::interrupt::{MsiMessage, MsiSink};
 use rmnic_device::{RMNIC_DEVICE_ID, RMNIC_ID_MAGIC, RMNIC_VENDOR_ID};
+use rmnic_vmm::config::DeviceSource;
 use rmnic_vmm::interrupts::{DeviceMsi, GsiRouter, IrqBackend};
 use rmnic_vmm::vstate::Vm;
 use rmnic_vmm::{ExitReason, VmConfig, Vmm};
@@ -80,8 +81,19 @@ fn write_image(name: &str, image: &[u8]) -> PathBuf {
 }
 
 fn run(name: &str, code: &[u8], cpus: u8, timeout: Duration) -> (ExitReason, String, Duration) {
+    run_with(name, code, cpus, timeout, DeviceSource::InProcess)
+}
+
+fn run_with(
+    name: &str,
+    code: &[u8],
+    cpus: u8,
+    timeout: Duration,
+    device: DeviceSource,
+) -> (ExitReason, String, Duration) {
     let image = write_image(name, &fake_bzimage(code));
     let mut config = VmConfig::new(&image);
+    config.device = device;
     config.cpus = cpus;
     config.memory_mib = 64;
     config.timeout = Some(timeout);
@@ -144,6 +156,37 @@ fn guest_sees_rmnic_on_pci_and_its_status_comes_out() {
     assert_eq!(serial, "OK\n");
     // The second vCPU sat in wait-for-SIPI inside KVM_RUN: it must have been kicked out.
     assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+/// The same probe with the device model in `rmnic-device-server`'s server (on a thread here),
+/// attached over vfio-user: configuration space, BAR placement and MMIO reach the remote
+/// model.
+#[test]
+fn guest_sees_an_out_of_process_rmnic_over_vfio_user() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("rmnic-vmm-vfio-user-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("socket dir");
+    let socket = dir.join("rmnic.sock");
+    let function = rmnic_device_server::RmnicFunction::new(rmnic_device::RmnicConfig::default())
+        .expect("device");
+    let mut server = rmnic_device_server::Server::bind(&socket, function).expect("bind");
+    let serving = std::thread::spawn(move || server.serve_one().expect("serve"));
+    let (reason, serial, _) = run_with(
+        "probe-vfio-user",
+        &probe_code(0xc000_0000),
+        1,
+        Duration::from_secs(20),
+        DeviceSource::VfioUser(socket),
+    );
+    assert_eq!(reason, ExitReason::Guest(7), "serial: {serial:?}");
+    let stats = serving.join().expect("server thread");
+    // Version, info, regions, DMA maps, config reads, MSI-X set-up, the guest's accesses.
+    assert!(stats.requests > 10, "{stats:?}");
+    assert_eq!(stats.errors, 0, "{stats:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

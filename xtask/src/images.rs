@@ -5,7 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use rmnic_tests::images::{BZIMAGE, GUEST_INITRAMFS, HOST_INITRAMFS, VMM};
+use rmnic_tests::images::{
+    BZIMAGE, DEVICE_SERVER, GUEST_INITRAMFS, HOST_INITRAMFS, QEMU, QEMU_DATA, VMM,
+};
 use rmnic_tests::Images;
 
 use crate::initramfs::Staging;
@@ -17,7 +19,9 @@ pub fn build(repo: &Path) -> Result<PathBuf> {
     let kernel = kernel::build(repo)?;
     let module = driver::build(repo, &kernel)?;
     let guest_program = programs::build_guest(repo)?;
-    let vmm = programs::build_vmm(repo)?;
+    let (vmm, device_server) = programs::build_vmm(repo)?;
+    // QEMU with a vfio-user client, for the `qemu` host mode (cached; about 5 minutes once).
+    let qemu = crate::qemu::build()?;
 
     let out = Images::default_dir();
     fs::create_dir_all(&out).with_context(|| format!("Cannot create {}", out.display()))?;
@@ -35,6 +39,9 @@ pub fn build(repo: &Path) -> Result<PathBuf> {
 
     fs::copy(&kernel.bzimage, out.join(BZIMAGE)).context("Cannot copy bzImage")?;
     fs::copy(&vmm, out.join(VMM)).context("Cannot copy rmnic-vmm")?;
+    fs::copy(&device_server, out.join(DEVICE_SERVER)).context("Cannot copy rmnic-device-server")?;
+    link(&qemu.binary, &out.join(QEMU))?;
+    link(&qemu.data_dir, &out.join(QEMU_DATA))?;
 
     let host = Staging::new(&work.join("host"), &repo.join("images/initramfs/host-init"))?;
     host.add_dynamic(&vmm, "bin/rmnic-vmm")?;
@@ -49,7 +56,7 @@ pub fn build(repo: &Path) -> Result<PathBuf> {
         out.display(),
         progress::fmt_duration(total.elapsed())
     );
-    for name in [BZIMAGE, GUEST_INITRAMFS, HOST_INITRAMFS, VMM] {
+    for name in [BZIMAGE, GUEST_INITRAMFS, HOST_INITRAMFS, VMM, DEVICE_SERVER] {
         let path = out.join(name);
         let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         eprintln!(
@@ -61,4 +68,13 @@ pub fn build(repo: &Path) -> Result<PathBuf> {
     }
     eprintln!("    kernel tree: {}", kernel.tree.display());
     Ok(out)
+}
+
+/// Points the symlink `at` to `target`, replacing what was there.
+fn link(target: &Path, at: &Path) -> Result<()> {
+    if at.symlink_metadata().is_ok() {
+        fs::remove_file(at).with_context(|| format!("Cannot replace {}", at.display()))?;
+    }
+    std::os::unix::fs::symlink(target, at)
+        .with_context(|| format!("Cannot link {} to {}", at.display(), target.display()))
 }

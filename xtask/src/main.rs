@@ -31,6 +31,13 @@ use rmnic_tests::{GuestRun, HostMode, Images};
 #[derive(Parser)]
 #[command(about = "rmnic build orchestration")]
 struct Cli {
+    /// How guests run: `direct` (rmnic-vmm on this machine's KVM), `emulated` (rmnic-vmm
+    /// inside a QEMU TCG host with SVM), `qemu` (QEMU runs the guest, the device served over
+    /// vfio-user by rmnic-device-server) or `auto` (default: `RMNIC_HOST`, else direct where
+    /// the CPU has SVM/VMX, emulated elsewhere). `test` runs the guest suite in this mode and
+    /// in `qemu` mode.
+    #[arg(long, global = true)]
+    host: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -119,6 +126,12 @@ fn repo_root() -> Result<PathBuf> {
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     let repo = repo_root()?;
+    if let Some(host) = &cli.host {
+        // Checked here so a typo fails before any build; the harness (and `cargo test`, a
+        // child process) reads the variable.
+        host.parse::<HostMode>()?;
+        std::env::set_var("RMNIC_HOST", host);
+    }
     match cli.command {
         Cmd::Images => {
             deps::ensure()?;

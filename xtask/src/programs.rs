@@ -11,18 +11,23 @@ use crate::progress;
 /// Target triple of everything we build (x86-64 guests only).
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Release build of `rmnic-vmm`; returns the binary.
-pub fn build_vmm(repo: &Path) -> Result<PathBuf> {
-    let start = progress::step("Building rmnic-vmm (release)");
+/// Release build of `rmnic-vmm` and `rmnic-device-server`; returns both binaries.
+pub fn build_vmm(repo: &Path) -> Result<(PathBuf, PathBuf)> {
+    let start = progress::step("Building rmnic-vmm and rmnic-device-server (release)");
     progress::run(Command::new(cargo()).current_dir(repo).args([
         "build",
         "--quiet",
         "--release",
         "-p",
         "rmnic-vmm",
+        "-p",
+        "rmnic-device-server",
     ]))?;
-    progress::done("rmnic-vmm", start);
-    Ok(repo.join("target/release/rmnic-vmm"))
+    progress::done("rmnic-vmm and rmnic-device-server", start);
+    Ok((
+        repo.join("target/release/rmnic-vmm"),
+        repo.join("target/release/rmnic-device-server"),
+    ))
 }
 
 /// Static release build of the guest programs (`rmnic-guest`, and `rmnic` beside it): the

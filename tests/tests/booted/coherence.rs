@@ -2,7 +2,7 @@
 //! boot (with slab poisoning), and the test asserts on each named check so a failure names
 //! what broke.
 
-use crate::{program_status, shared_boot};
+use crate::{program_status, shared_boot, Mode};
 
 /// Every check the guest program must report as passed.
 const CHECKS: &[&str] = &[
@@ -41,7 +41,16 @@ pub const COMMAND: [&str; 1] = ["coherence"];
 
 #[test]
 fn device_stays_coherent_with_cpu_page_tables() {
-    let outcome = shared_boot();
+    check(Mode::Default);
+}
+
+#[test]
+fn device_stays_coherent_with_cpu_page_tables_in_qemu() {
+    check(Mode::Qemu);
+}
+
+fn check(mode: Mode) {
+    let outcome = shared_boot(mode);
     let lines: Vec<&str> = outcome.lines_with("CHECK ").collect();
     let mut problems = Vec::new();
     for name in CHECKS {

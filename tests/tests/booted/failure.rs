@@ -1,13 +1,23 @@
 //! A guest program that fails must fail the run with its own status, not be swallowed.
 
-use rmnic_tests::{run, GuestRun};
+use rmnic_tests::launch::run_in;
+use rmnic_tests::GuestRun;
 
-use crate::images;
+use crate::{images, Mode};
 
 #[test]
 fn guest_failure_is_reported() {
+    check(Mode::Default);
+}
+
+#[test]
+fn guest_failure_is_reported_in_qemu() {
+    check(Mode::Qemu);
+}
+
+fn check(mode: Mode) {
     let guest = GuestRun::new(&["fail", "--status", "3"]);
-    let outcome = match run(&images(), &guest) {
+    let outcome = match run_in(mode.host(), &images(), &guest) {
         Ok(outcome) => outcome,
         Err(err) => panic!("boot failed: {err}"),
     };

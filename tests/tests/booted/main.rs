@@ -5,6 +5,10 @@
 //! share one boot ([`shared_boot`]: `probe`, then `coherence`); each test still asserts only on
 //! its own program's lines, so a failure names what broke. Programs that must end the boot
 //! with their own status (`fail`) get a boot of their own.
+//!
+//! The probe and coherence checks run twice: in the machine's mode (direct, or emulated where
+//! the CPU has no SVM/VMX) and in `qemu` mode, where QEMU hosts the device through
+//! `rmnic-device-server` over vfio-user (the `*_in_qemu` tests).
 
 mod coherence;
 mod failure;
@@ -12,7 +16,8 @@ mod probe;
 
 use std::sync::OnceLock;
 
-use rmnic_tests::{run, GuestRun, Images, Outcome};
+use rmnic_tests::launch::run_in;
+use rmnic_tests::{GuestRun, HostMode, Images, Outcome};
 
 /// Guest kernel option that poisons freed kmalloc objects (the driver allocates with kmalloc).
 const SLAB_POISONING: &str = "slub_debug=P,kmalloc-*";
@@ -21,18 +26,43 @@ fn images() -> Images {
     Images::locate().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The boot that `probe` and `coherence` share, made by whichever test asks first.
-fn shared_boot() -> &'static Outcome {
-    static BOOT: OnceLock<Result<Outcome, String>> = OnceLock::new();
-    let boot = BOOT.get_or_init(|| {
+/// Where a test's boot runs.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// The mode `RMNIC_HOST` or the machine picks (direct or emulated).
+    Default,
+    /// QEMU with the device over vfio-user (`rmnic-device-server`).
+    Qemu,
+}
+
+impl Mode {
+    fn host(self) -> HostMode {
+        match self {
+            Self::Default => HostMode::from_env().unwrap_or_else(|e| panic!("{e}")),
+            Self::Qemu => HostMode::Qemu,
+        }
+    }
+}
+
+/// The boot that `probe` and `coherence` share in `mode`, made by whichever test asks first.
+fn shared_boot(mode: Mode) -> &'static Outcome {
+    static BOOTS: [OnceLock<Result<Outcome, String>>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let host = mode.host();
+    let slot = match host {
+        HostMode::Direct => 0,
+        HostMode::Emulated => 1,
+        HostMode::Qemu => 2,
+    };
+    let boot = BOOTS[slot].get_or_init(|| {
         let mut guest = GuestRun::new(&probe::COMMAND).then(&coherence::COMMAND);
         // Slab poisoning for the driver's allocations: a use after free then oopses (status
         // 121) instead of reading stale bytes. It caught `/dev/rmnic`'s file operations being
         // freed on unbind while files stayed open (`teardown` group; docs/platform.md).
         guest.guest_append = format!("{} {SLAB_POISONING}", guest.guest_append);
-        let outcome = run(&images(), &guest).map_err(|e| format!("boot failed: {e}"))?;
+        let outcome = run_in(host, &images(), &guest).map_err(|e| format!("boot failed: {e}"))?;
         eprintln!(
-            "shared boot (probe + coherence): {} mode, {:.1} s in all, rmnic-vmm start to guest \
+            "shared boot (probe + coherence): {} mode, {:.1} s in all, VMM start to guest \
              init {:?}, status {}",
             outcome.mode,
             outcome.elapsed.as_secs_f64(),

@@ -2,14 +2,23 @@
 //! seen through /dev/rmnic equal to the device model's constant, the scratch register
 //! round-tripping, the guest CLI running an operation.
 
-use crate::{program_status, shared_boot};
+use crate::{program_status, shared_boot, Mode};
 
 /// The guest program and its arguments.
 pub const COMMAND: [&str; 3] = ["probe", "--cpus", "2"];
 
 #[test]
 fn boot_and_probe() {
-    let outcome = shared_boot();
+    check(Mode::Default);
+}
+
+#[test]
+fn boot_and_probe_in_qemu() {
+    check(Mode::Qemu);
+}
+
+fn check(mode: Mode) {
+    let outcome = shared_boot(mode);
     let checks: Vec<&str> = outcome
         .lines_with("CHECK ")
         .filter(|l| {

@@ -7,6 +7,7 @@
 pub mod bars;
 pub mod bus;
 pub mod host_bridge;
+pub mod vfio_user;
 
 pub use bars::{assign_bars, BarError, BarInfo, BarPlacement};
 pub use bus::{

@@ -7,8 +7,6 @@
 use kvm_bindings::kvm_cpuid_entry2;
 
 const LEAF_FEATURES: u32 = 0x1;
-const LEAF_AMD_FEATURES: u32 = 0x8000_0001;
-const LEAF_AMD_SVM: u32 = 0x8000_000a;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
@@ -23,11 +21,6 @@ const EDX_HTT: u32 = 1 << 28;
 /// KVM_CAP_TSC_DEADLINE_TIMER but leaves advertising it to the VMM; with it Linux skips
 /// LAPIC timer calibration (which fails under nested emulation).
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
-
-/// CPUID.1:ECX bit 5, VMX (Intel virtualization).
-const ECX_VMX: u32 = 1 << 5;
-/// CPUID.8000_0001h:ECX bit 2, SVM (AMD virtualization).
-const ECX_SVM: u32 = 1 << 2;
 
 /// Extended-topology level types (leaf 0xB/0x1F ECX[15:8]).
 const LEVEL_SMT: u32 = 1;
@@ -49,25 +42,13 @@ pub fn fixup_for_vcpu(entries: &mut [kvm_cpuid_entry2], cpu: u8, num_cpus: u8, t
             LEAF_FEATURES => {
                 // EBX[31:24] initial APIC ID, EBX[23:16] addressable logical processors.
                 e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((n.min(255)) << 16);
-                e.ecx = (e.ecx | ECX_HYPERVISOR) & !ECX_VMX;
+                e.ecx |= ECX_HYPERVISOR;
                 if tsc_deadline {
                     e.ecx |= ECX_TSC_DEADLINE;
                 }
                 if n > 1 {
                     e.edx |= EDX_HTT;
                 }
-            }
-            LEAF_AMD_FEATURES => {
-                // Without this a guest kernel with KVM built in spends most of a second (under
-                // the emulated host) setting up SVM that it may not use.
-                e.ecx &= !ECX_SVM;
-            }
-            LEAF_AMD_SVM => {
-                // The SVM feature leaf describes a feature the guest does not have.
-                e.eax = 0;
-                e.ebx = 0;
-                e.ecx = 0;
-                e.edx = 0;
             }
             LEAF_CACHE_PARAMS => {
                 // EAX[31:26]: addressable core IDs in the package - 1.
@@ -167,24 +148,6 @@ mod tests {
         assert_eq!((t[3].ebx, (t[3].ecx >> 8) & 0xff), (0, 0));
         assert_eq!(t[4].ecx & 0xff, 2);
         assert_eq!((t[4].ecx >> 12) & 0xf, 2);
-    }
-
-    #[test]
-    fn hardware_virtualization_is_hidden() {
-        let mut t = table();
-        t[0].ecx = ECX_VMX | 1;
-        let mut amd = leaf(LEAF_AMD_FEATURES, 0);
-        amd.ecx = ECX_SVM | 1;
-        let mut svm = leaf(LEAF_AMD_SVM, 0);
-        svm.eax = 1;
-        svm.edx = 0xff;
-        t.push(amd);
-        t.push(svm);
-        fixup_for_vcpu(&mut t, 0, 2, false);
-        assert_eq!(t[0].ecx & ECX_VMX, 0, "VMX hidden");
-        assert_eq!(t[0].ecx & 1, 1, "other leaf 1 bits kept");
-        assert_eq!(t[6].ecx, 1, "SVM hidden, other bits kept");
-        assert_eq!((t[7].eax, t[7].edx), (0, 0), "SVM leaf emptied");
     }
 
     #[test]
