@@ -46,6 +46,11 @@ pub struct GuestRun {
     /// `rmnic-guest` subcommands and their arguments the guest's init runs, programs separated
     /// by [`PROGRAM_SEPARATOR`] ([`GuestRun::then`]).
     pub command: Vec<String>,
+    /// Under rmnic-vmm (direct and emulated modes): run the device model in
+    /// `rmnic-device-server` and attach it over vfio-user (`--device vfio-user:SOCKET`)
+    /// instead of in rmnic-vmm's process (default: `RMNIC_DEVICE=vfio-user`). `qemu` mode
+    /// always does.
+    pub out_of_process_device: bool,
     /// Guest vCPUs.
     pub cpus: u32,
     /// Guest memory in MiB.
@@ -72,6 +77,7 @@ impl GuestRun {
             .unwrap_or(300);
         Self {
             command: command.iter().map(|s| s.to_string()).collect(),
+            out_of_process_device: std::env::var("RMNIC_DEVICE").as_deref() == Ok("vfio-user"),
             cpus: 2,
             memory_mib: 1024,
             timeout: Duration::from_secs(timeout),
@@ -209,7 +215,35 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
     let started = Instant::now();
     let outcome = run_once(mode, images, guest);
     let verdict = Verdict::of(&outcome);
-    verdict::record(verdict, started.elapsed().as_secs_f64(), &guest.command);
+    verdict::record(
+        verdict,
+        started.elapsed().as_secs_f64(),
+        &guest.command,
+        false,
+    );
+    if let Some(reason) = retry_reason(mode, &outcome) {
+        // The one residual platform failure with a named cause (docs/platform.md): printed and
+        // counted (`cargo xtask test` ends with "N boots, R retried"), retried once.
+        if let Err(LaunchError::HostFailed { tail, .. }) = &outcome {
+            save_console(images, guest, verdict, tail);
+        }
+        eprintln!("rmnic: RETRY: {reason}; booting once more (docs/platform.md)");
+        let started = Instant::now();
+        let again = run_once(mode, images, guest);
+        let verdict = Verdict::of(&again);
+        verdict::record(
+            verdict,
+            started.elapsed().as_secs_f64(),
+            &guest.command,
+            true,
+        );
+        if !matches!(verdict, Verdict::Passed | Verdict::GuestFailed) {
+            if let Ok(outcome) = &again {
+                save_console(images, guest, verdict, &outcome.console);
+            }
+        }
+        return again;
+    }
     // A guest program's own failure is in the console tail a test prints; anything worse
     // (kernel warning, stall, crash) needs the whole console.
     if !matches!(verdict, Verdict::Passed | Verdict::GuestFailed) {
@@ -218,6 +252,26 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
         }
     }
     outcome
+}
+
+/// Why a boot should be made again, if it should: only the emulated host's kernel crashing in
+/// KVM's `__svm_vcpu_run`, the signature of QEMU's TCG SVM emulation mixing host and guest
+/// state (docs/platform.md). Nothing the guest, the driver, rmnic-vmm or the device does can
+/// crash the emulated host's kernel, so this never hides a product failure. Anything else,
+/// stalls and triple faults included, is reported as it is.
+fn retry_reason(mode: HostMode, outcome: &Result<Outcome, LaunchError>) -> Option<String> {
+    if mode != HostMode::Emulated {
+        return None;
+    }
+    let console = match outcome {
+        Err(LaunchError::HostFailed { tail, .. }) => tail.as_str(),
+        Ok(o) if Verdict::of(outcome) == Verdict::HostCrashed => o.console.as_str(),
+        _ => return None,
+    };
+    let crashed_in_vmrun = console
+        .lines()
+        .any(|l| l.contains("RIP:") && l.contains("__svm_vcpu_run"));
+    crashed_in_vmrun.then(|| "the emulated host's kernel crashed in __svm_vcpu_run".to_string())
 }
 
 /// Keeps the whole console of a failed boot in `<cache>/failed-boots/` (a test's message
@@ -249,6 +303,16 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
     // the console.
     let mut device_server = None;
     let mut cmd = match mode {
+        HostMode::Direct if guest.out_of_process_device => {
+            images.require(&[DEVICE_SERVER])?;
+            let mut server = DeviceServer::start(images)?;
+            readers.extend(capture(server.child(), &console, guest.echo, start));
+            let mut cmd = direct_command(images, guest);
+            cmd.arg("--device")
+                .arg(format!("vfio-user:{}", server.socket().display()));
+            device_server = Some(server);
+            cmd
+        }
         HostMode::Direct => direct_command(images, guest),
         HostMode::Emulated => {
             let host = match &guest.host {
@@ -382,13 +446,18 @@ fn emulated_command(images: &Images, guest: &GuestRun, host: &EmulatedHost) -> C
         .arg(images.path(HOST_INITRAMFS))
         .arg("-append")
         .arg(format!(
-            "{HOST_CMDLINE} {} rmnic_cpus={} rmnic_mem={} rmnic_dump={} rmnic_watchdog={} {}{}",
+            "{HOST_CMDLINE} {} rmnic_cpus={} rmnic_mem={} rmnic_dump={} rmnic_watchdog={} {}{}{}",
             guest.run_word(),
             guest.cpus,
             guest.memory_mib,
             host_dump_secs(guest.timeout),
             host_watchdog_secs(guest.timeout),
             guest_append_word(&guest.guest_append),
+            if guest.out_of_process_device {
+                "rmnic_device=vfio-user "
+            } else {
+                ""
+            },
             host.kernel_append
         ));
     cmd
@@ -510,6 +579,33 @@ mod tests {
         }
         assert_eq!(host_dump_secs(Duration::from_secs(300)), 110);
         assert_eq!(host_dump_secs(Duration::from_secs(120)), 70);
+    }
+
+    #[test]
+    fn only_a_host_crash_in_vmrun_is_retried_and_only_in_emulated_mode() {
+        use super::{retry_reason, HostMode, LaunchError};
+        let crash = |tail: &str| -> Result<super::Outcome, LaunchError> {
+            Err(LaunchError::HostFailed {
+                code: Some(0),
+                tail: tail.to_string(),
+            })
+        };
+        let vmrun = "[   22.09] RIP: 0010:__svm_vcpu_run+0xa0/0xa30 [kvm_amd]\n\
+                     [   22.10] Kernel panic - not syncing: Fatal exception in interrupt\n";
+        assert!(retry_reason(HostMode::Emulated, &crash(vmrun)).is_some());
+        assert!(retry_reason(HostMode::Qemu, &crash(vmrun)).is_none());
+        assert!(retry_reason(HostMode::Direct, &crash(vmrun)).is_none());
+        let elsewhere = "[    3.00] RIP: 0010:some_function+0x10/0x20\n";
+        assert!(retry_reason(HostMode::Emulated, &crash(elsewhere)).is_none());
+        let stall = Ok(super::Outcome {
+            status: 126,
+            console: "rcu: INFO: rcu_sched self-detected stall on CPU\n".to_string(),
+            mode: HostMode::Emulated,
+            elapsed: std::time::Duration::from_secs(120),
+            timeline: Vec::new(),
+        });
+        // A stall the watchdog ended is reported, not retried.
+        assert!(retry_reason(HostMode::Emulated, &stall).is_none());
     }
 
     #[test]

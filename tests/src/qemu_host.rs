@@ -109,7 +109,7 @@ pub const QEMU_GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4";
 /// Whether QEMU should use KVM: only where `/dev/kvm` can boot Linux (the CPU has SVM or
 /// VMX), the same test that picks direct mode.
 fn kvm_usable() -> bool {
-    crate::HostMode::detect() == crate::HostMode::Direct
+    crate::host::hardware_virtualization()
 }
 
 /// The QEMU command line: the guest kernel and initramfs, guest RAM in a shared memfd (the

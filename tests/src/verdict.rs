@@ -165,9 +165,12 @@ pub fn host_crash_line(console: &str) -> Option<&str> {
         .find(|l| l.trim_start().starts_with('[') && CRASH_MARKERS.iter().any(|m| l.contains(m)))
 }
 
+/// Word in a boot-log line that marks a boot made because the one before it was retried.
+pub const RETRY_MARK: &str = "(retry)";
+
 /// Appends one line about a boot to `$RMNIC_BOOT_LOG` (if set): `<verdict> <seconds>
-/// <command>`. Best effort: a log that cannot be written must not fail a test.
-pub fn record(verdict: Verdict, seconds: f64, command: &[String]) {
+/// [(retry)] <command>`. Best effort: a log that cannot be written must not fail a test.
+pub fn record(verdict: Verdict, seconds: f64, command: &[String], retry: bool) {
     let Some(path) = std::env::var_os("RMNIC_BOOT_LOG") else {
         return;
     };
@@ -176,7 +179,8 @@ pub fn record(verdict: Verdict, seconds: f64, command: &[String]) {
         .append(true)
         .open(path)
     {
-        let _ = writeln!(file, "{verdict} {seconds:.1} {}", command.join(" "));
+        let mark = if retry { " (retry)" } else { "" };
+        let _ = writeln!(file, "{verdict} {seconds:.1}{mark} {}", command.join(" "));
     }
 }
 
@@ -185,6 +189,8 @@ pub fn record(verdict: Verdict, seconds: f64, command: &[String]) {
 pub struct BootTally {
     /// Boots made.
     pub boots: usize,
+    /// Boots made again because the one before had failed on the platform's side.
+    pub retries: usize,
     /// Boots whose verdict was a platform failure, by verdict name.
     pub platform_failures: Vec<(String, usize)>,
 }
@@ -199,6 +205,9 @@ impl BootTally {
                 continue;
             };
             tally.boots += 1;
+            if words.next() == Some(RETRY_MARK) {
+                tally.retries += 1;
+            }
             // A word this code never writes counts as a failure rather than vanish.
             if Verdict::from_name(verdict).is_none_or(Verdict::is_platform_failure) {
                 match tally
@@ -217,9 +226,13 @@ impl BootTally {
 
 impl fmt::Display for BootTally {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let retried = match self.retries {
+            0 => "none retried".to_string(),
+            n => format!("{n} retried"),
+        };
         write!(
             f,
-            "{} boots, none retried, {} platform failures",
+            "{} boots, {retried}, {} platform failures",
             self.boots,
             self.platform_failures.iter().map(|(_, n)| n).sum::<usize>()
         )?;
@@ -318,6 +331,14 @@ mod tests {
         assert_eq!(
             tally.to_string(),
             "4 boots, none retried, 1 platform failures (1 triple-fault)"
+        );
+        let retried = BootTally::parse(
+            "host-crashed 22.4 coherence\npassed 12.0 (retry) probe --cpus 2 + coherence\n",
+        );
+        assert_eq!(retried.retries, 1);
+        assert_eq!(
+            retried.to_string(),
+            "2 boots, 1 retried, 1 platform failures (1 host-crashed)"
         );
     }
 }

@@ -45,8 +45,16 @@ pub fn build(repo: &Path) -> Result<PathBuf> {
 
     let host = Staging::new(&work.join("host"), &repo.join("images/initramfs/host-init"))?;
     host.add_dynamic(&vmm, "bin/rmnic-vmm")?;
+    host.add_dynamic(&device_server, "bin/rmnic-device-server")?;
     host.add_program(&guest_program, "bin/rmnic-guest")?;
     host.add(&kernel.bzimage, "guest/bzImage", 0o644)?;
+    for module in &kernel.kvm_modules {
+        let name = module
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("KVM module path has no file name")?;
+        host.add(module, &format!("lib/modules/{name}"), 0o644)?;
+    }
     host.add(&out.join(GUEST_INITRAMFS), "guest/initramfs.cpio", 0o644)?;
     host.pack(&out.join(HOST_INITRAMFS))?;
     progress::done("initramfs images", start);

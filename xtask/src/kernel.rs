@@ -28,6 +28,10 @@ pub struct Kernel {
     pub tree: PathBuf,
     /// The bootable image.
     pub bzimage: PathBuf,
+    /// KVM's modules (`irqbypass.ko`, `kvm.ko`, `kvm-amd.ko`, in load order), for the
+    /// emulated host, which loads them once
+    /// its TSC calibration is final (`images/initramfs/host-init` says why).
+    pub kvm_modules: Vec<PathBuf>,
     /// Cache key of this build.
     pub hash: String,
 }
@@ -89,6 +93,11 @@ pub fn build(repo: &Path) -> Result<Kernel> {
     let tree = entry.dir.join(SOURCE_DIR);
     let kernel = Kernel {
         bzimage: tree.join("arch/x86/boot/bzImage"),
+        kvm_modules: vec![
+            tree.join("virt/lib/irqbypass.ko"),
+            tree.join("arch/x86/kvm/kvm.ko"),
+            tree.join("arch/x86/kvm/kvm-amd.ko"),
+        ],
         tree,
         hash: hash.clone(),
     };
@@ -130,8 +139,10 @@ pub fn build(repo: &Path) -> Result<Kernel> {
         make_command(&kernel.tree).arg(format!("-j{jobs}")),
         &entry.dir.join("build.log"),
     )?;
-    if !kernel.bzimage.exists() {
-        bail!("Kernel build finished without {}", kernel.bzimage.display());
+    for artifact in std::iter::once(&kernel.bzimage).chain(&kernel.kvm_modules) {
+        if !artifact.exists() {
+            bail!("Kernel build finished without {}", artifact.display());
+        }
     }
     entry.mark_complete()?;
     progress::done("kernel", start);

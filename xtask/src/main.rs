@@ -278,7 +278,7 @@ fn boot(args: &[String], cpus: u32) -> Result<ExitCode> {
     progress::done(&format!("guest run (status {})", outcome.status), start);
     if let Some(boot) = outcome.vmm_start_to_guest_init() {
         eprintln!(
-            "    rmnic-vmm start to guest init: {}",
+            "    VMM start to guest init: {}",
             progress::fmt_duration(boot)
         );
     }

@@ -1,9 +1,11 @@
-//! `cargo xtask qemu`: builds a newer QEMU than Debian bookworm packages, for comparing
-//! emulated-host configurations (`cargo xtask soak --qemu ...`) and for the vfio-user client
-//! (QEMU 10.1 and later) the QEMU host mode will need. Not the default emulated host: over the
-//! soak runs in docs/platform.md, 10.2.2 failed about as often as bookworm's 7.2 (the same
-//! host/guest state mix-up in its SVM emulation) and booted the nested guest 1 to 1.5 s
-//! slower, so the packaged 7.2 stays.
+//! Builds a newer QEMU than Debian bookworm packages: the `qemu` host mode's QEMU, for its
+//! `vfio-user-pci` client (QEMU 10.1 and later; part of the default x86_64 build on Linux, and
+//! every `cargo xtask test` proves it is there by booting through it). `cargo xtask images`
+//! builds it (cached); `cargo xtask qemu` builds it alone and prints how to use it as the
+//! emulated host for comparisons (`cargo xtask soak --qemu ...`). Not the default emulated
+//! host: over the soak runs in docs/platform.md, 10.2.2 failed about as often as bookworm's
+//! 7.2 (the same host/guest state mix-up in its SVM emulation) and booted the nested guest 1
+//! to 1.5 s slower, so the packaged 7.2 stays there.
 //!
 //! The source is Debian's `qemu` source package from sid (fetched with a separate apt
 //! configuration, the machine's sources stay as they are), built for x86_64 system emulation

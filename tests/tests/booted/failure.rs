@@ -1,9 +1,9 @@
 //! A guest program that fails must fail the run with its own status, not be swallowed.
 
-use rmnic_tests::launch::run_in;
-use rmnic_tests::GuestRun;
+use crate::{shared_boot_of, Boot, Mode};
 
-use crate::{images, Mode};
+/// The failing program and its arguments.
+pub const COMMAND: [&str; 3] = ["fail", "--status", "3"];
 
 #[test]
 fn guest_failure_is_reported() {
@@ -16,11 +16,7 @@ fn guest_failure_is_reported_in_qemu() {
 }
 
 fn check(mode: Mode) {
-    let guest = GuestRun::new(&["fail", "--status", "3"]);
-    let outcome = match run_in(mode.host(), &images(), &guest) {
-        Ok(outcome) => outcome,
-        Err(err) => panic!("boot failed: {err}"),
-    };
+    let outcome = shared_boot_of(mode, Boot::Failure);
     assert_eq!(
         outcome.status,
         3,

@@ -29,7 +29,8 @@ fn images() -> Images {
 /// Where a test's boot runs.
 #[derive(Clone, Copy, Debug)]
 enum Mode {
-    /// The mode `RMNIC_HOST` or the machine picks (direct or emulated).
+    /// rmnic-vmm's mode: `RMNIC_HOST` if set, else direct where the CPU has SVM/VMX and
+    /// emulated elsewhere.
     Default,
     /// QEMU with the device over vfio-user (`rmnic-device-server`).
     Qemu,
@@ -38,32 +39,57 @@ enum Mode {
 impl Mode {
     fn host(self) -> HostMode {
         match self {
-            Self::Default => HostMode::from_env().unwrap_or_else(|e| panic!("{e}")),
+            Self::Default => HostMode::vmm_from_env().unwrap_or_else(|e| panic!("{e}")),
             Self::Qemu => HostMode::Qemu,
         }
     }
 }
 
-/// The boot that `probe` and `coherence` share in `mode`, made by whichever test asks first.
-fn shared_boot(mode: Mode) -> &'static Outcome {
-    static BOOTS: [OnceLock<Result<Outcome, String>>; 3] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+/// The two boots each mode makes, each shared by the tests that read it.
+#[derive(Clone, Copy, Debug)]
+enum Boot {
+    /// `probe`, then `coherence`, with slab poisoning.
+    Suite,
+    /// `probe`, then `fail --status 3`. Under rmnic-vmm the device model runs out of process
+    /// here (`rmnic-device-server` over vfio-user), so this boot also checks rmnic-vmm's
+    /// vfio-user client with the real driver.
+    Failure,
+}
+
+/// The boot `which` in `mode`, made by whichever test asks first.
+fn shared_boot_of(mode: Mode, which: Boot) -> &'static Outcome {
+    type Slot = OnceLock<Result<Outcome, String>>;
+    static BOOTS: [[Slot; 2]; 3] = [
+        [OnceLock::new(), OnceLock::new()],
+        [OnceLock::new(), OnceLock::new()],
+        [OnceLock::new(), OnceLock::new()],
+    ];
     let host = mode.host();
     let slot = match host {
         HostMode::Direct => 0,
         HostMode::Emulated => 1,
         HostMode::Qemu => 2,
     };
-    let boot = BOOTS[slot].get_or_init(|| {
-        let mut guest = GuestRun::new(&probe::COMMAND).then(&coherence::COMMAND);
-        // Slab poisoning for the driver's allocations: a use after free then oopses (status
-        // 121) instead of reading stale bytes. It caught `/dev/rmnic`'s file operations being
-        // freed on unbind while files stayed open (`teardown` group; docs/platform.md).
-        guest.guest_append = format!("{} {SLAB_POISONING}", guest.guest_append);
+    let boot = BOOTS[slot][which as usize].get_or_init(|| {
+        let guest = match which {
+            Boot::Suite => {
+                let mut guest = GuestRun::new(&probe::COMMAND).then(&coherence::COMMAND);
+                // Slab poisoning for the driver's allocations: a use after free then oopses
+                // (status 121) instead of reading stale bytes. It caught `/dev/rmnic`'s file
+                // operations being freed on unbind while files stayed open (`teardown` group;
+                // docs/platform.md).
+                guest.guest_append = format!("{} {SLAB_POISONING}", guest.guest_append);
+                guest
+            }
+            Boot::Failure => {
+                let mut guest = GuestRun::new(&probe::COMMAND).then(&failure::COMMAND);
+                guest.out_of_process_device = true;
+                guest
+            }
+        };
         let outcome = run_in(host, &images(), &guest).map_err(|e| format!("boot failed: {e}"))?;
         eprintln!(
-            "shared boot (probe + coherence): {} mode, {:.1} s in all, VMM start to guest \
-             init {:?}, status {}",
+            "{which:?} boot: {} mode, {:.1} s in all, VMM start to guest init {:?}, status {}",
             outcome.mode,
             outcome.elapsed.as_secs_f64(),
             outcome.vmm_start_to_guest_init(),
@@ -75,6 +101,11 @@ fn shared_boot(mode: Mode) -> &'static Outcome {
         Ok(outcome) => outcome,
         Err(err) => panic!("{err}"),
     }
+}
+
+/// The boot that `probe` and `coherence` share in `mode`.
+fn shared_boot(mode: Mode) -> &'static Outcome {
+    shared_boot_of(mode, Boot::Suite)
 }
 
 /// The status the guest's init reported for the program `command` (its

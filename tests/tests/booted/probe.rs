@@ -2,7 +2,9 @@
 //! seen through /dev/rmnic equal to the device model's constant, the scratch register
 //! round-tripping, the guest CLI running an operation.
 
-use crate::{program_status, shared_boot, Mode};
+use rmnic_tests::Outcome;
+
+use crate::{program_status, shared_boot, shared_boot_of, Boot, Mode};
 
 /// The guest program and its arguments.
 pub const COMMAND: [&str; 3] = ["probe", "--cpus", "2"];
@@ -17,8 +19,25 @@ fn boot_and_probe_in_qemu() {
     check(Mode::Qemu);
 }
 
+/// rmnic-vmm with the device model in `rmnic-device-server` (`--device vfio-user:SOCKET`):
+/// the same checks, including a device FILL whose faults are served through the vfio-user
+/// interrupt relay and DMA into the shared guest RAM.
+#[test]
+fn boot_and_probe_with_the_device_out_of_process() {
+    let outcome = shared_boot_of(Mode::Default, Boot::Failure);
+    assert!(
+        outcome.console.contains("rmnic-device-server"),
+        "the device did not run in rmnic-device-server\n{}",
+        outcome.tail()
+    );
+    check_outcome(outcome);
+}
+
 fn check(mode: Mode) {
-    let outcome = shared_boot(mode);
+    check_outcome(shared_boot(mode));
+}
+
+fn check_outcome(outcome: &Outcome) {
     let checks: Vec<&str> = outcome
         .lines_with("CHECK ")
         .filter(|l| {

@@ -69,7 +69,8 @@ impl ExitCounts {
     }
 }
 
-fn describe(id: u32, fd: &VcpuFd, counts: &ExitCounts) -> String {
+/// vCPU `id`'s registers, pending events and exit counts, as printed lines.
+pub fn describe(id: u32, fd: &VcpuFd, counts: &ExitCounts) -> String {
     let mut text = format!(
         "rmnic-vmm: vCPU {id} state: exits mmio-read {} mmio-write {} pio-in {} pio-out {} interrupted {} other {}",
         counts.mmio_read, counts.mmio_write, counts.pio_in, counts.pio_out, counts.interrupted, counts.other

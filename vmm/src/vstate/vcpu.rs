@@ -272,6 +272,11 @@ impl Vcpu {
             match step {
                 Step::Continue => {}
                 Step::Stop(reason) => {
+                    if matches!(reason, ExitReason::TripleFault { .. }) {
+                        // The registers at the reset tell a guest bug (guest RIP and CR3)
+                        // from the emulated host's state mix-up (the host's, docs/platform.md).
+                        eprintln!("{}", crate::vstate::dump::describe(id, &self.fd, &counts));
+                    }
                     ctx.latch.trigger(reason);
                 }
                 Step::InternalError => {
