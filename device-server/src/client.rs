@@ -58,6 +58,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Client {
     stream: UnixStream,
     next_id: u16,
+    /// Set after an I/O error or a bad reply: the stream may hold part of a reply, so every
+    /// later request fails at once instead of reading stale bytes.
+    broken: bool,
 }
 
 impl Client {
@@ -65,7 +68,11 @@ impl Client {
     pub fn connect(path: &Path) -> Result<Self> {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        let mut client = Self { stream, next_id: 0 };
+        let mut client = Self {
+            stream,
+            next_id: 0,
+            broken: false,
+        };
         client.negotiate()?;
         Ok(client)
     }
@@ -106,6 +113,23 @@ impl Client {
 
     /// Sends one request and returns the reply's body.
     fn request(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> Result<Vec<u8>> {
+        if self.broken {
+            return Err(ClientError::BadReply {
+                command,
+                reason: "the connection failed earlier".into(),
+            });
+        }
+        let result = self.exchange(command, body, fds);
+        if matches!(
+            result,
+            Err(ClientError::Io(_)) | Err(ClientError::BadReply { .. })
+        ) {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn exchange(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> Result<Vec<u8>> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let header = Header {

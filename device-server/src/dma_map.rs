@@ -4,7 +4,12 @@
 //!
 //! Every device access goes through that `GuestRam`, whose bounds checks (vm-memory's) keep
 //! it inside the ranges mapped here: an address the client never mapped, or unmapped since,
-//! is a failed DMA for the device, never a stray access in this process.
+//! is a failed DMA for the device, never a stray access in this process. Only ranges the
+//! device can use safely become reachable: shared with a descriptor, readable and writable
+//! (vm-memory does not check page protections, so a device write into a read-only mapping
+//! would kill the server), and sealed against shrinking (a file the client truncates later
+//! would turn the next access into SIGBUS). Other ranges are recorded, so their unmap is
+//! accepted, but the device cannot reach them: its accesses there fail as DMA errors.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -93,15 +98,15 @@ impl DmaMappings {
             ));
         }
         let region = match mapping.file {
-            None => None,
-            Some(file) => Some(Arc::new(Self::mmap(
+            Some(file) if mapping.readable && mapping.writable => Some(Arc::new(Self::mmap(
                 file,
                 mapping.offset,
                 mapping.address,
                 mapping.size,
-                mapping.readable,
-                mapping.writable,
             )?)),
+            // Without a descriptor, or read-only (QEMU's ROM and BIOS ranges): recorded,
+            // unreachable.
+            _ => None,
         };
         self.ranges.push(Mapped {
             address: mapping.address,
@@ -112,14 +117,7 @@ impl DmaMappings {
         Ok(())
     }
 
-    fn mmap(
-        file: File,
-        offset: u64,
-        address: u64,
-        size: u64,
-        readable: bool,
-        writable: bool,
-    ) -> Result<GuestRegionMmap> {
+    fn mmap(file: File, offset: u64, address: u64, size: u64) -> Result<GuestRegionMmap> {
         let len = usize::try_from(size)
             .map_err(|_| ProtocolError::Invalid(format!("DMA range of {size:#x} bytes")))?;
         let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -129,17 +127,18 @@ impl DmaMappings {
                  {file_len:#x} bytes"
             )));
         }
-        let mut prot = 0;
-        if readable {
-            prot |= libc::PROT_READ;
+        // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own; the result is
+        // checked.
+        let seals =
+            unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(ProtocolError::Invalid(
+                "DMA_MAP of a file that is not sealed against shrinking (F_SEAL_SHRINK; \
+                 QEMU's memory-backend-memfd seals by default)"
+                    .into(),
+            ));
         }
-        if writable {
-            prot |= libc::PROT_WRITE;
-        }
-        // A range the device may not read is still mapped readable: vm-memory reads for
-        // bounds-checked copies, and the device model never reads what the client marked
-        // write-only in practice (QEMU maps RAM read-write and ROM read-only).
-        prot |= libc::PROT_READ;
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
         let region = MmapRegion::<()>::build(
             Some(FileOffset::new(file, offset)),
             len,
@@ -226,12 +225,47 @@ mod tests {
     fn memfd(len: usize, fill: u8) -> File {
         let name = std::ffi::CString::new("dma-test").expect("name");
         // SAFETY: memfd_create with a valid NUL-terminated name; the result is checked.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_ALLOW_SEALING) };
         assert!(fd >= 0, "memfd_create");
         // SAFETY: fd was just created and is owned by nothing else.
         let mut file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         file.write_all(&vec![fill; len]).expect("fill");
+        seal(&file);
         file
+    }
+
+    fn seal(file: &File) {
+        // SAFETY: F_ADD_SEALS on a memfd we own; the result is checked.
+        let rc = unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            )
+        };
+        assert_eq!(rc, 0, "seal");
+    }
+
+    #[test]
+    fn unsealed_files_are_refused_and_read_only_ranges_are_unreachable() {
+        let mut maps = DmaMappings::new();
+        let name = std::ffi::CString::new("unsealed").expect("name");
+        // SAFETY: as in `memfd`.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh descriptor.
+        let unsealed = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        unsealed.set_len(0x1000).expect("size");
+        assert_eq!(
+            maps.map(mapping(0, 0x1000, Some(unsealed)))
+                .map_err(|e| e.errno()),
+            Err(libc::EINVAL)
+        );
+        let mut read_only = mapping(0x1000, 0x1000, Some(memfd(0x1000, 7)));
+        read_only.writable = false;
+        maps.map(read_only).expect("recorded");
+        assert_eq!(maps.len(), 1);
+        assert_eq!(maps.guest_ram().expect("ram").num_regions(), 0);
     }
 
     fn mapping(address: u64, size: u64, file: Option<File>) -> DmaMapping {

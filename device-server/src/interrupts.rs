@@ -27,10 +27,26 @@ impl EventfdSink {
     }
 
     /// Connects vectors `start..` to `eventfds`, in order. The caller checked the range.
+    ///
+    /// Each descriptor is made non-blocking first: a client may hand over a pipe, or an eventfd
+    /// it has filled up, and a blocking write would stall the device's worker (and with it
+    /// every later unmap) for good. A signal that finds the descriptor full is dropped; a full
+    /// eventfd is signalled already.
     pub fn connect(&self, start: usize, eventfds: Vec<File>) {
         let mut slots = self.slots();
         for (slot, fd) in slots.iter_mut().skip(start).zip(eventfds) {
-            *slot = Some(fd);
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+            // SAFETY: F_GETFL/F_SETFL on a descriptor we own; the results are checked.
+            let nonblocking = unsafe {
+                let flags = libc::fcntl(raw, libc::F_GETFL);
+                flags >= 0 && libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+            };
+            if nonblocking {
+                *slot = Some(fd);
+            } else {
+                warn!("MSI-X eventfd cannot be made non-blocking; vector left unconnected");
+                *slot = None;
+            }
         }
     }
 
@@ -55,8 +71,10 @@ impl EventfdSink {
     pub fn signal(&self, vector: usize) {
         if let Some(Some(fd)) = self.slots().get(vector) {
             let mut fd = fd;
-            if let Err(e) = fd.write_all(&1u64.to_ne_bytes()) {
-                warn!(vector, "MSI-X eventfd write failed: {e}");
+            match fd.write(&1u64.to_ne_bytes()) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => warn!(vector, "MSI-X eventfd write failed: {e}"),
             }
         }
     }

@@ -53,6 +53,8 @@ fn main() -> ExitCode {
         cli.socket.display()
     );
     loop {
+        // Only a failure to accept ends the server; a client's own connection errors end
+        // that connection (`serve_one`).
         match server.serve_one() {
             Ok(stats) => eprintln!(
                 "rmnic-device-server: client gone after {} requests ({} refused)",

@@ -2,12 +2,13 @@
 //! against the protocol and the backend's regions and interrupt indexes, calls the backend,
 //! and replies.
 //!
-//! Nothing the client sends can crash or wedge the server: sizes are checked before anything
-//! is allocated or read, every request is read whole before it is answered (so a refused
-//! request leaves the stream in step), and every refusal is an error reply with an errno. A
-//! message whose header is unusable (size smaller than the header or beyond
-//! [`MAX_MESSAGE`]) cannot be skipped safely: the server answers it with an error and closes
-//! the connection.
+//! What the client sends cannot crash the server: sizes are checked before anything is
+//! allocated or read, every request is read whole before it is answered (so a refused request
+//! leaves the stream in step), and every refusal is an error reply with an errno. A message
+//! whose header is unusable (size smaller than the header or beyond [`MAX_MESSAGE`]) cannot be
+//! skipped safely: the server answers it with an error and closes the connection. A client that
+//! stalls in the middle of a message holds only its own connection (one client at a time); one
+//! that stops reading replies loses its connection after [`REPLY_WRITE_TIMEOUT`].
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -34,6 +35,9 @@ use crate::protocol::{
     DMA_READ, DMA_WRITE, FLAG_TYPE_COMMAND, FLAG_TYPE_MASK, HEADER_SIZE, MAX_DATA_XFER,
     MAX_MESSAGE, MAX_MSG_FDS, UNMAP_ALL, UNMAP_GET_DIRTY, VERSION_MAJOR, VERSION_MINOR,
 };
+
+/// How long one reply may wait for the client to read it.
+const REPLY_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why serving stopped.
 #[derive(Debug, Error)]
@@ -118,18 +122,26 @@ impl<B: DeviceBackend> Server<B> {
         Ok(stream)
     }
 
-    /// Accepts one client and serves it until it disconnects; the backend is then reset and
-    /// its DMA ranges dropped, ready for the next client.
+    /// Accepts one client and serves it until it disconnects or its connection fails; the
+    /// backend is then reset and its DMA ranges dropped, ready for the next client. Only a
+    /// failure to accept is an error: whatever a client does to its own connection ends that
+    /// connection, not the server.
     pub fn serve_one(&mut self) -> std::result::Result<ConnectionStats, ServerError> {
         let stream = self.accept()?;
-        let result = self.serve_stream(stream);
+        // A client that stops reading its replies must not wedge the server.
+        if let Err(e) = stream.set_write_timeout(Some(REPLY_WRITE_TIMEOUT)) {
+            warn!("cannot set the reply timeout: {e}");
+        }
+        if let Err(e) = self.serve_stream(stream) {
+            warn!("vfio-user connection ended: {e}");
+        }
         self.backend.disconnected();
         info!(
             requests = self.stats.requests,
             errors = self.stats.errors,
             "vfio-user client gone"
         );
-        result.map(|()| self.stats)
+        Ok(self.stats)
     }
 
     /// Serves a connected client until it disconnects, leaving the backend as the client left

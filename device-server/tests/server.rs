@@ -45,11 +45,20 @@ fn start(name: &str) -> (PathBuf, JoinHandle<Server<RmnicFunction>>) {
 fn memfd(len: usize) -> File {
     let name = std::ffi::CString::new("guest-ram").expect("name");
     // SAFETY: valid NUL-terminated name; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_ALLOW_SEALING) };
     assert!(fd >= 0);
     // SAFETY: a fresh descriptor owned by nothing else.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(len as u64).expect("size");
+    // SAFETY: F_ADD_SEALS on the memfd just made; the result is checked.
+    let rc = unsafe {
+        libc::fcntl(
+            file.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    };
+    assert_eq!(rc, 0, "seal");
     file
 }
 
@@ -191,6 +200,46 @@ fn msix_vectors_reach_the_clients_eventfds() {
         .expect("vector exists");
     assert_eq!(delivery, rmnic_device::Delivery::Sent);
     assert_eq!(eventfd_count(&vectors[usize::from(VECTOR_ERROR)]), 1);
+}
+
+#[test]
+fn a_pipe_handed_over_as_an_eventfd_cannot_stall_the_device() {
+    let (path, server) = start("pipe");
+    let mut client = vfio_user::Client::new(&path).expect("client connects");
+    client
+        .region_write(
+            VFIO_PCI_CONFIG_REGION_INDEX,
+            4,
+            &COMMAND_MEMORY_AND_MASTER.to_le_bytes(),
+        )
+        .expect("command");
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe() fills the two-element array; the result is checked.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned here.
+    let (read_end, write_end) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let vector = usize::from(VECTOR_ERROR);
+    let mut all: Vec<File> = (0..4).map(|_| eventfd()).collect();
+    all[vector] = write_end;
+    let raw: Vec<i32> = all.iter().map(AsRawFd::as_raw_fd).collect();
+    client
+        .set_irqs(
+            VFIO_PCI_MSIX_IRQ_INDEX,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            0,
+            4,
+            &raw,
+        )
+        .expect("descriptors");
+    drop(client);
+    let mut server = server.join().expect("server thread");
+    // A pipe holds 64 KiB, 8 bytes a signal: more signals than fit must not block.
+    let started = std::time::Instant::now();
+    for _ in 0..10_000 {
+        let _ = server.backend_mut().device_mut().raise(VECTOR_ERROR);
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    drop(read_end);
 }
 
 /// Sends one raw message and reads the reply.

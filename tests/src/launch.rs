@@ -256,9 +256,10 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
 
 /// Why a boot should be made again, if it should: only the emulated host's kernel crashing in
 /// KVM's `__svm_vcpu_run`, the signature of QEMU's TCG SVM emulation mixing host and guest
-/// state (docs/platform.md). Nothing the guest, the driver, rmnic-vmm or the device does can
-/// crash the emulated host's kernel, so this never hides a product failure. Anything else,
-/// stalls and triple faults included, is reported as it is.
+/// state (docs/platform.md). The guest, the driver and the device cannot reach the emulated
+/// host's kernel at all, and rmnic-vmm only through KVM's checked ioctls (it sets no vCPU
+/// state after boot), so this crash is the emulator's. Anything else, stalls and triple faults
+/// included, is reported as it is.
 fn retry_reason(mode: HostMode, outcome: &Result<Outcome, LaunchError>) -> Option<String> {
     if mode != HostMode::Emulated {
         return None;
@@ -371,11 +372,9 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
     let elapsed = start.elapsed();
     let status = match mode {
         HostMode::Direct => status.code().unwrap_or(-1),
-        // The host's init prints rmnic-vmm's status before passing it to isa-debug-exit, whose
-        // 8-bit QEMU exit code ((value << 1) | 1) cannot carry statuses above 127: the console
-        // line is the source of truth, the exit code only says the host got that far.
-        // isa-debug-exit: QEMU exits with (value << 1) | 1 for the guest's exit-port write;
-        // any other code means the guest never got there.
+        // isa-debug-exit: QEMU exits with (value << 1) | 1 for the guest's exit-port write, and
+        // with any other code when the guest never got there. That carries statuses 0..=127,
+        // which covers every status the guest's init and programs use (at most 124).
         HostMode::Qemu => match status.code() {
             Some(code) if code % 2 == 1 => code >> 1,
             code => {
@@ -385,6 +384,9 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
                 })
             }
         },
+        // The host's init prints rmnic-vmm's status before passing it to isa-debug-exit, whose
+        // 8-bit QEMU exit code ((value << 1) | 1) cannot carry statuses above 127: the console
+        // line is the source of truth, the exit code only says the host got that far.
         HostMode::Emulated => match (host_reported_status(&console), status.code()) {
             (Some(reported), Some(code)) if code % 2 == 1 => reported,
             (_, code) => {

@@ -25,8 +25,8 @@ pub struct DeviceServer {
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
 
 impl DeviceServer {
-    /// Starts `rmnic-device-server` on a fresh socket and waits for the socket to appear.
-    /// Its stderr goes to `stderr` (the harness captures it into the console).
+    /// Starts `rmnic-device-server` on a fresh socket and waits for the socket to appear. Its
+    /// output pipes are left for the harness to read into the console ([`Self::child`]).
     pub fn start(images: &Images) -> Result<Self, LaunchError> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -123,10 +123,14 @@ pub fn qemu_command(images: &Images, guest: &GuestRun, socket: &Path) -> Command
         "tcg,thread=multi"
     };
     let memory = format!("{}M", guest.memory_mib);
-    let device = format!(
-        r#"{{"driver":"vfio-user-pci","socket":{{"path":"{}","type":"unix"}}}}"#,
-        socket.display()
-    );
+    // JSON string escaping for the path (a TMPDIR may hold `"` or `\`).
+    let path = socket
+        .display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    let device =
+        format!(r#"{{"driver":"vfio-user-pci","socket":{{"path":"{path}","type":"unix"}}}}"#);
     cmd.arg("-L")
         .arg(images.path(QEMU_DATA))
         .args(["-accel", accel])

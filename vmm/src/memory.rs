@@ -45,6 +45,19 @@ pub fn create_guest_ram(regions: &[RamRegion]) -> Result<GuestRam, MemoryError> 
     let total: u64 = regions.iter().map(|r| r.len).sum();
     file.set_len(total)
         .map_err(|e| MemoryError::Resize(total, e))?;
+    // Sealed at its size: a process it is shared with (a vfio-user device server) can rely
+    // on the mapping staying valid, and refuses files that are not sealed.
+    // SAFETY: F_ADD_SEALS on the memfd just created (with MFD_ALLOW_SEALING); checked.
+    let sealed = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&*file),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    };
+    if sealed != 0 {
+        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+    }
     let mut offset = 0u64;
     let mut mapped = Vec::with_capacity(regions.len());
     for r in regions {
@@ -65,7 +78,8 @@ pub fn create_guest_ram(regions: &[RamRegion]) -> Result<GuestRam, MemoryError> 
 fn memfd(name: &CStr) -> Result<File, MemoryError> {
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call; the flags
     // are valid for memfd_create and the result is checked before use.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
     }

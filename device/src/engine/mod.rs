@@ -140,7 +140,9 @@ impl Shared {
 
     /// Replaces the memory map and waits until no access through the old one is left: after
     /// it returns the device touches only `mem` (what a vfio-user DMA unmap requires before
-    /// its reply). Accesses are short (one command step), so the wait is too.
+    /// its reply). The wait lasts as long as the oldest snapshot: a worker holds one for a
+    /// command step, including the completion interrupt it raises, and for an invalidation
+    /// batch, including any delay a fault injector adds.
     pub(crate) fn set_memory(&self, mem: GuestRam) {
         let old = std::mem::replace(
             &mut *self

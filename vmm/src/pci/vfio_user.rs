@@ -122,7 +122,8 @@ impl VfioUserFunction {
             )));
         }
         let bar0_size = client.region_info(0).map_err(client_err)?.size;
-        if !bar0_size.is_power_of_two() || bar0_size < 4096 {
+        // BAR0 is emulated here as a 64-bit BAR whose size mask fits its low register.
+        if !bar0_size.is_power_of_two() || !(4096..=1 << 31).contains(&bar0_size) {
             return Err(unsupported(format!("BAR0 of {bar0_size:#x} bytes")));
         }
         let config_size = client
@@ -166,6 +167,8 @@ impl VfioUserFunction {
             ])
         };
         let msix_reg = find_capability(&config, MSIX_CAPABILITY_ID)
+            // The capability is 12 bytes: it must end inside the 256 read.
+            .filter(|reg| reg * 4 + 12 <= config.len())
             .ok_or_else(|| unsupported("no MSI-X capability".into()))?;
         let msix_header = dword(msix_reg);
         // CAST: message control is the high half.
