@@ -14,6 +14,7 @@ use std::time::Duration;
 use vm_memory::GuestAddress;
 
 use crate::addr::VirtAddr;
+use crate::engine::dma::GuestRam;
 use crate::invalidation::InvalidationDescriptor;
 
 /// What a DMA is for.
@@ -72,6 +73,9 @@ pub struct TranslatedAccess {
     pub access: u8,
     /// Fill that created the entry used.
     pub fill_id: u64,
+    /// The context's page-table root as the driver registered it (`CTX_PTROOT`; 0 if none),
+    /// for an oracle that compares the access with the CPU's page tables.
+    pub pt_root: u64,
 }
 
 /// The outcome an injector chooses for an invalidation descriptor.
@@ -93,8 +97,9 @@ pub trait FaultInjector: Send + Sync + Debug {
         DmaVerdict::Proceed
     }
 
-    /// Every translated access, after the data moved (see [`TranslatedAccess`]).
-    fn translated(&self, _access: &TranslatedAccess) {}
+    /// Every translated access, after the data moved (see [`TranslatedAccess`]), with the
+    /// guest memory the access went to (where the CPU's page tables are too).
+    fn translated(&self, _access: &TranslatedAccess, _memory: &GuestRam) {}
 
     /// A TLB hit for `ctx` at `va`: return true to evict the entry and take the miss path.
     fn evict_on_hit(&self, _ctx: u8, _va: VirtAddr) -> bool {

@@ -28,6 +28,7 @@ pub mod inject;
 pub mod interrupt;
 pub mod invalidation;
 mod mmio;
+pub mod oracle;
 pub mod pci;
 pub mod regs;
 pub mod rmnic;

@@ -112,12 +112,19 @@ pub(crate) struct Translator<'a> {
     shared: &'a Shared,
     ctx: u8,
     asid: u16,
+    pt_root: u64,
 }
 
 impl<'a> Translator<'a> {
-    /// Accesses for context `ctx`, whose entries carry `asid`.
-    pub(crate) fn new(shared: &'a Shared, ctx: u8, asid: u16) -> Self {
-        Self { shared, ctx, asid }
+    /// Accesses for context `ctx`, whose entries carry `asid` and whose page tables (for the
+    /// oracle hook) are rooted at `pt_root`.
+    pub(crate) fn new(shared: &'a Shared, ctx: u8, asid: u16, pt_root: u64) -> Self {
+        Self {
+            shared,
+            ctx,
+            asid,
+            pt_root,
+        }
     }
 
     /// One access: translates every address of `needs` (at most 2, each advancing with the
@@ -205,15 +212,19 @@ impl<'a> Translator<'a> {
             };
             for (need, hit) in needs.iter().zip(used) {
                 let va = VirtAddr(need.va.0.wrapping_add(done));
-                shared.injector.translated(&TranslatedAccess {
-                    ctx: self.ctx,
-                    asid: self.asid,
-                    va,
-                    gpa: hit.gpa,
-                    len: bytes,
-                    access: need.access,
-                    fill_id: hit.fill_id,
-                });
+                shared.injector.translated(
+                    &TranslatedAccess {
+                        ctx: self.ctx,
+                        asid: self.asid,
+                        va,
+                        gpa: hit.gpa,
+                        len: bytes,
+                        access: need.access,
+                        fill_id: hit.fill_id,
+                        pt_root: self.pt_root,
+                    },
+                    dma.memory(),
+                );
                 if log_hits {
                     shared.events.record(EventKind::Hit {
                         ctx: self.ctx,

@@ -40,9 +40,10 @@ fn completion(inflight: &InFlight, status: Status, result: u64, fault_va: u64) -
 }
 
 impl Shared {
-    /// Executes one step of `inflight` for context `ctx` with ASID `asid`.
-    pub(crate) fn step(&self, ctx: u8, asid: u16, inflight: &mut InFlight) -> Step {
-        let translator = Translator::new(self, ctx, asid);
+    /// Executes one step of `inflight` for context `ctx` with ASID `asid`, whose page tables
+    /// are rooted at `pt_root` (reported to the oracle hook).
+    pub(crate) fn step(&self, ctx: u8, asid: u16, pt_root: u64, inflight: &mut InFlight) -> Step {
+        let translator = Translator::new(self, ctx, asid, pt_root);
         let progress = inflight.progress;
         match inflight.command.op {
             Operation::Nop | Operation::Fence => completion(inflight, Status::Ok, 0, 0),

@@ -19,6 +19,7 @@ use crate::events::{EventKind, InvalidationKind};
 use crate::fault_ring::{FaultRecord, Posted};
 use crate::inject::{DmaPurpose, InvalidationVerdict};
 use crate::invalidation::{InvalidationDescriptor, INVQ_DESC_SIZE};
+use crate::regs::CTX_PTROOT_LO;
 use crate::rmnic::{VECTOR_COMPLETION, VECTOR_FAULT, VECTOR_INVALIDATION};
 use crate::stats::{ContextCounter, GlobalCounter};
 
@@ -60,7 +61,8 @@ impl Shared {
                 }
             };
             let asid = ctx.asid;
-            match self.step(index, asid, &mut inflight) {
+            let pt_root = ctx.regs.value64(CTX_PTROOT_LO);
+            match self.step(index, asid, pt_root, &mut inflight) {
                 Step::Progress => ctx.inflight = Some(inflight),
                 Step::Complete(completion) => {
                     ctx.inflight = None;

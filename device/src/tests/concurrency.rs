@@ -59,7 +59,7 @@ impl FaultInjector for Recorder {
         DmaVerdict::Proceed
     }
 
-    fn translated(&self, access: &TranslatedAccess) {
+    fn translated(&self, access: &TranslatedAccess, _memory: &GuestRam) {
         let tick = self.clock.fetch_add(1, Ordering::SeqCst);
         let frame = access.gpa.0 & !0xfff;
         self.accesses

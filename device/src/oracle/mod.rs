@@ -1,0 +1,320 @@
+//! The coherence oracle: checks every translated device access against the CPU's page tables
+//! as they are at that moment. Not yet wired into rmnic-vmm or rmnic-device-server (issue 9).
+//!
+//! It sits on the device's single translate-and-access path through the
+//! [`FaultInjector::translated`] hook, which reports each chunk of an access after the data
+//! moved and before the TLB read section ends: the device's entry is still in use, so no
+//! invalidation of it can have completed, so the kernel cannot have changed the PTE yet (it
+//! changes a PTE only after the mmu-notifier invalidation returned, and the driver returns only
+//! once the device reports the invalidation done). The PTE must therefore still map the frame
+//! the device used, present, and writable for a write. Anything else is a coherence violation:
+//! the device used a translation the CPU no longer has.
+//!
+//! Other hooks pass through to an inner injector, so fault injection composes with the oracle.
+
+pub mod page_walk;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::addr::VirtAddr;
+use crate::engine::dma::GuestRam;
+use crate::fault_ring::FAULT_ACCESS_WRITE;
+use crate::inject::{DmaAccess, DmaVerdict, FaultInjector, InvalidationVerdict, TranslatedAccess};
+use crate::invalidation::InvalidationDescriptor;
+
+use self::page_walk::{walk, Walk};
+
+/// How much the oracle checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckMode {
+    /// Nothing.
+    Off,
+    /// Every translated access.
+    Full,
+    /// One translated access in N (N >= 1).
+    Sample(u64),
+}
+
+impl std::str::FromStr for CheckMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Self::Off),
+            "full" => Ok(Self::Full),
+            _ => match s.strip_prefix("sample:").map(str::parse::<u64>) {
+                Some(Ok(n)) if n >= 1 => Ok(Self::Sample(n)),
+                _ => Err(format!(
+                    "'{s}' is not a check mode: use off, full or sample:N (N >= 1)"
+                )),
+            },
+        }
+    }
+}
+
+/// What was wrong with an access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wrong {
+    /// The page tables map the address elsewhere.
+    OtherFrame {
+        /// The guest-physical address the PTE gives now.
+        now: u64,
+    },
+    /// The page tables do not map the address.
+    NotMapped(Walk),
+    /// A write through a PTE that does not allow writing.
+    WriteToReadOnly,
+}
+
+/// One coherence violation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The access, as the device reported it.
+    pub access: TranslatedAccess,
+    /// What the page tables say.
+    pub wrong: Wrong,
+    /// Time since the oracle started.
+    pub at: Duration,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let a = &self.access;
+        let kind = if a.access & FAULT_ACCESS_WRITE != 0 {
+            "write"
+        } else {
+            "read"
+        };
+        write!(
+            f,
+            "coherence violation at {:.6} s: context {} ASID {} {kind} of {} bytes at VA {:#x} \
+             through frame {:#x} (fill {}): ",
+            self.at.as_secs_f64(),
+            a.ctx,
+            a.asid,
+            a.len,
+            a.va.0,
+            a.gpa.0,
+            a.fill_id
+        )?;
+        match self.wrong {
+            Wrong::OtherFrame { now } => write!(f, "the page tables map it to {now:#x} now"),
+            Wrong::NotMapped(Walk::NotPresent { level, entry }) => write!(
+                f,
+                "the page tables do not map it (level {level} entry {entry:#x})"
+            ),
+            Wrong::NotMapped(Walk::OutsideRam { level, table }) => {
+                write!(f, "the level {level} table {table:#x} is outside guest RAM")
+            }
+            Wrong::NotMapped(Walk::Mapped(_)) => write!(f, "unmapped"),
+            Wrong::WriteToReadOnly => write!(f, "the PTE does not allow writing"),
+        }
+    }
+}
+
+/// Violations kept in full; later ones are only counted.
+pub const KEPT_VIOLATIONS: usize = 64;
+
+/// The oracle, an injector that checks and passes every other hook to `inner`.
+#[derive(Debug)]
+pub struct Oracle {
+    mode: CheckMode,
+    inner: Arc<dyn FaultInjector>,
+    started: Instant,
+    seen: AtomicU64,
+    checked: AtomicU64,
+    unregistered: AtomicU64,
+    violations: AtomicU64,
+    kept: Mutex<Vec<Violation>>,
+}
+
+impl Oracle {
+    /// An oracle checking as `mode` says, passing the fault-injection hooks to `inner`.
+    pub fn new(mode: CheckMode, inner: Arc<dyn FaultInjector>) -> Self {
+        Self {
+            mode,
+            inner,
+            started: Instant::now(),
+            seen: AtomicU64::new(0),
+            checked: AtomicU64::new(0),
+            unregistered: AtomicU64::new(0),
+            violations: AtomicU64::new(0),
+            kept: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Violations found so far.
+    pub fn violation_count(&self) -> u64 {
+        self.violations.load(Ordering::Relaxed)
+    }
+
+    /// The first [`KEPT_VIOLATIONS`] violations.
+    pub fn violations(&self) -> Vec<Violation> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Accesses checked (contexts without a registered page-table root are not).
+    pub fn checked(&self) -> u64 {
+        self.checked.load(Ordering::Relaxed)
+    }
+
+    /// One line for the end of a run.
+    pub fn summary(&self) -> String {
+        format!(
+            "oracle ({:?}): {} translated accesses checked, {} skipped (no page-table root), \
+             {} violations",
+            self.mode,
+            self.checked(),
+            self.unregistered.load(Ordering::Relaxed),
+            self.violation_count()
+        )
+    }
+
+    fn check(&self, access: &TranslatedAccess, memory: &GuestRam) {
+        if access.pt_root == 0 {
+            self.unregistered.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.checked.fetch_add(1, Ordering::Relaxed);
+        let wrong = match walk(memory, access.pt_root, access.va.0) {
+            Walk::Mapped(leaf) if leaf.translate(access.va.0) != access.gpa.0 => {
+                Some(Wrong::OtherFrame {
+                    now: leaf.translate(access.va.0),
+                })
+            }
+            Walk::Mapped(leaf) if access.access & FAULT_ACCESS_WRITE != 0 && !leaf.writable => {
+                Some(Wrong::WriteToReadOnly)
+            }
+            Walk::Mapped(_) => None,
+            other => Some(Wrong::NotMapped(other)),
+        };
+        if let Some(wrong) = wrong {
+            self.violations.fetch_add(1, Ordering::Relaxed);
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.len() < KEPT_VIOLATIONS {
+                kept.push(Violation {
+                    access: *access,
+                    wrong,
+                    at: self.started.elapsed(),
+                });
+            }
+        }
+    }
+}
+
+impl FaultInjector for Oracle {
+    fn dma(&self, access: &DmaAccess) -> DmaVerdict {
+        self.inner.dma(access)
+    }
+
+    fn translated(&self, access: &TranslatedAccess, memory: &GuestRam) {
+        self.inner.translated(access, memory);
+        let check = match self.mode {
+            CheckMode::Off => false,
+            CheckMode::Full => true,
+            CheckMode::Sample(n) => self.seen.fetch_add(1, Ordering::Relaxed) % n == 0,
+        };
+        if check {
+            self.check(access, memory);
+        }
+    }
+
+    fn evict_on_hit(&self, ctx: u8, va: VirtAddr) -> bool {
+        self.inner.evict_on_hit(ctx, va)
+    }
+
+    fn invalidation(&self, descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
+        self.inner.invalidation(descriptor)
+    }
+
+    fn interrupt(&self, vector: u16) -> bool {
+        self.inner.interrupt(vector)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::GuestAddress;
+
+    use super::page_walk::tests::Tables;
+    use super::page_walk::{PTE_PRESENT, PTE_USER, PTE_WRITABLE};
+    use super::*;
+    use crate::fault_ring::FAULT_ACCESS_READ;
+    use crate::inject::NoFaults;
+
+    fn access(tables: &Tables, va: u64, gpa: u64, write: bool) -> TranslatedAccess {
+        TranslatedAccess {
+            ctx: 1,
+            asid: 7,
+            va: VirtAddr(va),
+            gpa: GuestAddress(gpa),
+            len: 8,
+            access: if write {
+                FAULT_ACCESS_WRITE
+            } else {
+                FAULT_ACCESS_READ
+            },
+            fill_id: 3,
+            pt_root: tables.root,
+        }
+    }
+
+    #[test]
+    fn coherent_accesses_pass_and_planted_incoherence_is_caught() {
+        let mut t = Tables::new();
+        let rw = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
+        t.map(0x7000_0000, 0x40_0000, 1, rw);
+        t.map(0x7000_1000, 0x41_0000, 1, PTE_PRESENT | PTE_USER);
+        let oracle = Oracle::new(CheckMode::Full, Arc::new(NoFaults));
+        oracle.translated(&access(&t, 0x7000_0010, 0x40_0010, true), &t.mem);
+        oracle.translated(&access(&t, 0x7000_1010, 0x41_0010, false), &t.mem);
+        assert_eq!(oracle.violation_count(), 0);
+        assert_eq!(oracle.checked(), 2);
+
+        // Planted: the device writes a read-only page, uses a frame the PTE no longer names,
+        // and uses a page that is no longer mapped.
+        oracle.translated(&access(&t, 0x7000_1010, 0x41_0010, true), &t.mem);
+        t.set(0x7000_0000, 1, 0x50_0000 | rw);
+        oracle.translated(&access(&t, 0x7000_0010, 0x40_0010, false), &t.mem);
+        t.set(0x7000_0000, 1, 0);
+        oracle.translated(&access(&t, 0x7000_0010, 0x40_0010, false), &t.mem);
+        assert_eq!(oracle.violation_count(), 3);
+        let found: Vec<Wrong> = oracle.violations().iter().map(|v| v.wrong).collect();
+        assert_eq!(found[0], Wrong::WriteToReadOnly);
+        assert_eq!(found[1], Wrong::OtherFrame { now: 0x50_0010 });
+        assert!(matches!(
+            found[2],
+            Wrong::NotMapped(Walk::NotPresent { level: 1, .. })
+        ));
+        let line = oracle.violations()[1].to_string();
+        assert!(
+            line.contains("VA 0x70000010") && line.contains("0x500010"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn modes_decide_what_is_checked() {
+        let t = Tables::new();
+        let unmapped = access(&t, 0x1234_5000, 0x40_0000, false);
+        let off = Oracle::new(CheckMode::Off, Arc::new(NoFaults));
+        off.translated(&unmapped, &t.mem);
+        assert_eq!((off.checked(), off.violation_count()), (0, 0));
+        let sampled = Oracle::new(CheckMode::Sample(4), Arc::new(NoFaults));
+        for _ in 0..8 {
+            sampled.translated(&unmapped, &t.mem);
+        }
+        assert_eq!((sampled.checked(), sampled.violation_count()), (2, 2));
+        let mut no_root = unmapped;
+        no_root.pt_root = 0;
+        let full = Oracle::new(CheckMode::Full, Arc::new(NoFaults));
+        full.translated(&no_root, &t.mem);
+        assert_eq!((full.checked(), full.violation_count()), (0, 0));
+        assert!(full.summary().contains("1 skipped"));
+        assert_eq!("sample:10".parse(), Ok(CheckMode::Sample(10)));
+        assert!("sample:0".parse::<CheckMode>().is_err());
+        assert!("bogus".parse::<CheckMode>().is_err());
+    }
+}
