@@ -4,6 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use std::sync::Arc;
+
+use rmnic_device::inject::injector_named;
+use rmnic_device::oracle::{CheckMode, Oracle};
 use rmnic_device::RmnicConfig;
 use rmnic_device_server::{RmnicFunction, Server};
 
@@ -19,6 +23,13 @@ struct Cli {
     /// Keep serving after the client disconnects (the next client gets a reset device).
     #[arg(long)]
     persist: bool,
+    /// What the coherence oracle checks: `off`, `full` or `sample:N` (docs/oracle.md). Its
+    /// summary is printed when each client leaves.
+    #[arg(long, value_name = "MODE", default_value = "full")]
+    coherence_check: CheckMode,
+    /// Device-TLB fault to inject: `none` or `drop-invalidate`.
+    #[arg(long, value_name = "MODE", default_value = "none")]
+    fault: String,
 }
 
 fn main() -> ExitCode {
@@ -30,8 +41,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let fault = match injector_named(&cli.fault) {
+        Ok(fault) => fault,
+        Err(e) => {
+            eprintln!("rmnic-device-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let oracle = Arc::new(Oracle::new(cli.coherence_check, fault));
     let config = RmnicConfig {
         workers: cli.workers,
+        injector: oracle.clone(),
         ..RmnicConfig::default()
     };
     let function = match RmnicFunction::new(config) {
@@ -56,10 +76,18 @@ fn main() -> ExitCode {
         // Only a failure to accept ends the server; a client's own connection errors end
         // that connection (`serve_one`).
         match server.serve_one() {
-            Ok(stats) => eprintln!(
-                "rmnic-device-server: client gone after {} requests ({} refused)",
-                stats.requests, stats.errors
-            ),
+            Ok(stats) => {
+                eprintln!(
+                    "rmnic-device-server: client gone after {} requests ({} refused)",
+                    stats.requests, stats.errors
+                );
+                if cli.coherence_check != CheckMode::Off {
+                    eprintln!("rmnic-device-server: {}", oracle.summary());
+                    for violation in oracle.violations().iter().take(16) {
+                        eprintln!("rmnic-device-server: {violation}");
+                    }
+                }
+            }
             Err(e) => {
                 eprintln!("rmnic-device-server: {e}");
                 return ExitCode::FAILURE;

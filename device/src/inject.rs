@@ -123,6 +123,29 @@ pub struct NoFaults;
 
 impl FaultInjector for NoFaults {}
 
+/// `drop-invalidate`: every invalidation is reported complete while the entries it names stay
+/// in the TLB: a device that acknowledges shootdowns without doing them. The driver believes
+/// the device coherent; only the oracle can tell (the proof that it works).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DropInvalidations;
+
+impl FaultInjector for DropInvalidations {
+    fn invalidation(&self, _descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
+        InvalidationVerdict::Drop
+    }
+}
+
+/// The injector a host's `--fault MODE` names (`none`, `drop-invalidate`).
+pub fn injector_named(mode: &str) -> Result<std::sync::Arc<dyn FaultInjector>, String> {
+    match mode {
+        "none" => Ok(std::sync::Arc::new(NoFaults)),
+        "drop-invalidate" => Ok(std::sync::Arc::new(DropInvalidations)),
+        other => Err(format!(
+            "'{other}' is not a fault mode: use none or drop-invalidate"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ const SOCKET_WAIT: Duration = Duration::from_secs(10);
 impl DeviceServer {
     /// Starts `rmnic-device-server` on a fresh socket and waits for the socket to appear. Its
     /// output pipes are left for the harness to read into the console ([`Self::child`]).
-    pub fn start(images: &Images) -> Result<Self, LaunchError> {
+    pub fn start(images: &Images, args: &[String]) -> Result<Self, LaunchError> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -41,6 +41,7 @@ impl DeviceServer {
         let child = Command::new(&program)
             .arg("--socket")
             .arg(&socket)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -102,9 +103,10 @@ impl Drop for DeviceServer {
     }
 }
 
-/// The guest kernel's command line in QEMU: rmnic-vmm's words without `acpi=off`, because
-/// QEMU's firmware describes the CPUs in ACPI tables (with `acpi=off` the guest saw one CPU).
-pub const QEMU_GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4";
+/// The guest kernel's command line in QEMU: rmnic-vmm's words (4-level paging, `no5lvl`)
+/// without `acpi=off`, because QEMU's firmware describes the CPUs in ACPI tables (with
+/// `acpi=off` the guest saw one CPU).
+pub const QEMU_GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4 no5lvl";
 
 /// Whether QEMU should use KVM: only where `/dev/kvm` can boot Linux (the CPU has SVM or
 /// VMX), the same test that picks direct mode.

@@ -69,6 +69,21 @@ pub struct Cli {
     /// `rmnic-device-server --socket SOCKET`).
     #[arg(long, value_name = "DEVICE", default_value = "rmnic")]
     pub device: DeviceSource,
+
+    /// What the coherence oracle checks: `off`, `full` (every translated device access) or
+    /// `sample:N` (one in N), against the guest's page tables (docs/oracle.md).
+    #[arg(long, value_name = "MODE", default_value = "full")]
+    pub coherence_check: rmnic_device::oracle::CheckMode,
+
+    /// What violations do: `fail` (exit status 0x87 after a normal guest exit) or `report`
+    /// (printed only; the guest's status stands).
+    #[arg(long, value_name = "POLICY", default_value = "fail", value_parser = ["fail", "report"])]
+    pub violations: String,
+
+    /// Device-TLB fault to inject into the in-process device: `none` or `drop-invalidate`
+    /// (invalidations acknowledged, entries kept: the oracle must report violations).
+    #[arg(long, value_name = "MODE", default_value = "none")]
+    pub fault: String,
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
@@ -118,6 +133,9 @@ impl Cli {
             tlb_ways: self.tlb_ways,
             device_workers: self.device_workers,
             device: self.device,
+            coherence_check: self.coherence_check,
+            violations_fail: self.violations == "fail",
+            fault: self.fault,
         };
         config.validate()?;
         Ok(config)

@@ -57,6 +57,9 @@ pub enum ConfigError {
     /// Device worker count out of range.
     #[error("{0} device worker threads requested; 1..={max} are supported", max = rmnic_device::rmnic::MAX_WORKERS)]
     Workers(usize),
+    /// An unknown `--fault` mode.
+    #[error("{0}")]
+    Fault(String),
     /// No home directory to derive the default image directory from.
     #[error("Neither RMNIC_IMAGES nor HOME is set; pass --kernel and --initrd")]
     NoImageDir,
@@ -114,6 +117,12 @@ pub struct VmConfig {
     pub device_workers: usize,
     /// Where the device model runs.
     pub device: DeviceSource,
+    /// What the coherence oracle checks (in-process device only).
+    pub coherence_check: rmnic_device::oracle::CheckMode,
+    /// Whether violations change the exit status (0x87) or are only reported.
+    pub violations_fail: bool,
+    /// Fault to inject (`rmnic_device::inject::injector_named`).
+    pub fault: String,
 }
 
 impl VmConfig {
@@ -131,6 +140,9 @@ impl VmConfig {
             tlb_ways: DEFAULT_TLB_WAYS,
             device_workers: rmnic_device::rmnic::DEFAULT_WORKERS,
             device: DeviceSource::InProcess,
+            coherence_check: rmnic_device::oracle::CheckMode::Full,
+            violations_fail: true,
+            fault: "none".to_owned(),
         }
     }
 
@@ -145,6 +157,7 @@ impl VmConfig {
         if !(1..=rmnic_device::rmnic::MAX_WORKERS).contains(&self.device_workers) {
             return Err(ConfigError::Workers(self.device_workers));
         }
+        rmnic_device::inject::injector_named(&self.fault).map_err(ConfigError::Fault)?;
         if !self.kernel.is_file() {
             return Err(ConfigError::KernelMissing(self.kernel.clone()));
         }

@@ -45,6 +45,14 @@ pub enum ExitReason {
     /// Something on the VMM side failed while the guest ran (KVM_RUN error, an exit we
     /// cannot handle, a vCPU thread that panicked).
     VmmError(String),
+    /// The guest ended normally, but the coherence oracle saw device accesses through
+    /// translations the CPU's page tables no longer had (`--violations fail`, the default).
+    CoherenceViolations {
+        /// Violations counted.
+        count: u64,
+        /// The status the guest chose.
+        guest_status: u8,
+    },
 }
 
 impl ExitReason {
@@ -59,6 +67,7 @@ impl ExitReason {
             ExitReason::FailEntry { .. } => 0x84,
             ExitReason::Timeout(_) => 0x85,
             ExitReason::VmmError(_) => 0x86,
+            ExitReason::CoherenceViolations { .. } => 0x87,
         }
     }
 
@@ -81,6 +90,10 @@ impl ExitReason {
             )),
             ExitReason::Timeout(d) => Some(format!("timeout after {} s", d.as_secs())),
             ExitReason::VmmError(e) => Some(format!("VMM error: {e}")),
+            ExitReason::CoherenceViolations { count, guest_status } => Some(format!(
+                "the coherence oracle found {count} violations (the guest's own status was \
+                 {guest_status}; `--violations report` keeps it)"
+            )),
         }
     }
 }

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rmnic_device::inject::injector_named;
+use rmnic_device::oracle::{CheckMode, Oracle};
 use rmnic_device::{RmnicConfig, RmnicDevice};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -92,6 +94,8 @@ pub struct Vmm {
     serial: Arc<Mutex<Serial>>,
     bars: Vec<BarPlacement>,
     built_at: Instant,
+    /// The coherence oracle on the in-process device, if it checks anything.
+    oracle: Option<Arc<Oracle>>,
     /// Kept alive for as long as vCPUs may run: KVM's memory slots point into it. Last
     /// field, so it is unmapped only after the VM and vCPU fds are closed.
     ram: GuestRam,
@@ -144,10 +148,17 @@ impl Vmm {
         let mut pci = PciRoot::new();
         pci.add_device(HOST_BRIDGE_SLOT, Arc::new(Mutex::new(HostBridge::new())))?;
         let msi = Arc::new(DeviceMsi::new("rmnic 00:01.0", router.clone()));
-        let device_config = RmnicConfig {
+        let fault = injector_named(&config.fault).map_err(ConfigError::Fault)?;
+        let oracle = (config.coherence_check != CheckMode::Off)
+            .then(|| Arc::new(Oracle::new(config.coherence_check, fault.clone())));
+        let mut device_config = RmnicConfig {
             tlb: config.tlb_geometry()?,
             workers: config.device_workers,
             ..RmnicConfig::default()
+        };
+        device_config.injector = match &oracle {
+            Some(oracle) => oracle.clone(),
+            None => fault,
         };
         match &config.device {
             DeviceSource::InProcess => {
@@ -209,6 +220,10 @@ impl Vmm {
             serial,
             bars,
             built_at: started,
+            oracle: match config.device {
+                DeviceSource::InProcess => oracle,
+                DeviceSource::VfioUser(_) => None,
+            },
         })
     }
 
@@ -224,6 +239,8 @@ impl Vmm {
 
     /// Runs the guest until it stops; returns why.
     pub fn run(self) -> Result<ExitReason, VmmError> {
+        let oracle = self.oracle.clone();
+        let violations_fail = self.config.violations_fail;
         install_kick_handler()?;
         dump::install().map_err(VmmError::Signal)?;
         let latch = self.ctx.latch.clone();
@@ -269,7 +286,33 @@ impl Vmm {
             std::mem::forget(self.vm);
         }
         let _ = std::io::stdout().flush();
-        Ok(reason)
+        Ok(oracle_verdict(oracle.as_deref(), violations_fail, reason))
+    }
+}
+
+/// Prints the oracle's summary and violations; with `--violations fail`, a normal guest exit
+/// becomes [`ExitReason::CoherenceViolations`] when there were any.
+fn oracle_verdict(
+    oracle: Option<&Oracle>,
+    violations_fail: bool,
+    reason: ExitReason,
+) -> ExitReason {
+    let Some(oracle) = oracle else {
+        return reason;
+    };
+    eprintln!("rmnic-vmm: {}", oracle.summary());
+    for violation in oracle.violations().iter().take(16) {
+        eprintln!("rmnic-vmm: {violation}");
+    }
+    let count = oracle.violation_count();
+    match reason {
+        ExitReason::Guest(guest_status) if count > 0 && violations_fail => {
+            ExitReason::CoherenceViolations {
+                count,
+                guest_status,
+            }
+        }
+        other => other,
     }
 }
 

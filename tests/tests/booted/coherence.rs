@@ -77,6 +77,14 @@ fn check(mode: Mode) {
             problems.push(format!("kernel log contains {marker:?}:\n{report}"));
         }
     }
+    // The oracle checked the device's accesses against the page tables, and found nothing.
+    match crate::oracle::oracle_summary(outcome) {
+        Some((checked, 0)) if checked > 0 => {}
+        Some((checked, violations)) => problems.push(format!(
+            "oracle: {checked} accesses checked, {violations} coherence violations"
+        )),
+        None => problems.push("no oracle summary on the console".to_string()),
+    }
     let status = program_status(outcome, &COMMAND);
     assert!(
         problems.is_empty() && status == Some(0) && outcome.status == 0,

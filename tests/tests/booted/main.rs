@@ -12,6 +12,7 @@
 
 mod coherence;
 mod failure;
+mod oracle;
 mod probe;
 
 use std::sync::OnceLock;
