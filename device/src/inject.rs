@@ -106,6 +106,12 @@ pub trait FaultInjector: Send + Sync + Debug {
         false
     }
 
+    /// A TLB hit for `ctx` at `va` whose entry does not allow the access (a write through a
+    /// read-only entry): return true to use it anyway (a device bug the oracle must catch).
+    fn ignore_permission(&self, _ctx: u8, _va: VirtAddr) -> bool {
+        false
+    }
+
     /// An invalidation descriptor about to execute.
     fn invalidation(&self, _descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
         InvalidationVerdict::Perform
@@ -135,13 +141,27 @@ impl FaultInjector for DropInvalidations {
     }
 }
 
-/// The injector a host's `--fault MODE` names (`none`, `drop-invalidate`).
+/// `ignore-permission`: the device uses an entry for an access its permissions do not allow
+/// (a write through a read-only entry) instead of taking the permission miss. The CPU's PTE
+/// does not allow it either, so the oracle must report it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IgnorePermissions;
+
+impl FaultInjector for IgnorePermissions {
+    fn ignore_permission(&self, _ctx: u8, _va: VirtAddr) -> bool {
+        true
+    }
+}
+
+/// The injector a host's `--fault MODE` names (`none`, `drop-invalidate`,
+/// `ignore-permission`).
 pub fn injector_named(mode: &str) -> Result<std::sync::Arc<dyn FaultInjector>, String> {
     match mode {
         "none" => Ok(std::sync::Arc::new(NoFaults)),
         "drop-invalidate" => Ok(std::sync::Arc::new(DropInvalidations)),
+        "ignore-permission" => Ok(std::sync::Arc::new(IgnorePermissions)),
         other => Err(format!(
-            "'{other}' is not a fault mode: use none or drop-invalidate"
+            "'{other}' is not a fault mode: use none, drop-invalidate or ignore-permission"
         )),
     }
 }

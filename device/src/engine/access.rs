@@ -166,7 +166,10 @@ impl<'a> Translator<'a> {
                 let at = Need { va, ..*need };
                 match tlb.lookup(self.asid, va) {
                     None => stop = Some((Stop::Miss(FAULT_REASON_MISS), at)),
-                    Some(hit) if !hit.perms.allows(need.perms()) => {
+                    Some(hit)
+                        if !hit.perms.allows(need.perms())
+                            && !shared.injector.ignore_permission(self.ctx, va) =>
+                    {
                         stop = Some((Stop::Miss(FAULT_REASON_PERMISSION), at));
                     }
                     Some(hit) if shared.injector.evict_on_hit(self.ctx, va) => {

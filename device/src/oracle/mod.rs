@@ -225,6 +225,10 @@ impl FaultInjector for Oracle {
         self.inner.evict_on_hit(ctx, va)
     }
 
+    fn ignore_permission(&self, ctx: u8, va: VirtAddr) -> bool {
+        self.inner.ignore_permission(ctx, va)
+    }
+
     fn invalidation(&self, descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
         self.inner.invalidation(descriptor)
     }

@@ -259,6 +259,18 @@ fn mprotect(dev: &Context, c: &mut Checks) -> Result<()> {
         matches!(read, Ok(5)),
         format!("{read:?}"),
     );
+    // The read left a read-only entry in the device TLB: a write must still be refused, not
+    // go through it.
+    let through_read_only = dev.write64(buf.addr(), 8)?;
+    c.check(
+        "mprotect-write-after-read-denied",
+        status_of(&through_read_only) == status::PERMISSION && buf.read_u64(0) == 5,
+        format!(
+            "write status {}, value {}",
+            status_of(&through_read_only),
+            buf.read_u64(0)
+        ),
+    );
     buf.protect(libc::PROT_READ | libc::PROT_WRITE)?;
     let again = dev.write64(buf.addr(), 7)?;
     c.check(

@@ -24,6 +24,7 @@ const CHECKS: &[&str] = &[
     "munmap-remap-sees-new-page",
     "mprotect-write-denied",
     "mprotect-read-allowed",
+    "mprotect-write-after-read-denied",
     "mprotect-restored",
     "fork-cow-parent-sees-device-write",
     "fork-cow-child-keeps-its-copy",

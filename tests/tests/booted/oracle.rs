@@ -24,12 +24,36 @@ pub fn oracle_summary(outcome: &Outcome) -> Option<(u64, u64)> {
     ))
 }
 
+/// Boots the guest's coherence `group` in qemu mode with the device running `--fault fault`.
+fn with_fault(group: &str, fault: &str) -> Outcome {
+    let mut guest = GuestRun::new(&["coherence", "--only", group]);
+    guest.device_args = vec!["--fault".into(), fault.into()];
+    run_in(HostMode::Qemu, &images(), &guest).unwrap_or_else(|e| panic!("boot failed: {e}"))
+}
+
+#[test]
+fn the_oracle_catches_a_device_that_writes_through_read_only_entries() {
+    let outcome = with_fault("mprotect", "ignore-permission");
+    let (_, violations) =
+        oracle_summary(&outcome).unwrap_or_else(|| panic!("no oracle summary\n{}", outcome.tail()));
+    assert!(
+        violations > 0,
+        "writes through read-only entries went unnoticed\n{}",
+        outcome.tail()
+    );
+    assert!(
+        outcome
+            .console
+            .lines()
+            .any(|l| l.contains("coherence violation at") && l.contains("does not allow writing")),
+        "no write-to-read-only record\n{}",
+        outcome.tail()
+    );
+}
+
 #[test]
 fn the_oracle_catches_a_device_that_drops_invalidations() {
-    let mut guest = GuestRun::new(&["coherence", "--only", "munmap"]);
-    guest.device_args = vec!["--fault".into(), "drop-invalidate".into()];
-    let outcome =
-        run_in(HostMode::Qemu, &images(), &guest).unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let outcome = with_fault("munmap", "drop-invalidate");
     let (checked, violations) =
         oracle_summary(&outcome).unwrap_or_else(|| panic!("no oracle summary\n{}", outcome.tail()));
     assert!(checked > 0, "nothing checked\n{}", outcome.tail());
