@@ -16,7 +16,9 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use rmnic_device::addr::{PageSize, VaRange, VirtAddr};
 use rmnic_device::commands::{CommandRecord, Opcode};
 use rmnic_device::events::{EVENT_DEFAULT, EVENT_HIT};
+use rmnic_device::inject::{FaultInjector, NoFaults};
 use rmnic_device::interrupt::MsiSink;
+use rmnic_device::oracle::{CheckMode, Oracle};
 use rmnic_device::pci::PciDevice;
 use rmnic_device::regs::*;
 use rmnic_device::tlb::{DeviceTlb, Perms, TlbFill, TlbGeometry};
@@ -80,6 +82,8 @@ struct Bench {
     used: u64,
     buffers: u64,
     avail_idx: u16,
+    /// Next free page for page tables ([`Bench::page_tables`]).
+    pt_next: u64,
 }
 
 const RAM: u64 = 64 << 20;
@@ -90,11 +94,19 @@ const DST_VA: u64 = 0x2000_0000;
 const SRC_GPA: u64 = 16 << 20;
 const DST_GPA: u64 = 32 << 20;
 
+/// Page tables for the oracle: PML4 at 48 MiB, the tables below it from 48 MiB + 4 KiB.
+const PT_ROOT: u64 = 48 << 20;
+
 impl Bench {
     fn new(event_mask: u32) -> Self {
+        Self::with_injector(event_mask, Arc::new(NoFaults))
+    }
+
+    fn with_injector(event_mask: u32, injector: Arc<dyn FaultInjector>) -> Self {
         let mem = GuestRam::from_ranges(&[(GuestAddress(0), RAM as usize)]).expect("memory");
         let config = RmnicConfig {
             event_mask,
+            injector,
             ..RmnicConfig::default()
         };
         let mut device =
@@ -109,6 +121,7 @@ impl Bench {
             used: 0x3_0000,
             buffers: 0x4_0000,
             avail_idx: 0,
+            pt_next: 0,
         };
         bench.write32(REG_DEV_CONTROL, DEV_CONTROL_ENABLE);
         let ctx = |offset| CTX_BLOCK_BASE + offset;
@@ -118,9 +131,43 @@ impl Bench {
         bench.write64(ctx(CQ_USED_LO), bench.used);
         bench.write32(ctx(CQ_SIZE), u32::from(QUEUE));
         bench.write32(ctx(CQ_READY), 1);
+        bench.write64(ctx(CTX_PTROOT_LO), PT_ROOT);
         bench.write32(ctx(CTX_CONTROL), CTX_CONTROL_ENABLE);
         assert_eq!(bench.read32(ctx(CTX_STATUS)), CTX_STATE_ACTIVE);
         bench
+    }
+
+    /// Writes CPU page tables at [`PT_ROOT`] mapping `va..va + bytes` to `gpa` with `size`
+    /// pages, as the kernel would have them: what the oracle walks.
+    fn page_tables(&mut self, va: u64, gpa: u64, bytes: u64, size: PageSize) {
+        const FLAGS: u64 = 0x7; // present, writable, user
+                                // Tables go after those already made (the last one in use is the highest).
+        let mut next = self.pt_next.max(PT_ROOT + 0x1000);
+        for page in (0..bytes).step_by(size.bytes() as usize) {
+            let v = va + page;
+            let mut table = PT_ROOT;
+            let leaf_level = if size == PageSize::Size2M { 2 } else { 1 };
+            for level in (leaf_level + 1..=4u32).rev() {
+                let at = table + ((v >> (12 + 9 * (level - 1))) & 0x1ff) * 8;
+                let entry: u64 = self.mem.read_obj(GuestAddress(at)).expect("table");
+                table = if entry & 1 == 0 {
+                    let fresh = next;
+                    next += 0x1000;
+                    self.mem
+                        .write_obj(fresh | FLAGS, GuestAddress(at))
+                        .expect("table");
+                    fresh
+                } else {
+                    entry & 0x000f_ffff_ffff_f000
+                };
+            }
+            let at = table + ((v >> (12 + 9 * (leaf_level - 1))) & 0x1ff) * 8;
+            let huge = if leaf_level == 2 { 1 << 7 } else { 0 };
+            self.mem
+                .write_obj((gpa + page) | FLAGS | huge, GuestAddress(at))
+                .expect("leaf");
+        }
+        self.pt_next = next;
     }
 
     fn read32(&mut self, offset: u64) -> u32 {
@@ -340,6 +387,63 @@ fn summary() {
     }
 }
 
+/// Translated COPY with the coherence oracle off, sampling and checking every access, against
+/// the same device without it, in alternating rounds (median of 5).
+fn oracle_summary() {
+    println!(
+        "\nrmnic oracle cost ({BATCH} COPY commands per doorbell, median of 5 alternating rounds):"
+    );
+    for (name, len, size) in COPIES {
+        let bytes = len * u64::from(BATCH);
+        let mut setups: Vec<(&str, Bench, Option<Arc<Oracle>>)> = Vec::new();
+        for (label, mode) in [
+            ("without oracle", None),
+            ("oracle sample:64", Some(CheckMode::Sample(64))),
+            ("oracle full", Some(CheckMode::Full)),
+        ] {
+            let oracle = mode.map(|m| Arc::new(Oracle::new(m, Arc::new(NoFaults))));
+            let injector: Arc<dyn FaultInjector> = match &oracle {
+                Some(o) => o.clone(),
+                None => Arc::new(NoFaults),
+            };
+            let mut bench = Bench::with_injector(EVENT_DEFAULT & !EVENT_HIT, injector);
+            bench.map(SRC_VA, SRC_GPA, len, size);
+            bench.map(DST_VA, DST_GPA, len, size);
+            bench.page_tables(SRC_VA, SRC_GPA, len, size);
+            bench.page_tables(DST_VA, DST_GPA, len, size);
+            setups.push((label, bench, oracle));
+        }
+        let mut rounds: Vec<Vec<f64>> = Vec::new();
+        for _ in 0..5 {
+            let round = Duration::from_millis(120);
+            rounds.push(
+                setups
+                    .iter_mut()
+                    .map(|(_, bench, _)| rate(round, bytes, || bench.copy(len, BATCH)))
+                    .collect(),
+            );
+        }
+        for (i, (label, _, oracle)) in setups.iter().enumerate() {
+            let mut ratios: Vec<f64> = rounds.iter().map(|r| r[i] / r[0]).collect();
+            ratios.sort_by(f64::total_cmp);
+            let mut rates: Vec<f64> = rounds.iter().map(|r| r[i]).collect();
+            rates.sort_by(f64::total_cmp);
+            let checked = oracle.as_ref().map_or(String::new(), |o| {
+                format!(
+                    ", {} checked, {} violations",
+                    o.checked(),
+                    o.violation_count()
+                )
+            });
+            println!(
+                "  {name:<14} ({label:<16}): {:>6.2} GB/s, ratio to without {:.2}{checked}",
+                rates[2] / 1e9,
+                ratios[2]
+            );
+        }
+    }
+}
+
 fn main() {
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_millis(400))
@@ -351,4 +455,5 @@ fn main() {
     invalidation(&mut criterion);
     criterion.final_summary();
     summary();
+    oracle_summary();
 }
