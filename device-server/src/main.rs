@@ -27,7 +27,7 @@ struct Cli {
     /// summary is printed when each client leaves.
     #[arg(long, value_name = "MODE", default_value = "full")]
     coherence_check: CheckMode,
-    /// Device-TLB fault to inject: `none` or `drop-invalidate`.
+    /// Device-TLB faults to inject, comma-separated (docs/fault-injection.md).
     #[arg(long, value_name = "MODE", default_value = "none")]
     fault: String,
 }

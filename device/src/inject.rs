@@ -153,17 +153,113 @@ impl FaultInjector for IgnorePermissions {
     }
 }
 
-/// The injector a host's `--fault MODE` names (`none`, `drop-invalidate`,
-/// `ignore-permission`).
-pub fn injector_named(mode: &str) -> Result<std::sync::Arc<dyn FaultInjector>, String> {
-    match mode {
-        "none" => Ok(std::sync::Arc::new(NoFaults)),
-        "drop-invalidate" => Ok(std::sync::Arc::new(DropInvalidations)),
-        "ignore-permission" => Ok(std::sync::Arc::new(IgnorePermissions)),
-        other => Err(format!(
-            "'{other}' is not a fault mode: use none, drop-invalidate or ignore-permission"
-        )),
+/// `evict:N`: every N-th TLB hit evicts its entry and takes the miss path instead (capacity
+/// pressure, or a TLB that drops entries early). More misses, still coherent.
+#[derive(Debug)]
+pub struct EvictEvery {
+    every: u64,
+    hits: std::sync::atomic::AtomicU64,
+}
+
+impl FaultInjector for EvictEvery {
+    fn evict_on_hit(&self, _ctx: u8, _va: VirtAddr) -> bool {
+        let hit = self
+            .hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_add(1);
+        hit % self.every == 0
     }
+}
+
+/// `delay-invalidate:MS`: every invalidation waits MS milliseconds before it executes (a slow
+/// invalidation engine). Still coherent; the driver's notifier waits longer.
+#[derive(Clone, Copy, Debug)]
+pub struct DelayInvalidations(pub Duration);
+
+impl FaultInjector for DelayInvalidations {
+    fn invalidation(&self, _descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
+        InvalidationVerdict::Delay(self.0)
+    }
+}
+
+/// Several injectors at once: a DMA fails, an entry is evicted, a permission is ignored or an
+/// interrupt is lost if any of them says so; an invalidation takes the first verdict that is
+/// not `Perform`.
+#[derive(Debug)]
+pub struct Combined(pub Vec<std::sync::Arc<dyn FaultInjector>>);
+
+impl FaultInjector for Combined {
+    fn dma(&self, access: &DmaAccess) -> DmaVerdict {
+        if self.0.iter().any(|i| i.dma(access) == DmaVerdict::Fail) {
+            DmaVerdict::Fail
+        } else {
+            DmaVerdict::Proceed
+        }
+    }
+
+    fn translated(&self, access: &TranslatedAccess, memory: &GuestRam) {
+        self.0.iter().for_each(|i| i.translated(access, memory));
+    }
+
+    fn evict_on_hit(&self, ctx: u8, va: VirtAddr) -> bool {
+        self.0.iter().any(|i| i.evict_on_hit(ctx, va))
+    }
+
+    fn ignore_permission(&self, ctx: u8, va: VirtAddr) -> bool {
+        self.0.iter().any(|i| i.ignore_permission(ctx, va))
+    }
+
+    fn invalidation(&self, descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
+        self.0
+            .iter()
+            .map(|i| i.invalidation(descriptor))
+            .find(|v| *v != InvalidationVerdict::Perform)
+            .unwrap_or(InvalidationVerdict::Perform)
+    }
+
+    fn interrupt(&self, vector: u16) -> bool {
+        self.0.iter().all(|i| i.interrupt(vector))
+    }
+}
+
+/// Fault modes a host's `--fault` accepts, for error messages.
+pub const FAULT_MODES: &str =
+    "none, drop-invalidate, ignore-permission, evict:N (N >= 2), delay-invalidate:MS";
+
+/// The injector a host's `--fault MODES` names: one mode or several separated by commas
+/// (`docs/fault-injection.md`).
+pub fn injector_named(modes: &str) -> Result<std::sync::Arc<dyn FaultInjector>, String> {
+    let mut parts: Vec<std::sync::Arc<dyn FaultInjector>> = Vec::new();
+    for mode in modes.split(',') {
+        let (name, argument) = match mode.split_once(':') {
+            Some((name, argument)) => (name, Some(argument)),
+            None => (mode, None),
+        };
+        let bad = || format!("'{mode}' is not a fault mode: use {FAULT_MODES}");
+        let number = || argument.and_then(|a| a.parse::<u64>().ok()).ok_or_else(bad);
+        let injector: std::sync::Arc<dyn FaultInjector> = match (name, argument) {
+            ("none", None) => std::sync::Arc::new(NoFaults),
+            ("drop-invalidate", None) => std::sync::Arc::new(DropInvalidations),
+            ("ignore-permission", None) => std::sync::Arc::new(IgnorePermissions),
+            // Every hit evicted would never let an access finish: at least every second.
+            ("evict", Some(_)) => match number()? {
+                every if every >= 2 => std::sync::Arc::new(EvictEvery {
+                    every,
+                    hits: std::sync::atomic::AtomicU64::new(0),
+                }),
+                _ => return Err(bad()),
+            },
+            ("delay-invalidate", Some(_)) => std::sync::Arc::new(DelayInvalidations(
+                Duration::from_millis(number()?.min(60_000)),
+            )),
+            _ => return Err(bad()),
+        };
+        parts.push(injector);
+    }
+    Ok(match parts.len() {
+        1 => parts.remove(0),
+        _ => std::sync::Arc::new(Combined(parts)),
+    })
 }
 
 #[cfg(test)]
@@ -187,5 +283,33 @@ mod tests {
             injector.invalidation(&descriptor),
             InvalidationVerdict::Perform
         );
+    }
+
+    #[test]
+    fn fault_modes_parse_and_combine() {
+        let descriptor = InvalidationDescriptor::global(1);
+        let drop = injector_named("drop-invalidate").expect("mode");
+        assert_eq!(drop.invalidation(&descriptor), InvalidationVerdict::Drop);
+        let evict = injector_named("evict:3").expect("mode");
+        let evicted: Vec<bool> = (0..6).map(|_| evict.evict_on_hit(0, VirtAddr(0))).collect();
+        assert_eq!(evicted, [false, false, true, false, false, true]);
+        let both = injector_named("delay-invalidate:20,ignore-permission").expect("modes");
+        assert_eq!(
+            both.invalidation(&descriptor),
+            InvalidationVerdict::Delay(Duration::from_millis(20))
+        );
+        assert!(both.ignore_permission(0, VirtAddr(0)));
+        assert!(!both.evict_on_hit(0, VirtAddr(0)));
+        for bad in [
+            "evict",
+            "evict:1",
+            "evict:x",
+            "delay-invalidate",
+            "bogus",
+            "none:3",
+            "",
+        ] {
+            assert!(injector_named(bad).is_err(), "{bad}");
+        }
     }
 }

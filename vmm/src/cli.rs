@@ -80,8 +80,9 @@ pub struct Cli {
     #[arg(long, value_name = "POLICY", default_value = "fail", value_parser = ["fail", "report"])]
     pub violations: String,
 
-    /// Device-TLB fault to inject into the in-process device: `none` or `drop-invalidate`
-    /// (invalidations acknowledged, entries kept: the oracle must report violations).
+    /// Device-TLB faults to inject into the in-process device, comma-separated: `none`,
+    /// `drop-invalidate`, `ignore-permission` (device bugs the oracle must report), `evict:N`,
+    /// `delay-invalidate:MS` (still coherent). docs/fault-injection.md.
     #[arg(long, value_name = "MODE", default_value = "none")]
     pub fault: String,
 }
