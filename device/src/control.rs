@@ -18,16 +18,16 @@ use crate::engine::{lock, Shared};
 use crate::error_code::ErrorCode;
 use crate::events::{EventKind, EVENT_MMIO_READ};
 use crate::fault_ring::FaultRingConfig;
-use crate::inject::DmaPurpose;
+use crate::inject::{DmaPurpose, DropIn};
 use crate::invalidation::InvqConfig;
 use crate::mmio::{self, MmioWidth};
 use crate::regs::{
     check_access, RegisterError, CONTEXT_REGISTERS, CQ_DOORBELL, CTX_BLOCK_BASE, CTX_BLOCK_SIZE,
     CTX_CMD_ABORT, CTX_CMD_ABORT_STATUS_MASK, CTX_CMD_ABORT_STATUS_SHIFT, CTX_CMD_DROPIN,
     CTX_CMD_RESUME, CTX_COMMAND, CTX_COMMAND_OP_MASK, CTX_CONTROL, CTX_CONTROL_ENABLE,
-    CTX_STATS_BASE, CTX_STATUS, DEV_CONTROL_ENABLE, DEV_CONTROL_FLR, DEV_STATUS_ENABLED,
-    DEV_STATUS_ERROR, DROPIN_ATTR, DROPIN_ATTR_2M, DROPIN_GPA_LO, DROPIN_VA_LO, FAULT_INFO,
-    FAULT_VA_HI, FAULT_VA_LO, GLOBAL_REGISTERS, REGISTER_WINDOW_SIZE, REG_DEV_CONTROL,
+    CTX_PTROOT_LO, CTX_STATS_BASE, CTX_STATUS, DEV_CONTROL_ENABLE, DEV_CONTROL_FLR,
+    DEV_STATUS_ENABLED, DEV_STATUS_ERROR, DROPIN_ATTR, DROPIN_ATTR_2M, DROPIN_GPA_LO, DROPIN_VA_LO,
+    FAULT_INFO, FAULT_VA_HI, FAULT_VA_LO, GLOBAL_REGISTERS, REGISTER_WINDOW_SIZE, REG_DEV_CONTROL,
     REG_DEV_ERROR, REG_DEV_STATUS, REG_FAULT_BASE_LO, REG_FAULT_HEAD, REG_FAULT_SIZE,
     REG_FAULT_TAIL, REG_INVQ_BASE_LO, REG_INVQ_DONE_ADDR_LO, REG_INVQ_DONE_SEQ_HI,
     REG_INVQ_DONE_SEQ_LO, REG_INVQ_HEAD, REG_INVQ_SIZE, REG_INVQ_TAIL, REG_STATS_BASE,
@@ -559,6 +559,19 @@ impl Shared {
             ctx: ctx.index,
         };
         let fill_id = self.tlb_write().insert(fill, &mut self.on_removed());
+        self.injector.dropped_in(
+            &DropIn {
+                ctx: ctx.index,
+                asid: ctx.asid,
+                va,
+                gpa: GuestAddress(gpa),
+                size: size.bytes(),
+                writable: perms.allows(Perms::WRITE),
+                fill_id,
+                pt_root: ctx.regs.value64(CTX_PTROOT_LO),
+            },
+            &self.memory(),
+        );
         self.stats.count(GlobalCounter::Fills, 1);
         if let Some(stats) = self.ctx_stats(ctx.index) {
             stats.count(ContextCounter::Fills, 1);

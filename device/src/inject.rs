@@ -78,6 +78,28 @@ pub struct TranslatedAccess {
     pub pt_root: u64,
 }
 
+/// A translation the device has just installed (CTX_COMMAND DROPIN), reported after the TLB
+/// took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropIn {
+    /// Context.
+    pub ctx: u8,
+    /// ASID the entry carries.
+    pub asid: u16,
+    /// Virtual address of the page.
+    pub va: VirtAddr,
+    /// Guest-physical address of the page.
+    pub gpa: GuestAddress,
+    /// Page size in bytes.
+    pub size: u64,
+    /// The entry allows writes.
+    pub writable: bool,
+    /// Fill id the TLB gave it.
+    pub fill_id: u64,
+    /// The context's page-table root (`CTX_PTROOT`; 0 if none).
+    pub pt_root: u64,
+}
+
 /// The outcome an injector chooses for an invalidation descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InvalidationVerdict {
@@ -100,6 +122,10 @@ pub trait FaultInjector: Send + Sync + Debug {
     /// Every translated access, after the data moved (see [`TranslatedAccess`]), with the
     /// guest memory the access went to (where the CPU's page tables are too).
     fn translated(&self, _access: &TranslatedAccess, _memory: &GuestRam) {}
+
+    /// Every drop-in, once installed, with the guest memory (an oracle checks it against the
+    /// CPU's page tables).
+    fn dropped_in(&self, _dropin: &DropIn, _memory: &GuestRam) {}
 
     /// A TLB hit for `ctx` at `va`: return true to evict the entry and take the miss path.
     fn evict_on_hit(&self, _ctx: u8, _va: VirtAddr) -> bool {
@@ -199,6 +225,10 @@ impl FaultInjector for Combined {
 
     fn translated(&self, access: &TranslatedAccess, memory: &GuestRam) {
         self.0.iter().for_each(|i| i.translated(access, memory));
+    }
+
+    fn dropped_in(&self, dropin: &DropIn, memory: &GuestRam) {
+        self.0.iter().for_each(|i| i.dropped_in(dropin, memory));
     }
 
     fn evict_on_hit(&self, ctx: u8, va: VirtAddr) -> bool {

@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use crate::addr::VirtAddr;
 use crate::engine::dma::GuestRam;
-use crate::fault_ring::FAULT_ACCESS_WRITE;
-use crate::inject::{DmaAccess, DmaVerdict, FaultInjector, InvalidationVerdict, TranslatedAccess};
+use crate::fault_ring::{FAULT_ACCESS_READ, FAULT_ACCESS_WRITE};
+use crate::inject::{
+    DmaAccess, DmaVerdict, DropIn, FaultInjector, InvalidationVerdict, TranslatedAccess,
+};
 use crate::invalidation::InvalidationDescriptor;
 
 use self::page_walk::{walk, Walk};
@@ -54,9 +56,14 @@ impl std::str::FromStr for CheckMode {
     }
 }
 
-/// What was wrong with an access.
+/// What was wrong with an access or a drop-in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wrong {
+    /// A drop-in of a larger page than the CPU's page tables map there.
+    LargerThanCpuPage {
+        /// The CPU's page size there.
+        cpu_page: u64,
+    },
     /// The page tables map the address elsewhere.
     OtherFrame {
         /// The guest-physical address the PTE gives now.
@@ -68,11 +75,23 @@ pub enum Wrong {
     WriteToReadOnly,
 }
 
+/// Where a violation was seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// A translated access (`access.len` bytes).
+    Access,
+    /// A drop-in being installed (`access.len` = page size, `access.access` = what the entry
+    /// allows).
+    DropIn,
+}
+
 /// One coherence violation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Violation {
-    /// The access, as the device reported it.
+    /// The access (or the drop-in, see `seen`), as the device reported it.
     pub access: TranslatedAccess,
+    /// An access or a drop-in.
+    pub seen: Seen,
     /// What the page tables say.
     pub wrong: Wrong,
     /// Time since the oracle started.
@@ -82,10 +101,11 @@ pub struct Violation {
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let a = &self.access;
-        let kind = if a.access & FAULT_ACCESS_WRITE != 0 {
-            "write"
-        } else {
-            "read"
+        let kind = match (self.seen, a.access & FAULT_ACCESS_WRITE != 0) {
+            (Seen::DropIn, true) => "read-write drop-in",
+            (Seen::DropIn, false) => "read-only drop-in",
+            (Seen::Access, true) => "write",
+            (Seen::Access, false) => "read",
         };
         write!(
             f,
@@ -110,6 +130,12 @@ impl std::fmt::Display for Violation {
             }
             Wrong::NotMapped(Walk::Mapped(_)) => write!(f, "unmapped"),
             Wrong::WriteToReadOnly => write!(f, "the PTE does not allow writing"),
+            Wrong::LargerThanCpuPage { cpu_page } => {
+                write!(
+                    f,
+                    "the CPU maps that address with a {cpu_page:#x}-byte page"
+                )
+            }
         }
     }
 }
@@ -172,13 +198,18 @@ impl Oracle {
         )
     }
 
-    fn check(&self, access: &TranslatedAccess, memory: &GuestRam) {
+    fn check(&self, access: &TranslatedAccess, seen: Seen, memory: &GuestRam) {
         if access.pt_root == 0 {
             self.unregistered.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.checked.fetch_add(1, Ordering::Relaxed);
         let wrong = match walk(memory, access.pt_root, access.va.0) {
+            Walk::Mapped(leaf) if seen == Seen::DropIn && access.len > leaf.size => {
+                Some(Wrong::LargerThanCpuPage {
+                    cpu_page: leaf.size,
+                })
+            }
             Walk::Mapped(leaf) if leaf.translate(access.va.0) != access.gpa.0 => {
                 Some(Wrong::OtherFrame {
                     now: leaf.translate(access.va.0),
@@ -196,6 +227,7 @@ impl Oracle {
             if kept.len() < KEPT_VIOLATIONS {
                 kept.push(Violation {
                     access: *access,
+                    seen,
                     wrong,
                     at: self.started.elapsed(),
                 });
@@ -217,8 +249,31 @@ impl FaultInjector for Oracle {
             CheckMode::Sample(n) => self.seen.fetch_add(1, Ordering::Relaxed) % n == 0,
         };
         if check {
-            self.check(access, memory);
+            self.check(access, Seen::Access, memory);
         }
+    }
+
+    /// Drop-ins are few (one per fault) and are always checked unless the oracle is off.
+    fn dropped_in(&self, dropin: &DropIn, memory: &GuestRam) {
+        self.inner.dropped_in(dropin, memory);
+        if self.mode == CheckMode::Off {
+            return;
+        }
+        let as_access = TranslatedAccess {
+            ctx: dropin.ctx,
+            asid: dropin.asid,
+            va: dropin.va,
+            gpa: dropin.gpa,
+            len: dropin.size,
+            access: if dropin.writable {
+                FAULT_ACCESS_WRITE
+            } else {
+                FAULT_ACCESS_READ
+            },
+            fill_id: dropin.fill_id,
+            pt_root: dropin.pt_root,
+        };
+        self.check(&as_access, Seen::DropIn, memory);
     }
 
     fn evict_on_hit(&self, ctx: u8, va: VirtAddr) -> bool {
@@ -245,7 +300,6 @@ mod tests {
     use super::page_walk::tests::Tables;
     use super::page_walk::{PTE_PRESENT, PTE_USER, PTE_WRITABLE};
     use super::*;
-    use crate::fault_ring::FAULT_ACCESS_READ;
     use crate::inject::NoFaults;
 
     fn access(tables: &Tables, va: u64, gpa: u64, write: bool) -> TranslatedAccess {
@@ -297,6 +351,45 @@ mod tests {
             line.contains("VA 0x70000010") && line.contains("0x500010"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn drop_ins_are_checked_when_installed() {
+        let mut t = Tables::new();
+        let rw = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
+        t.map(0x7000_0000, 0x40_0000, 1, rw);
+        t.map(0x7000_1000, 0x41_0000, 1, PTE_PRESENT | PTE_USER);
+        let oracle = Oracle::new(CheckMode::Sample(1000), Arc::new(NoFaults));
+        let dropin = |va: u64, gpa: u64, size: u64, writable: bool| DropIn {
+            ctx: 0,
+            asid: 1,
+            va: VirtAddr(va),
+            gpa: GuestAddress(gpa),
+            size,
+            writable,
+            fill_id: 9,
+            pt_root: t.root,
+        };
+        oracle.dropped_in(&dropin(0x7000_0000, 0x40_0000, 0x1000, true), &t.mem);
+        oracle.dropped_in(&dropin(0x7000_1000, 0x41_0000, 0x1000, false), &t.mem);
+        assert_eq!(oracle.violation_count(), 0, "{:?}", oracle.violations());
+        // Planted: a stale frame, a writable entry for a read-only PTE, a 2 MiB entry where
+        // the CPU has 4 KiB pages.
+        oracle.dropped_in(&dropin(0x7000_0000, 0x50_0000, 0x1000, true), &t.mem);
+        oracle.dropped_in(&dropin(0x7000_1000, 0x41_0000, 0x1000, true), &t.mem);
+        oracle.dropped_in(&dropin(0x7000_0000, 0x40_0000, 0x20_0000, false), &t.mem);
+        let found: Vec<Wrong> = oracle.violations().iter().map(|v| v.wrong).collect();
+        assert_eq!(
+            found,
+            [
+                Wrong::OtherFrame { now: 0x40_0000 },
+                Wrong::WriteToReadOnly,
+                Wrong::LargerThanCpuPage { cpu_page: 0x1000 }
+            ]
+        );
+        assert!(oracle.violations()[1]
+            .to_string()
+            .contains("read-write drop-in"));
     }
 
     #[test]
