@@ -197,6 +197,31 @@ impl FaultInjector for EvictEvery {
     }
 }
 
+/// `dma-error:N`: every N-th data DMA (the bytes a command moves at a translated address)
+/// fails, as a bus error would. That command completes with `DEVICE_ERROR`; the context goes on.
+#[derive(Debug)]
+pub struct DataDmaErrorEvery {
+    every: u64,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl FaultInjector for DataDmaErrorEvery {
+    fn dma(&self, access: &DmaAccess) -> DmaVerdict {
+        if access.purpose != DmaPurpose::Data {
+            return DmaVerdict::Proceed;
+        }
+        let n = self
+            .seen
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_add(1);
+        if n % self.every == 0 {
+            DmaVerdict::Fail
+        } else {
+            DmaVerdict::Proceed
+        }
+    }
+}
+
 /// `delay-invalidate:MS`: every invalidation waits MS milliseconds before it executes (a slow
 /// invalidation engine). Still coherent; the driver's notifier waits longer.
 #[derive(Clone, Copy, Debug)]
@@ -253,8 +278,8 @@ impl FaultInjector for Combined {
 }
 
 /// Fault modes a host's `--fault` accepts, for error messages.
-pub const FAULT_MODES: &str =
-    "none, drop-invalidate, ignore-permission, evict:N (N >= 2), delay-invalidate:MS";
+pub const FAULT_MODES: &str = "none, drop-invalidate, ignore-permission, evict:N (N >= 2), \
+     delay-invalidate:MS, dma-error:N (N >= 1)";
 
 /// The injector a host's `--fault MODES` names: one mode or several separated by commas
 /// (`docs/fault-injection.md`).
@@ -278,6 +303,13 @@ pub fn injector_named(modes: &str) -> Result<std::sync::Arc<dyn FaultInjector>, 
                     hits: std::sync::atomic::AtomicU64::new(0),
                 }),
                 _ => return Err(bad()),
+            },
+            ("dma-error", Some(_)) => match number()? {
+                0 => return Err(bad()),
+                every => std::sync::Arc::new(DataDmaErrorEvery {
+                    every,
+                    seen: std::sync::atomic::AtomicU64::new(0),
+                }),
             },
             ("delay-invalidate", Some(_)) => std::sync::Arc::new(DelayInvalidations(
                 Duration::from_millis(number()?.min(60_000)),

@@ -82,7 +82,7 @@ pub struct Cli {
 
     /// Device-TLB faults to inject into the in-process device, comma-separated: `none`,
     /// `drop-invalidate`, `ignore-permission` (device bugs the oracle must report), `evict:N`,
-    /// `delay-invalidate:MS` (still coherent). docs/fault-injection.md.
+    /// `delay-invalidate:MS` (still coherent), `dma-error:N`. docs/fault-injection.md.
     #[arg(long, value_name = "MODE", default_value = "none")]
     pub fault: String,
 }

@@ -216,6 +216,34 @@ fn a_failed_data_dma_completes_the_command_with_device_error() {
     );
 }
 
+/// The user-facing `dma-error:2` mode: every second data DMA fails; each such command
+/// completes with DEVICE_ERROR and the next one works.
+#[test]
+fn dma_error_mode_fails_every_nth_command_and_the_context_goes_on() {
+    let injector = crate::inject::injector_named("dma-error:2").expect("mode");
+    let mut h = with_injector(injector);
+    h.bring_up(64, 64);
+    let mut queue = h.open_context(0, 1, 16);
+    let frame = h.alloc(4096, 4096);
+    h.drop_in(0, 0x1000, frame, RW);
+    let statuses: Vec<Status> = (1..=4)
+        .map(|id| {
+            h.run(&mut queue, &op(Opcode::Read64 as u8, id, 0x1010))
+                .status
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            Status::Ok,
+            Status::DeviceError,
+            Status::Ok,
+            Status::DeviceError
+        ]
+    );
+    assert_eq!(h.ctx_state(0), CTX_STATE_ACTIVE);
+}
+
 #[test]
 fn a_failed_completion_write_is_err_queue_dma() {
     let mut h = with_injector(FailDma::new(DmaPurpose::Completion));
