@@ -82,9 +82,8 @@ fn main() -> ExitCode {
                     stats.requests, stats.errors
                 );
                 if cli.coherence_check != CheckMode::Off {
-                    eprintln!("rmnic-device-server: {}", oracle.summary());
-                    for violation in oracle.violations().iter().take(16) {
-                        eprintln!("rmnic-device-server: {violation}");
+                    for line in oracle.report() {
+                        eprintln!("rmnic-device-server: {line}");
                     }
                 }
             }

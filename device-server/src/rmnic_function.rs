@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use rmnic_device::pci::msix::{MSIX_CAPABILITY_ID, MSIX_CONTROL_ENABLE};
-use rmnic_device::pci::PciDevice;
+use rmnic_device::pci::{find_capability, PciDevice};
 use rmnic_device::{
     RmnicConfig, RmnicDevice, BAR0_INDEX, BAR0_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET,
     RMNIC_MSIX_VECTORS,
@@ -67,9 +67,10 @@ impl RmnicFunction {
             msix_reg: 0,
             err_eventfd: None,
         };
-        function.msix_reg = function
-            .find_capability(MSIX_CAPABILITY_ID)
-            .expect("the rmnic function has an MSI-X capability");
+        let device = &mut function.device;
+        function.msix_reg =
+            find_capability(|reg| device.read_config_register(reg), MSIX_CAPABILITY_ID)
+                .expect("the rmnic function has an MSI-X capability");
         Ok(function)
     }
 
@@ -86,22 +87,6 @@ impl RmnicFunction {
     /// Number of DMA ranges the client has mapped.
     pub fn dma_ranges(&self) -> usize {
         self.maps.len()
-    }
-
-    /// Dword index of the capability with `id`, walking the list from the capability pointer.
-    fn find_capability(&mut self, id: u8) -> Option<usize> {
-        let mut offset = (self.device.read_config_register(0x34 / 4) & 0xfc) as usize;
-        for _ in 0..48 {
-            if offset < 0x40 || offset >= CONFIG_SPACE_SIZE as usize {
-                return None;
-            }
-            let header = self.device.read_config_register(offset / 4);
-            if header & 0xff == u32::from(id) {
-                return Some(offset / 4);
-            }
-            offset = ((header >> 8) & 0xfc) as usize;
-        }
-        None
     }
 
     fn config_read(&mut self, offset: u64, data: &mut [u8]) {

@@ -27,7 +27,7 @@ use vfio_bindings::bindings::vfio::{
 use vm_memory::ByteValued;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use crate::backend::{DeviceBackend, IrqRequest};
+use crate::backend::{DeviceBackend, IrqDescription, IrqRequest, RegionDescription};
 use crate::dma_map::{DmaMapping, MAX_DMA_MAPS};
 use crate::protocol::{
     parse, parse_version, Capabilities, Command, DeviceInfo, DmaMap, DmaUnmap, Header, IrqInfo,
@@ -298,14 +298,7 @@ impl<B: DeviceBackend> Server<B> {
             }
             Command::DeviceGetRegionInfo => {
                 let request: RegionInfo = parse("DEVICE_GET_REGION_INFO", body, false)?;
-                let region = self
-                    .backend
-                    .regions()
-                    .get(request.index as usize)
-                    .copied()
-                    .ok_or_else(|| {
-                        ProtocolError::Invalid(format!("no region {}", request.index))
-                    })?;
+                let region = self.region(request.index)?;
                 let info = RegionInfo {
                     // CAST: 32 bytes.
                     argsz: size_of::<RegionInfo>() as u32,
@@ -319,14 +312,7 @@ impl<B: DeviceBackend> Server<B> {
             }
             Command::DeviceGetIrqInfo => {
                 let request: IrqInfo = parse("DEVICE_GET_IRQ_INFO", body, false)?;
-                let irq = self
-                    .backend
-                    .irqs()
-                    .get(request.index as usize)
-                    .copied()
-                    .ok_or_else(|| {
-                        ProtocolError::Invalid(format!("no interrupt index {}", request.index))
-                    })?;
+                let irq = self.irq(request.index)?;
                 let info = IrqInfo {
                     // CAST: 16 bytes.
                     argsz: size_of::<IrqInfo>() as u32,
@@ -338,14 +324,7 @@ impl<B: DeviceBackend> Server<B> {
             }
             Command::DeviceSetIrqs => {
                 let set: IrqSet = parse("DEVICE_SET_IRQS", body, false)?;
-                let irq = self
-                    .backend
-                    .irqs()
-                    .get(set.index as usize)
-                    .copied()
-                    .ok_or_else(|| {
-                        ProtocolError::Invalid(format!("no interrupt index {}", set.index))
-                    })?;
+                let irq = self.irq(set.index)?;
                 let data = set.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
                 let action = set.flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
                 if data.count_ones() != 1 || action.count_ones() != 1 {
@@ -440,15 +419,28 @@ impl<B: DeviceBackend> Server<B> {
         }
     }
 
+    /// The backend's region `index`, or the error reply for a client that named none.
+    fn region(&self, index: u32) -> Result<RegionDescription> {
+        self.backend
+            .regions()
+            .get(index as usize)
+            .copied()
+            .ok_or_else(|| ProtocolError::Invalid(format!("no region {index}")))
+    }
+
+    /// The backend's interrupt index `index`, or the error reply for a client that named none.
+    fn irq(&self, index: u32) -> Result<IrqDescription> {
+        self.backend
+            .irqs()
+            .get(index as usize)
+            .copied()
+            .ok_or_else(|| ProtocolError::Invalid(format!("no interrupt index {index}")))
+    }
+
     /// A region access must name a region and stay inside it, and move at most
     /// [`MAX_DATA_XFER`] bytes.
     fn check_access(&self, access: &RegionAccess) -> Result<()> {
-        let region = self
-            .backend
-            .regions()
-            .get(access.region as usize)
-            .copied()
-            .ok_or_else(|| ProtocolError::Invalid(format!("no region {}", access.region)))?;
+        let region = self.region(access.region)?;
         if access.count as usize > MAX_DATA_XFER {
             return Err(ProtocolError::Invalid(format!(
                 "region access of {} bytes (at most {MAX_DATA_XFER})",

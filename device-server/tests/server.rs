@@ -81,6 +81,31 @@ fn eventfd_count(fd: &File) -> u64 {
 
 const COMMAND_MEMORY_AND_MASTER: u16 = 0x6;
 
+/// Turns on memory decoding and bus mastering in the device's command register.
+fn enable_memory_and_bus_master(client: &mut vfio_user::Client) {
+    client
+        .region_write(
+            VFIO_PCI_CONFIG_REGION_INDEX,
+            4,
+            &COMMAND_MEMORY_AND_MASTER.to_le_bytes(),
+        )
+        .expect("command");
+}
+
+/// Hands the server `fds` as the MSI-X vectors' eventfds, from vector 0.
+fn connect_msix(client: &mut vfio_user::Client, fds: &[File]) {
+    let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    client
+        .set_irqs(
+            VFIO_PCI_MSIX_IRQ_INDEX,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            0,
+            raw.len() as u32,
+            &raw,
+        )
+        .expect("eventfds");
+}
+
 #[test]
 fn config_space_and_bar0_through_the_rust_vmm_client() {
     let (path, server) = start("regions");
@@ -102,13 +127,7 @@ fn config_space_and_bar0_through_the_rust_vmm_client() {
     assert_eq!(u16::from_le_bytes([ids[0], ids[1]]), RMNIC_VENDOR_ID);
     assert_eq!(u16::from_le_bytes([ids[2], ids[3]]), RMNIC_DEVICE_ID);
 
-    client
-        .region_write(
-            VFIO_PCI_CONFIG_REGION_INDEX,
-            4,
-            &COMMAND_MEMORY_AND_MASTER.to_le_bytes(),
-        )
-        .expect("command");
+    enable_memory_and_bus_master(&mut client);
     let mut id = [0u8; 4];
     client.region_read(0, REG_ID, &mut id).expect("REG_ID");
     assert_eq!(u32::from_le_bytes(id), RMNIC_ID_MAGIC);
@@ -160,24 +179,9 @@ fn dma_ranges_become_the_device_memory_and_unmap_removes_them() {
 fn msix_vectors_reach_the_clients_eventfds() {
     let (path, server) = start("irqs");
     let mut client = vfio_user::Client::new(&path).expect("client connects");
-    client
-        .region_write(
-            VFIO_PCI_CONFIG_REGION_INDEX,
-            4,
-            &COMMAND_MEMORY_AND_MASTER.to_le_bytes(),
-        )
-        .expect("command");
+    enable_memory_and_bus_master(&mut client);
     let vectors: Vec<File> = (0..4).map(|_| eventfd()).collect();
-    let raw: Vec<i32> = vectors.iter().map(AsRawFd::as_raw_fd).collect();
-    client
-        .set_irqs(
-            VFIO_PCI_MSIX_IRQ_INDEX,
-            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-            0,
-            4,
-            &raw,
-        )
-        .expect("eventfds");
+    connect_msix(&mut client, &vectors);
     // Loopback trigger of vector 2.
     client
         .set_irqs(
@@ -206,13 +210,7 @@ fn msix_vectors_reach_the_clients_eventfds() {
 fn a_pipe_handed_over_as_an_eventfd_cannot_stall_the_device() {
     let (path, server) = start("pipe");
     let mut client = vfio_user::Client::new(&path).expect("client connects");
-    client
-        .region_write(
-            VFIO_PCI_CONFIG_REGION_INDEX,
-            4,
-            &COMMAND_MEMORY_AND_MASTER.to_le_bytes(),
-        )
-        .expect("command");
+    enable_memory_and_bus_master(&mut client);
     let mut fds = [0i32; 2];
     // SAFETY: pipe() fills the two-element array; the result is checked.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -221,16 +219,7 @@ fn a_pipe_handed_over_as_an_eventfd_cannot_stall_the_device() {
     let vector = usize::from(VECTOR_ERROR);
     let mut all: Vec<File> = (0..4).map(|_| eventfd()).collect();
     all[vector] = write_end;
-    let raw: Vec<i32> = all.iter().map(AsRawFd::as_raw_fd).collect();
-    client
-        .set_irqs(
-            VFIO_PCI_MSIX_IRQ_INDEX,
-            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-            0,
-            4,
-            &raw,
-        )
-        .expect("descriptors");
+    connect_msix(&mut client, &all);
     drop(client);
     let mut server = server.join().expect("server thread");
     // A pipe holds 64 KiB, 8 bytes a signal: more signals than fit must not block.

@@ -214,11 +214,29 @@ pub const STATUS_TRIPLE_FAULT: i32 = 0x82;
 /// the kernel's task stacks to the console first).
 pub const STATUS_GUEST_WATCHDOG: i32 = 124;
 
-/// Boots the guest in `mode`, once. No failure is retried, in either mode: the emulated host's
-/// configuration (`HOST_CMDLINE`, `docs/platform.md`) ran 50 stress boots without a platform
-/// failure, so a triple fault, stall or crash now is a finding to look at, not noise. Every boot
-/// is classified ([`Verdict`]) and recorded in `$RMNIC_BOOT_LOG`.
+/// Boots the guest in `mode`. Every boot is classified ([`Verdict`]), recorded in
+/// `$RMNIC_BOOT_LOG`, and its whole console kept when it failed. Only the two named platform
+/// failures of emulated mode ([`retry_reason`]) are retried, once, printed and counted.
 pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outcome, LaunchError> {
+    let (verdict, first) = boot_recorded(mode, images, guest, false);
+    match retry_reason(mode, verdict, &first) {
+        Some(reason) => {
+            eprintln!("rmnic: RETRY: {reason}; booting once more (docs/platform.md)");
+            boot_recorded(mode, images, guest, true).1
+        }
+        None => first,
+    }
+}
+
+/// One boot: classified, recorded in the boot log (marked as a retry when it is one) and, when
+/// it failed worse than a guest program's own failure (whose lines are in the console tail a
+/// test prints), its whole console kept.
+fn boot_recorded(
+    mode: HostMode,
+    images: &Images,
+    guest: &GuestRun,
+    retry: bool,
+) -> (Verdict, Result<Outcome, LaunchError>) {
     let started = Instant::now();
     let outcome = run_once(mode, images, guest);
     let verdict = Verdict::of(&outcome);
@@ -226,39 +244,16 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
         verdict,
         started.elapsed().as_secs_f64(),
         &guest.command,
-        false,
+        retry,
     );
-    if let Some(reason) = retry_reason(mode, &outcome) {
-        // The one residual platform failure with a named cause (docs/platform.md): printed and
-        // counted (`cargo xtask test` ends with "N boots, R retried"), retried once.
-        if let Err(LaunchError::HostFailed { tail, .. }) = &outcome {
-            save_console(images, guest, verdict, tail);
-        }
-        eprintln!("rmnic: RETRY: {reason}; booting once more (docs/platform.md)");
-        let started = Instant::now();
-        let again = run_once(mode, images, guest);
-        let verdict = Verdict::of(&again);
-        verdict::record(
-            verdict,
-            started.elapsed().as_secs_f64(),
-            &guest.command,
-            true,
-        );
-        if !matches!(verdict, Verdict::Passed | Verdict::GuestFailed) {
-            if let Ok(outcome) = &again {
-                save_console(images, guest, verdict, &outcome.console);
-            }
-        }
-        return again;
-    }
-    // A guest program's own failure is in the console tail a test prints; anything worse
-    // (kernel warning, stall, crash) needs the whole console.
     if !matches!(verdict, Verdict::Passed | Verdict::GuestFailed) {
-        if let Ok(outcome) = &outcome {
-            save_console(images, guest, verdict, &outcome.console);
+        match &outcome {
+            Ok(outcome) => save_console(images, guest, verdict, &outcome.console),
+            Err(LaunchError::HostFailed { tail, .. }) => save_console(images, guest, verdict, tail),
+            Err(_) => {}
         }
     }
-    outcome
+    (verdict, outcome)
 }
 
 /// Why a boot should be made again, if it should, in emulated mode only (docs/platform.md):
@@ -272,16 +267,20 @@ pub fn run_in(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outco
 ///   rmnic-vmm bug, which is why each one is printed, counted and its console kept.
 ///
 /// Stalls, watchdog ends, timeouts and guest failures are reported as they are.
-fn retry_reason(mode: HostMode, outcome: &Result<Outcome, LaunchError>) -> Option<String> {
+fn retry_reason(
+    mode: HostMode,
+    verdict: Verdict,
+    outcome: &Result<Outcome, LaunchError>,
+) -> Option<String> {
     if mode != HostMode::Emulated {
         return None;
     }
-    let console = match outcome {
-        Err(LaunchError::HostFailed { tail, .. }) => tail.as_str(),
-        Ok(_) if Verdict::of(outcome) == Verdict::TripleFault => {
+    let console = match (verdict, outcome) {
+        (Verdict::TripleFault, Ok(_)) => {
             return Some("the guest triple-faulted in emulated mode".to_string())
         }
-        Ok(o) if Verdict::of(outcome) == Verdict::HostCrashed => o.console.as_str(),
+        (Verdict::HostCrashed, Ok(o)) => o.console.as_str(),
+        (_, Err(LaunchError::HostFailed { tail, .. })) => tail.as_str(),
         _ => return None,
     };
     let crashed_in_vmrun = console
@@ -606,7 +605,7 @@ mod tests {
 
     #[test]
     fn only_named_platform_failures_are_retried_and_only_in_emulated_mode() {
-        use super::{retry_reason, HostMode, LaunchError};
+        use super::{retry_reason, HostMode, LaunchError, Verdict};
         let crash = |tail: &str| -> Result<super::Outcome, LaunchError> {
             Err(LaunchError::HostFailed {
                 code: Some(0),
@@ -615,11 +614,13 @@ mod tests {
         };
         let vmrun = "[   22.09] RIP: 0010:__svm_vcpu_run+0xa0/0xa30 [kvm_amd]\n\
                      [   22.10] Kernel panic - not syncing: Fatal exception in interrupt\n";
-        assert!(retry_reason(HostMode::Emulated, &crash(vmrun)).is_some());
-        assert!(retry_reason(HostMode::Qemu, &crash(vmrun)).is_none());
-        assert!(retry_reason(HostMode::Direct, &crash(vmrun)).is_none());
+        assert!(retry_reason(HostMode::Emulated, Verdict::HostCrashed, &crash(vmrun)).is_some());
+        assert!(retry_reason(HostMode::Qemu, Verdict::HostCrashed, &crash(vmrun)).is_none());
+        assert!(retry_reason(HostMode::Direct, Verdict::HostCrashed, &crash(vmrun)).is_none());
         let elsewhere = "[    3.00] RIP: 0010:some_function+0x10/0x20\n";
-        assert!(retry_reason(HostMode::Emulated, &crash(elsewhere)).is_none());
+        assert!(
+            retry_reason(HostMode::Emulated, Verdict::HostCrashed, &crash(elsewhere)).is_none()
+        );
         let stall = Ok(super::Outcome {
             status: 126,
             console: "rcu: INFO: rcu_sched self-detected stall on CPU\n".to_string(),
@@ -628,7 +629,7 @@ mod tests {
             timeline: Vec::new(),
         });
         // A stall the watchdog ended is reported, not retried.
-        assert!(retry_reason(HostMode::Emulated, &stall).is_none());
+        assert!(retry_reason(HostMode::Emulated, Verdict::of(&stall), &stall).is_none());
         let triple_fault = |mode| {
             Ok(super::Outcome {
                 status: super::STATUS_TRIPLE_FAULT,
@@ -638,8 +639,18 @@ mod tests {
                 timeline: Vec::new(),
             })
         };
-        assert!(retry_reason(HostMode::Emulated, &triple_fault(HostMode::Emulated)).is_some());
-        assert!(retry_reason(HostMode::Direct, &triple_fault(HostMode::Direct)).is_none());
+        assert!(retry_reason(
+            HostMode::Emulated,
+            Verdict::TripleFault,
+            &triple_fault(HostMode::Emulated)
+        )
+        .is_some());
+        assert!(retry_reason(
+            HostMode::Direct,
+            Verdict::TripleFault,
+            &triple_fault(HostMode::Direct)
+        )
+        .is_none());
     }
 
     #[test]

@@ -300,9 +300,8 @@ fn oracle_verdict(
     let Some(oracle) = oracle else {
         return reason;
     };
-    eprintln!("rmnic-vmm: {}", oracle.summary());
-    for violation in oracle.violations().iter().take(16) {
-        eprintln!("rmnic-vmm: {violation}");
+    for line in oracle.report() {
+        eprintln!("rmnic-vmm: {line}");
     }
     let count = oracle.violation_count();
     match reason {

@@ -142,6 +142,8 @@ impl std::fmt::Display for Violation {
 
 /// Violations kept in full; later ones are only counted.
 pub const KEPT_VIOLATIONS: usize = 64;
+/// Violations a host prints at the end of a run ([`Oracle::report`]).
+pub const PRINTED_VIOLATIONS: usize = 16;
 
 /// The oracle, an injector that checks and passes every other hook to `inner`.
 #[derive(Debug)]
@@ -196,6 +198,19 @@ impl Oracle {
             self.unregistered.load(Ordering::Relaxed),
             self.violation_count()
         )
+    }
+
+    /// What a host prints at the end of a run: the summary, then the first
+    /// [`PRINTED_VIOLATIONS`] violations.
+    pub fn report(&self) -> Vec<String> {
+        std::iter::once(self.summary())
+            .chain(
+                self.violations()
+                    .iter()
+                    .take(PRINTED_VIOLATIONS)
+                    .map(ToString::to_string),
+            )
+            .collect()
     }
 
     fn check(&self, access: &TranslatedAccess, seen: Seen, memory: &GuestRam) {

@@ -6,6 +6,48 @@
 pub mod configuration;
 pub mod msix;
 
+/// The dword index of the first capability with ID `id` in a 256-byte configuration space read
+/// through `read_dword` (dword index → value): the list from the capability pointer, ended by
+/// an offset below 0x40 (the header) or past the space, and after 48 hops (a list with a loop).
+/// Hosts of a function they reach only through its configuration space use it (a vfio-user
+/// server programming MSI-X, a VMM emulating it for an out-of-process function).
+pub fn find_capability(mut read_dword: impl FnMut(usize) -> u32, id: u8) -> Option<usize> {
+    let pointer = read_dword(configuration::CAPABILITY_POINTER_OFFSET / 4);
+    let mut offset = (pointer & 0xfc) as usize;
+    for _ in 0..48 {
+        if !(0x40..=0xfc).contains(&offset) {
+            return None;
+        }
+        let header = read_dword(offset / 4);
+        if header & 0xff == u32::from(id) {
+            return Some(offset / 4);
+        }
+        offset = ((header >> 8) & 0xfc) as usize;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_capability;
+
+    #[test]
+    fn capability_walk_finds_msix_and_stops_on_loops() {
+        let mut config = [0u32; 64];
+        let link = |config: &mut [u32; 64], at: usize, id: u8, next: u8| {
+            config[at / 4] = u32::from(id) | (u32::from(next) << 8);
+        };
+        config[0x34 / 4] = 0x40;
+        link(&mut config, 0x40, 0x05, 0x50); // MSI
+        link(&mut config, 0x50, 0x11, 0x00); // MSI-X
+        assert_eq!(find_capability(|r| config[r], 0x11), Some(0x50 / 4));
+        link(&mut config, 0x40, 0x05, 0x40); // a loop
+        assert_eq!(find_capability(|r| config[r], 0x11), None);
+        config[0x34 / 4] = 0x10; // into the header
+        assert_eq!(find_capability(|r| config[r], 0x05), None);
+    }
+}
+
 /// A memory BAR as currently decoded by the function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BarRegion {

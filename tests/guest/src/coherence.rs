@@ -531,15 +531,17 @@ pub const GROUPS: &[&str] = &[
     "teardown",
 ];
 
-/// Runs the check groups named in `only` (all when empty).
-pub fn run(c: &mut Checks, only: &[String]) -> Result<()> {
-    let wanted = |g: &str| only.is_empty() || only.iter().any(|o| o == g);
+/// Runs the check groups named in `only` (all when empty), less those in `skip`.
+pub fn run(c: &mut Checks, only: &[String], skip: &[String]) -> Result<()> {
+    let wanted =
+        |g: &str| (only.is_empty() || only.iter().any(|o| o == g)) && !skip.iter().any(|s| s == g);
     let dev = Context::open()?;
     let groups: Vec<&str> = if only.is_empty() {
         GROUPS.to_vec()
     } else {
         only.iter().map(String::as_str).collect()
     };
+    let groups: Vec<&str> = groups.into_iter().filter(|g| wanted(g)).collect();
     for group in groups {
         println!("rmnic-guest: coherence group {group}");
         match group {

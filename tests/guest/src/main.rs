@@ -34,9 +34,13 @@ enum Command {
     /// Runs the coherence checks: every opcode, first-touch faults, munmap, mprotect,
     /// fork/COW, exit with commands in flight, many processes.
     Coherence {
-        /// Run only these groups (ops, faults, munmap, mprotect, fork, processes).
+        /// Run only these groups (ops, faults, munmap, mprotect, fork, poll, processes,
+        /// teardown).
         #[arg(long)]
         only: Vec<String>,
+        /// Leave these groups out.
+        #[arg(long)]
+        skip: Vec<String>,
     },
     /// The platform reproducer: parallel workers that make the guest exit to the VMM as often
     /// as they can (register or port I/O storms, mprotect toggling next to device operations,
@@ -68,7 +72,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Probe { cpus } => probe(cpus),
         Command::Demo => demo().map(|()| ExitCode::SUCCESS),
-        Command::Coherence { only } => coherence(&only),
+        Command::Coherence { only, skip } => coherence(&only, &skip),
         Command::Stress { seconds, no_device } => {
             start_watchdog();
             stress::run(seconds, !no_device).map(|ok| {
@@ -223,10 +227,10 @@ fn start_watchdog() {
     });
 }
 
-fn coherence(only: &[String]) -> Result<ExitCode> {
+fn coherence(only: &[String], skip: &[String]) -> Result<ExitCode> {
     start_watchdog();
     let mut checks = Checks::default();
-    let result = coherence::run(&mut checks, only);
+    let result = coherence::run(&mut checks, only, skip);
     println!(
         "coherence summary: {} checks, {} failed",
         checks.total, checks.failed

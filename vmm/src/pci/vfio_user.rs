@@ -25,7 +25,7 @@ use rmnic_device::pci::msix::{
     Msix, MSIX_CAPABILITY_ID, MSIX_CONTROL_ENABLE, MSIX_CONTROL_FUNCTION_MASK,
     MSIX_CONTROL_TABLE_SIZE_MASK,
 };
-use rmnic_device::pci::{BarRegion, PciDevice};
+use rmnic_device::pci::{find_capability, BarRegion, PciDevice};
 use rmnic_device_server::client::{Client, ClientError};
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD,
@@ -166,7 +166,7 @@ impl VfioUserFunction {
                 config[reg * 4 + 3],
             ])
         };
-        let msix_reg = find_capability(&config, MSIX_CAPABILITY_ID)
+        let msix_reg = find_capability(dword, MSIX_CAPABILITY_ID)
             // The capability is 12 bytes: it must end inside the 256 read.
             .filter(|reg| reg * 4 + 12 <= config.len())
             .ok_or_else(|| unsupported("no MSI-X capability".into()))?;
@@ -392,21 +392,6 @@ impl Drop for VfioUserFunction {
     }
 }
 
-/// The dword index of capability `id` in a configuration space image.
-fn find_capability(config: &[u8; 256], id: u8) -> Option<usize> {
-    let mut offset = usize::from(config[0x34] & 0xfc);
-    for _ in 0..48 {
-        if !(0x40..=0xfc).contains(&offset) {
-            return None;
-        }
-        if config[offset] == id {
-            return Some(offset / 4);
-        }
-        offset = usize::from(config[offset + 1] & 0xfc);
-    }
-    None
-}
-
 /// Waits on the server's eventfds and raises each signalled vector in `msix`.
 fn spawn_relay(
     eventfds: Vec<EventFd>,
@@ -458,23 +443,4 @@ fn spawn_relay(
                 }
             }
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::find_capability;
-
-    #[test]
-    fn capability_walk_finds_msix_and_stops_on_loops() {
-        let mut config = [0u8; 256];
-        config[0x34] = 0x40;
-        config[0x40] = 0x05; // MSI
-        config[0x41] = 0x50;
-        config[0x50] = 0x11; // MSI-X
-        assert_eq!(find_capability(&config, 0x11), Some(0x50 / 4));
-        config[0x41] = 0x40; // a loop
-        assert_eq!(find_capability(&config, 0x11), None);
-        config[0x34] = 0x10; // into the header
-        assert_eq!(find_capability(&config, 0x05), None);
-    }
 }
