@@ -7,9 +7,11 @@
 //! [`EventLog::read_since`] learns exactly how many events it missed. Event classes can be
 //! masked off (hits are the hot path; reads of MMIO registers are off by default).
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use crate::addr::{PageSize, VirtAddr};
 use crate::commands::Status;
@@ -207,6 +209,33 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The context the event belongs to, if it belongs to one.
+    pub fn context(&self) -> Option<u8> {
+        match *self {
+            Self::Doorbell { ctx }
+            | Self::Hit { ctx, .. }
+            | Self::Miss { ctx, .. }
+            | Self::Fill { ctx, .. }
+            | Self::DropInDiscarded { ctx, .. }
+            | Self::FaultRecord { ctx, .. }
+            | Self::Completion { ctx, .. }
+            | Self::ContextState { ctx, .. } => Some(ctx),
+            _ => None,
+        }
+    }
+
+    /// Whether the event concerns context `ctx` with ASID `asid`: its own events, and evictions
+    /// and invalidations of the ASID's entries.
+    pub fn concerns(&self, ctx: u8, asid: u16) -> bool {
+        match *self {
+            Self::Eviction { asid: a, .. } => a == asid,
+            Self::Invalidation { kind, asid: a, .. } => {
+                kind == InvalidationKind::Global || a == asid
+            }
+            _ => self.context() == Some(ctx),
+        }
+    }
+
     /// The class bit the event belongs to.
     pub fn class(&self) -> u32 {
         match self {
@@ -225,11 +254,168 @@ impl EventKind {
     }
 }
 
+impl EventKind {
+    /// A short name of the kind (a trace viewer's slice name).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::MmioWrite { .. } => "mmio write",
+            Self::MmioRead { .. } => "mmio read",
+            Self::Doorbell { .. } => "doorbell",
+            Self::InvalidationDoorbell { .. } => "invalidation doorbell",
+            Self::Hit { .. } => "hit",
+            Self::Miss { .. } => "miss",
+            Self::Fill { .. } => "drop-in",
+            Self::DropInDiscarded { .. } => "drop-in discarded",
+            Self::Eviction { .. } => "eviction",
+            Self::Invalidation { dropped: true, .. } => "invalidation dropped",
+            Self::Invalidation { .. } => "invalidation",
+            Self::InvalidationComplete { .. } => "invalidation done",
+            Self::FaultRecord { .. } => "fault record",
+            Self::Completion { .. } => "completion",
+            Self::Interrupt { .. } => "interrupt",
+            Self::ContextState { .. } => "context state",
+            Self::DeviceError { .. } => "device error",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.name();
+        match *self {
+            Self::MmioWrite { offset, value } | Self::MmioRead { offset, value } => {
+                write!(f, "{name} BAR0+{offset:#x} = {value:#x}")
+            }
+            Self::Doorbell { ctx } => write!(f, "{name} ctx {ctx}"),
+            Self::InvalidationDoorbell { tail } => write!(f, "{name} tail {tail}"),
+            Self::Hit {
+                ctx,
+                asid,
+                va,
+                gpa,
+                fill_id,
+            } => write!(
+                f,
+                "{name} ctx {ctx} asid {asid} va {va} -> {gpa:#x} (fill {fill_id})"
+            ),
+            Self::Miss {
+                ctx,
+                asid,
+                va,
+                access,
+                reason,
+            } => write!(
+                f,
+                "{name} ctx {ctx} asid {asid} va {va} access {access:#x} reason {reason}"
+            ),
+            Self::Fill {
+                ctx,
+                asid,
+                va,
+                gpa,
+                size,
+                perms,
+                fill_id,
+            } => write!(
+                f,
+                "{name} ctx {ctx} asid {asid} va {va} -> {gpa:#x} size {:#x} perms {perms:#x} \
+                 (fill {fill_id})",
+                size.bytes()
+            ),
+            Self::DropInDiscarded { ctx, va } => write!(f, "{name} ctx {ctx} va {va}"),
+            Self::Eviction { asid, va, fill_id } => {
+                write!(f, "{name} asid {asid} va {va} (fill {fill_id})")
+            }
+            Self::Invalidation {
+                kind,
+                asid,
+                start,
+                end,
+                seq,
+                removed,
+                ..
+            } => match kind {
+                InvalidationKind::Range => write!(
+                    f,
+                    "{name} #{seq} asid {asid} [{start:#x}, {end:#x}) removed {removed}"
+                ),
+                InvalidationKind::Asid => {
+                    write!(f, "{name} #{seq} asid {asid} (all) removed {removed}")
+                }
+                InvalidationKind::Global => write!(f, "{name} #{seq} global removed {removed}"),
+            },
+            Self::InvalidationComplete { seq } => write!(f, "{name} up to #{seq}"),
+            Self::FaultRecord { ctx, va, index } => {
+                write!(f, "{name} ctx {ctx} va {va} (record {index})")
+            }
+            Self::Completion { ctx, id, status } => {
+                write!(f, "{name} ctx {ctx} command {id} {status:?}")
+            }
+            Self::Interrupt { vector, delivery } => match delivery {
+                Some(delivery) => write!(f, "{name} vector {vector} {delivery:?}"),
+                None => write!(f, "{name} vector {vector} lost (injected)"),
+            },
+            Self::ContextState { ctx, state, error } => {
+                write!(f, "{name} ctx {ctx} -> {state} (error {error})")
+            }
+            Self::DeviceError { code } => write!(f, "{name} code {code}"),
+            Self::Reset => f.write_str(name),
+        }
+    }
+}
+
+impl std::fmt::Display for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Worker(n) => write!(f, "worker {n}"),
+            Self::Mmio => f.write_str("mmio"),
+        }
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>14.9} s  #{:<8} {:<9} {}",
+            self.time_ns as f64 / 1e9,
+            self.seq,
+            self.recorder.to_string(),
+            self.kind
+        )
+    }
+}
+
+/// The thread that recorded an event: a trace shows each worker's work on its own track.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Recorder {
+    /// Device worker `n` (the engine: accesses, fault records, invalidations, completions).
+    Worker(u8),
+    /// Any other thread: a vCPU's or the vfio-user server's MMIO path, or the host.
+    Mmio,
+}
+
+thread_local! {
+    /// What [`EventLog::record`] stamps on events this thread records.
+    static RECORDER: Cell<Recorder> = const { Cell::new(Recorder::Mmio) };
+}
+
+/// Marks the calling thread as device worker `n` for the events it records from now on.
+pub fn set_worker_thread(n: u8) {
+    RECORDER.with(|r| r.set(Recorder::Worker(n)));
+}
+
 /// One logged event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
     /// Device-wide sequence number, from 1, without gaps among recorded events.
     pub seq: u64,
+    /// Nanoseconds since the log was created (monotonic clock), taken under the log's lock so
+    /// that times never decrease along `seq`.
+    pub time_ns: u64,
+    /// The thread that recorded it.
+    pub recorder: Recorder,
     /// What happened.
     pub kind: EventKind,
 }
@@ -255,6 +441,7 @@ struct Ring {
 pub struct EventLog {
     ring: Mutex<Ring>,
     mask: AtomicU32,
+    started: Instant,
 }
 
 impl EventLog {
@@ -268,6 +455,7 @@ impl EventLog {
                 next_seq: 1,
             }),
             mask: AtomicU32::new(mask),
+            started: Instant::now(),
         }
     }
 
@@ -288,13 +476,21 @@ impl EventLog {
         if !self.enabled(kind.class()) {
             return;
         }
+        let recorder = RECORDER.with(Cell::get);
         let mut ring = self.lock();
         if ring.events.len() == ring.capacity {
             ring.events.pop_front();
         }
         let seq = ring.next_seq;
         ring.next_seq += 1;
-        ring.events.push_back(Event { seq, kind });
+        // CAST: u64 nanoseconds cover 584 years of uptime.
+        let time_ns = self.started.elapsed().as_nanos() as u64;
+        ring.events.push_back(Event {
+            seq,
+            time_ns,
+            recorder,
+            kind,
+        });
     }
 
     /// Sets the recorded classes (`EVENT_*` bits).
@@ -391,6 +587,27 @@ mod tests {
         });
         assert_eq!(log.snapshot().len(), 1);
         assert_eq!(log.mask(), EVENT_ALL & !EVENT_DOORBELL);
+    }
+
+    #[test]
+    fn events_carry_increasing_times_and_their_recording_thread() {
+        let log = std::sync::Arc::new(EventLog::new(8, EVENT_ALL));
+        log.record(doorbell(0));
+        let worker_log = log.clone();
+        std::thread::spawn(move || {
+            set_worker_thread(3);
+            worker_log.record(EventKind::Reset);
+        })
+        .join()
+        .expect("worker thread");
+        log.record(doorbell(1));
+        let events = log.snapshot();
+        let recorders: Vec<Recorder> = events.iter().map(|e| e.recorder).collect();
+        assert_eq!(
+            recorders,
+            [Recorder::Mmio, Recorder::Worker(3), Recorder::Mmio]
+        );
+        assert!(events.windows(2).all(|w| w[0].time_ns <= w[1].time_ns));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod error_code;
 pub mod events;
 pub mod fault_ring;
 pub mod inject;
+pub mod inspect;
 pub mod interrupt;
 pub mod invalidation;
 mod mmio;

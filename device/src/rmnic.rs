@@ -300,7 +300,11 @@ impl RmnicDevice {
             let shared = device.shared.clone();
             let worker = std::thread::Builder::new()
                 .name(format!("rmnic-worker-{i}"))
-                .spawn(move || run_worker(shared))
+                .spawn(move || {
+                    // CAST: i < MAX_WORKERS (16).
+                    crate::events::set_worker_thread(i as u8);
+                    run_worker(shared)
+                })
                 // Dropping `device` stops the workers already started.
                 .map_err(BuildError::Spawn)?;
             device.workers.push(worker);
@@ -378,6 +382,11 @@ impl RmnicDevice {
     /// The event log; a trace exporter may keep the handle and read it from any thread.
     pub fn event_log(&self) -> Arc<EventLog> {
         self.shared.events.clone()
+    }
+
+    /// A read-only view of the device for a host's control thread (see [`DeviceInspector`]).
+    pub fn inspector(&self) -> crate::inspect::DeviceInspector {
+        crate::inspect::DeviceInspector::new(self.shared.clone())
     }
 
     /// A global statistics counter.

@@ -1,5 +1,5 @@
 //! The coherence oracle: checks every translated device access against the CPU's page tables
-//! as they are at that moment. Not yet wired into rmnic-vmm or rmnic-device-server (issue 9).
+//! as they are at that moment. rmnic-vmm and rmnic-device-server install it (`--coherence-check`).
 //!
 //! It sits on the device's single translate-and-access path through the
 //! [`FaultInjector::translated`] hook, which reports each chunk of an access after the data
@@ -15,11 +15,12 @@
 pub mod page_walk;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::addr::VirtAddr;
 use crate::engine::dma::GuestRam;
+use crate::events::{Event, EventLog};
 use crate::fault_ring::{FAULT_ACCESS_READ, FAULT_ACCESS_WRITE};
 use crate::inject::{
     DmaAccess, DmaVerdict, DropIn, FaultInjector, InvalidationVerdict, TranslatedAccess,
@@ -85,8 +86,11 @@ pub enum Seen {
     DropIn,
 }
 
+/// Events of the violating context kept with a violation (the newest ones before it).
+pub const VIOLATION_EVENTS: usize = 8;
+
 /// One coherence violation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     /// The access (or the drop-in, see `seen`), as the device reported it.
     pub access: TranslatedAccess,
@@ -96,6 +100,9 @@ pub struct Violation {
     pub wrong: Wrong,
     /// Time since the oracle started.
     pub at: Duration,
+    /// The last [`VIOLATION_EVENTS`] device events of the context before the violation, oldest
+    /// first (empty unless the host gave the oracle the device's log, [`Oracle::watch_events`]).
+    pub recent_events: Vec<Event>,
 }
 
 impl std::fmt::Display for Violation {
@@ -155,7 +162,9 @@ pub struct Oracle {
     checked: AtomicU64,
     unregistered: AtomicU64,
     violations: AtomicU64,
+    clean_writes: AtomicU64,
     kept: Mutex<Vec<Violation>>,
+    events: OnceLock<Arc<EventLog>>,
 }
 
 impl Oracle {
@@ -169,8 +178,22 @@ impl Oracle {
             checked: AtomicU64::new(0),
             unregistered: AtomicU64::new(0),
             violations: AtomicU64::new(0),
+            clean_writes: AtomicU64::new(0),
             kept: Mutex::new(Vec::new()),
+            events: OnceLock::new(),
         }
+    }
+
+    /// Gives the oracle the device's event log, so each violation keeps the context's last
+    /// events. The device is built with the oracle as its injector, so this comes after.
+    pub fn watch_events(&self, log: Arc<EventLog>) {
+        let _ = self.events.set(log);
+    }
+
+    /// Checked device writes through a writable CPU leaf whose dirty bit was clear (counted,
+    /// not violations: docs/oracle.md, "Accessed and dirty bits").
+    pub fn clean_pte_writes(&self) -> u64 {
+        self.clean_writes.load(Ordering::Relaxed)
     }
 
     /// Violations found so far.
@@ -192,25 +215,30 @@ impl Oracle {
     pub fn summary(&self) -> String {
         format!(
             "oracle ({:?}): {} translated accesses checked, {} skipped (no page-table root), \
-             {} violations",
+             {} violations, {} writes through clean PTEs",
             self.mode,
             self.checked(),
             self.unregistered.load(Ordering::Relaxed),
-            self.violation_count()
+            self.violation_count(),
+            self.clean_pte_writes()
         )
     }
 
     /// What a host prints at the end of a run: the summary, then the first
     /// [`PRINTED_VIOLATIONS`] violations.
     pub fn report(&self) -> Vec<String> {
-        std::iter::once(self.summary())
-            .chain(
-                self.violations()
-                    .iter()
-                    .take(PRINTED_VIOLATIONS)
-                    .map(ToString::to_string),
-            )
-            .collect()
+        let mut lines = vec![self.summary()];
+        for violation in self.violations().iter().take(PRINTED_VIOLATIONS) {
+            lines.push(violation.to_string());
+            if !violation.recent_events.is_empty() {
+                lines.push(format!(
+                    "  the context's last {} device events before it:",
+                    violation.recent_events.len()
+                ));
+                lines.extend(violation.recent_events.iter().map(|e| format!("    {e}")));
+            }
+        }
+        lines
     }
 
     fn check(&self, access: &TranslatedAccess, seen: Seen, memory: &GuestRam) {
@@ -233,7 +261,12 @@ impl Oracle {
             Walk::Mapped(leaf) if access.access & FAULT_ACCESS_WRITE != 0 && !leaf.writable => {
                 Some(Wrong::WriteToReadOnly)
             }
-            Walk::Mapped(_) => None,
+            Walk::Mapped(leaf) => {
+                if seen == Seen::Access && access.access & FAULT_ACCESS_WRITE != 0 && !leaf.dirty {
+                    self.clean_writes.fetch_add(1, Ordering::Relaxed);
+                }
+                None
+            }
             other => Some(Wrong::NotMapped(other)),
         };
         if let Some(wrong) = wrong {
@@ -245,9 +278,29 @@ impl Oracle {
                     seen,
                     wrong,
                     at: self.started.elapsed(),
+                    recent_events: self.recent_events(access.ctx, access.asid),
                 });
             }
         }
+    }
+}
+
+impl Oracle {
+    /// The context's newest events in the device log (a copy of the bounded log, filtered:
+    /// only on the rare violation path).
+    fn recent_events(&self, ctx: u8, asid: u16) -> Vec<Event> {
+        let Some(log) = self.events.get() else {
+            return Vec::new();
+        };
+        let mut mine: Vec<Event> = log
+            .snapshot()
+            .into_iter()
+            .rev()
+            .filter(|e| e.kind.concerns(ctx, asid))
+            .take(VIOLATION_EVENTS)
+            .collect();
+        mine.reverse();
+        mine
     }
 }
 

@@ -1,0 +1,133 @@
+//! The injector a host installs under its oracle so that faults can be set and cleared while
+//! the guest runs (`fault set|clear` in the control API).
+//!
+//! Every hook reads the current injector under a read lock (uncontended: a few nanoseconds on
+//! the device's paths); a change swaps it under the write lock, so each hook call sees either
+//! the old or the new set of faults, never a mix.
+
+use std::sync::{Arc, RwLock};
+
+use rmnic_device::addr::VirtAddr;
+use rmnic_device::inject::{
+    DmaAccess, DmaVerdict, DropIn, FaultInjector, InvalidationVerdict, NoFaults, TranslatedAccess,
+};
+use rmnic_device::invalidation::InvalidationDescriptor;
+use rmnic_device::GuestRam;
+
+/// The injector `--fault MODES --seed SEED` names.
+fn injector_named(modes: &str, _seed: u64) -> Result<Arc<dyn FaultInjector>, String> {
+    rmnic_device::inject::injector_named(modes)
+}
+
+#[derive(Debug)]
+struct Active {
+    injector: Arc<dyn FaultInjector>,
+    modes: String,
+    seed: u64,
+}
+
+/// Faults that can be changed at run time.
+#[derive(Debug)]
+pub struct FaultSwitch {
+    active: RwLock<Active>,
+}
+
+impl FaultSwitch {
+    /// Injecting `modes` (the `--fault` syntax) with `seed`.
+    pub fn new(modes: &str, seed: u64) -> Result<Self, String> {
+        Ok(Self {
+            active: RwLock::new(Active {
+                injector: injector_named(modes, seed)?,
+                modes: modes.to_string(),
+                seed,
+            }),
+        })
+    }
+
+    fn current(&self) -> Arc<dyn FaultInjector> {
+        self.active
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .injector
+            .clone()
+    }
+
+    /// Replaces the faults; `seed` defaults to the current one. On a bad mode nothing changes.
+    pub fn set(&self, modes: &str, seed: Option<u64>) -> Result<(), String> {
+        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+        let seed = seed.unwrap_or(active.seed);
+        active.injector = injector_named(modes, seed)?;
+        active.modes = modes.to_string();
+        active.seed = seed;
+        Ok(())
+    }
+
+    /// Stops injecting (the seed stays for the next `set`).
+    pub fn clear(&self) {
+        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+        active.injector = Arc::new(NoFaults);
+        active.modes = "none".to_string();
+    }
+
+    /// The active modes as given, and the seed.
+    pub fn describe(&self) -> (String, u64) {
+        let active = self.active.read().unwrap_or_else(|p| p.into_inner());
+        (active.modes.clone(), active.seed)
+    }
+}
+
+impl FaultInjector for FaultSwitch {
+    fn dma(&self, access: &DmaAccess) -> DmaVerdict {
+        self.current().dma(access)
+    }
+
+    fn translated(&self, access: &TranslatedAccess, memory: &GuestRam) {
+        self.current().translated(access, memory);
+    }
+
+    fn dropped_in(&self, dropin: &DropIn, memory: &GuestRam) {
+        self.current().dropped_in(dropin, memory);
+    }
+
+    fn evict_on_hit(&self, ctx: u8, va: VirtAddr) -> bool {
+        self.current().evict_on_hit(ctx, va)
+    }
+
+    fn ignore_permission(&self, ctx: u8, va: VirtAddr) -> bool {
+        self.current().ignore_permission(ctx, va)
+    }
+
+    fn invalidation(&self, descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
+        self.current().invalidation(descriptor)
+    }
+
+    fn interrupt(&self, vector: u16) -> bool {
+        self.current().interrupt(vector)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_change_at_run_time_and_bad_modes_change_nothing() {
+        let switch = FaultSwitch::new("none", 5).expect("mode");
+        let descriptor = InvalidationDescriptor::global(1);
+        assert_eq!(
+            switch.invalidation(&descriptor),
+            InvalidationVerdict::Perform
+        );
+        switch.set("drop-invalidate", None).expect("mode");
+        assert_eq!(switch.invalidation(&descriptor), InvalidationVerdict::Drop);
+        assert_eq!(switch.describe(), ("drop-invalidate".to_string(), 5));
+        assert!(switch.set("bogus", Some(9)).is_err());
+        assert_eq!(switch.describe(), ("drop-invalidate".to_string(), 5));
+        switch.clear();
+        assert_eq!(
+            switch.invalidation(&descriptor),
+            InvalidationVerdict::Perform
+        );
+        assert_eq!(switch.describe().0, "none");
+    }
+}
