@@ -3,9 +3,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::protocol::{Request, Response};
+use crate::protocol::{Envelope, Request, Response};
 
 /// How long a client waits for an answer (a trace through the emulated host's serial relay
 /// takes seconds).
@@ -26,6 +26,9 @@ pub enum ClientError {
     /// The answer is not a response.
     #[error("control socket: unreadable answer: {0}")]
     BadAnswer(serde_json::Error),
+    /// No answer in time.
+    #[error("control socket: no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// A connection to a control API.
@@ -33,30 +36,72 @@ pub enum ClientError {
 pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    timeout: Duration,
+    next_id: u64,
 }
 
 impl Client {
     /// Connects to the server at `path`.
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        Self::connect_with_timeout(path, RESPONSE_TIMEOUT)
+    }
+
+    /// Connects, waiting at most `timeout` for each answer.
+    pub fn connect_with_timeout(path: &Path, timeout: Duration) -> Result<Self, ClientError> {
         let stream =
             UnixStream::connect(path).map_err(|e| ClientError::Connect(path.to_path_buf(), e))?;
-        stream.set_read_timeout(Some(RESPONSE_TIMEOUT))?;
+        stream.set_read_timeout(Some(timeout))?;
         let writer = stream.try_clone()?;
+        // Ids that differ between connections: a late answer to another connection's request
+        // (possible behind the serial relay) is never taken for this one's.
+        let next_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            // CAST: any 64 bits of the clock do.
+            .map_or(1, |d| d.as_nanos() as u64);
         Ok(Self {
             reader: BufReader::new(stream),
             writer,
+            timeout,
+            next_id,
         })
     }
 
-    /// Sends `request` and waits for its response.
+    /// Sends `request` and waits for its response (skipping lines that answer other requests).
     pub fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
-        let mut line = serde_json::to_string(request).map_err(ClientError::BadAnswer)?;
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let envelope = Envelope {
+            id: Some(id),
+            request: request.clone(),
+        };
+        let mut line = serde_json::to_string(&envelope).map_err(ClientError::BadAnswer)?;
         line.push('\n');
         self.writer.write_all(line.as_bytes())?;
-        let mut answer = String::new();
-        if self.reader.read_line(&mut answer)? == 0 {
-            return Err(ClientError::NoAnswer);
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let mut answer = String::new();
+            match self.reader.read_line(&mut answer) {
+                Ok(0) => return Err(ClientError::NoAnswer),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ClientError::Timeout(self.timeout))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let response: Response =
+                serde_json::from_str(&answer).map_err(ClientError::BadAnswer)?;
+            // A server that does not echo ids (none of ours) answers in order.
+            if response.id.is_none_or(|r| r == id) {
+                return Ok(response);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout(self.timeout));
+            }
         }
-        serde_json::from_str(&answer).map_err(ClientError::BadAnswer)
     }
 }

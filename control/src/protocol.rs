@@ -25,7 +25,7 @@ pub enum TraceFormat {
 
 /// One request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
     /// Device counters, live contexts with their counters, oracle counts, active faults.
     Stats,
@@ -66,6 +66,19 @@ pub enum Request {
     },
 }
 
+/// A request as it travels: the request and an optional id the response repeats, so a
+/// client behind a relay (the emulated host's serial line) can tell its answer from a late
+/// answer to an earlier connection's request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Repeated in the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// The request.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
 /// One response.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Response {
@@ -77,6 +90,9 @@ pub struct Response {
     /// What went wrong (absent on success).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The request's id, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
 }
 
 impl Response {
@@ -86,6 +102,7 @@ impl Response {
             ok: true,
             result: Some(result),
             error: None,
+            id: None,
         }
     }
 
@@ -95,6 +112,7 @@ impl Response {
             ok: false,
             result: None,
             error: Some(message.into()),
+            id: None,
         }
     }
 }
@@ -123,9 +141,19 @@ mod tests {
                 format: TraceFormat::Chrome
             })
         );
+        let envelope: Envelope =
+            serde_json::from_str(r#"{"id":7,"command":"tlb","context":3}"#).expect("envelope");
+        assert_eq!(
+            envelope,
+            Envelope {
+                id: Some(7),
+                request: Request::Tlb { context: 3 }
+            }
+        );
         for bad in [
             r#"{"command":"tlb"}"#,
             r#"{"command":"tlb","context":300}"#,
+            r#"{"command":"tlb","context":-1}"#,
             r#"{"command":"reboot"}"#,
             "not json",
         ] {

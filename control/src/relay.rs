@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::client::Client;
-use crate::protocol::{Request, Response};
+use crate::protocol::{Envelope, Response};
 use crate::server::read_request_line;
 
 /// Puts the terminal `port` into raw mode: no echo, no line editing, no CR/LF translation, 8
@@ -41,14 +41,17 @@ fn make_raw(port: &File) -> std::io::Result<()> {
 }
 
 fn forward(socket: &Path, line: &str) -> Response {
-    let request = match serde_json::from_str::<Request>(line) {
-        Ok(request) => request,
+    let envelope = match serde_json::from_str::<Envelope>(line) {
+        Ok(envelope) => envelope,
         Err(e) => return Response::error(format!("bad request: {e}")),
     };
     // The VMM may not be up yet (or already gone): say so rather than wait.
-    match Client::connect(socket).and_then(|mut c| c.request(&request)) {
-        Ok(response) => response,
-        Err(e) => Response::error(format!("relay: {e}")),
+    let response = Client::connect(socket)
+        .and_then(|mut c| c.request(&envelope.request))
+        .unwrap_or_else(|e| Response::error(format!("relay: {e}")));
+    Response {
+        id: envelope.id,
+        ..response
     }
 }
 

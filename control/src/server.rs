@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::handler::DeviceControl;
-use crate::protocol::{Request, Response, MAX_REQUEST_BYTES};
+use crate::protocol::{Envelope, Response, MAX_REQUEST_BYTES};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +60,11 @@ pub(crate) fn read_request_line(
 
 /// Answers one request line.
 pub fn answer(control: &DeviceControl, line: &str) -> Response {
-    match serde_json::from_str::<Request>(line) {
-        Ok(request) => control.handle(&request),
+    match serde_json::from_str::<Envelope>(line) {
+        Ok(envelope) => Response {
+            id: envelope.id,
+            ..control.handle(&envelope.request)
+        },
         Err(e) => Response::error(format!("bad request: {e}")),
     }
 }

@@ -74,6 +74,38 @@ pub fn chrome_json(batch: &EventBatch) -> Value {
     })
 }
 
+/// [`chrome_json`] as text with one trace event per line (a file a line-oriented tool, or a
+/// console, can carry; it parses as the same JSON).
+pub fn chrome_json_lines(batch: &EventBatch) -> String {
+    let value = chrome_json(batch);
+    let mut out = String::from("{\"traceEvents\":[\n");
+    if let Some(events) = value["traceEvents"].as_array() {
+        let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+        out.push_str(&lines.join(",\n"));
+    }
+    out.push_str(&format!(
+        "\n],\n\"displayTimeUnit\":\"ns\",\n\"otherData\":{}\n}}\n",
+        value["otherData"]
+    ));
+    out
+}
+
+/// Writes the whole log to `path`: Chrome trace JSON ([`chrome_json_lines`]) if its name ends
+/// in `.json`, [`text`] otherwise. Returns how many events it wrote.
+pub fn write(
+    path: &std::path::Path,
+    log: &rmnic_device::events::EventLog,
+) -> std::io::Result<usize> {
+    let batch = log.read_since(0);
+    let rendered = if path.extension().is_some_and(|e| e == "json") {
+        chrome_json_lines(&batch)
+    } else {
+        text(&batch)
+    };
+    std::fs::write(path, rendered)?;
+    Ok(batch.events.len())
+}
+
 /// One line per event, oldest first, after a line that says how many were lost.
 pub fn text(batch: &EventBatch) -> String {
     let mut out = format!(
@@ -146,6 +178,9 @@ mod tests {
             .filter_map(|e| e["args"]["name"].as_str())
             .collect();
         assert_eq!(names, ["worker 1", "context 2"]);
+        let lines = chrome_json_lines(&log.read_since(0));
+        let reparsed: Value = serde_json::from_str(&lines).expect("valid JSON");
+        assert_eq!(reparsed, json);
         let text = text(&log.read_since(0));
         assert_eq!(text.lines().count(), 5);
         assert!(text.contains("fault record ctx 2 va 0x7000"), "{text}");

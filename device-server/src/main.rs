@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::sync::Arc;
 
-use rmnic_device::inject::injector_named;
+use rmnic_control::{ApiServer, DeviceControl, FaultSwitch};
 use rmnic_device::oracle::{CheckMode, Oracle};
 use rmnic_device::RmnicConfig;
 use rmnic_device_server::{RmnicFunction, Server};
@@ -27,10 +27,23 @@ struct Cli {
     /// summary is printed when each client leaves.
     #[arg(long, value_name = "MODE", default_value = "full")]
     coherence_check: CheckMode,
-    /// Device-TLB faults to inject, comma-separated (docs/fault-injection.md).
-    #[arg(long, value_name = "MODE", default_value = "none")]
-    fault: String,
+    /// Device-TLB faults to inject (repeatable or comma-separated; docs/fault-injection.md).
+    #[arg(long, value_name = "MODE")]
+    fault: Vec<String>,
+    /// Seed of every random choice fault injection makes [default: from the clock; printed].
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Serve the control API on this Unix socket (`rmnic-vmm ctl --socket PATH ...`).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Write the device's event trace here each time a client leaves (`.json`: Chrome/Perfetto
+    /// trace JSON; otherwise text).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
 }
+
+/// Events the device keeps when a trace or the control API may read them.
+const TRACE_EVENTS: usize = 1 << 17;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -41,24 +54,57 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let fault = match injector_named(&cli.fault) {
-        Ok(fault) => fault,
+    let modes = if cli.fault.is_empty() {
+        "none".to_string()
+    } else {
+        cli.fault.join(",")
+    };
+    let seed = cli.seed.unwrap_or_else(clock_seed);
+    let faults = match FaultSwitch::new(&modes, seed) {
+        Ok(faults) => Arc::new(faults),
         Err(e) => {
             eprintln!("rmnic-device-server: {e}");
             return ExitCode::from(2);
         }
     };
-    let oracle = Arc::new(Oracle::new(cli.coherence_check, fault));
-    let config = RmnicConfig {
+    if modes != "none" {
+        eprintln!(
+            "rmnic-device-server: injecting {modes} with seed {seed} (replay: --seed {seed})"
+        );
+    }
+    let oracle = Arc::new(Oracle::new(cli.coherence_check, faults.clone()));
+    let mut config = RmnicConfig {
         workers: cli.workers,
         injector: oracle.clone(),
         ..RmnicConfig::default()
     };
+    if cli.trace.is_some() || cli.api_socket.is_some() {
+        config.event_log_capacity = TRACE_EVENTS;
+    }
     let function = match RmnicFunction::new(config) {
         Ok(function) => function,
         Err(e) => {
             eprintln!("rmnic-device-server: {e}");
             return ExitCode::from(2);
+        }
+    };
+    let inspector = function.inspector();
+    let events = inspector.event_log();
+    oracle.watch_events(events.clone());
+    let _api = match &cli.api_socket {
+        None => None,
+        Some(path) => {
+            let control = DeviceControl::new(inspector, Some(oracle.clone()), faults.clone());
+            match ApiServer::start(path, control) {
+                Ok(api) => {
+                    eprintln!("rmnic-device-server: control API on {}", path.display());
+                    Some(api)
+                }
+                Err(e) => {
+                    eprintln!("rmnic-device-server: {e}");
+                    return ExitCode::from(2);
+                }
+            }
         }
     };
     let mut server = match Server::bind(&cli.socket, function) {
@@ -86,6 +132,15 @@ fn main() -> ExitCode {
                         eprintln!("rmnic-device-server: {line}");
                     }
                 }
+                if let Some(path) = &cli.trace {
+                    match rmnic_control::trace::write(path, &events) {
+                        Ok(n) => eprintln!(
+                            "rmnic-device-server: {n} device events written to {}",
+                            path.display()
+                        ),
+                        Err(e) => eprintln!("rmnic-device-server: trace {}: {e}", path.display()),
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("rmnic-device-server: {e}");
@@ -96,4 +151,12 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     }
+}
+
+/// A seed from the clock, for runs that name none.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        // CAST: the low 64 bits of nanoseconds are what a seed needs.
+        .map_or(1, |d| d.as_nanos() as u64)
 }

@@ -56,6 +56,11 @@ pub struct RmnicFunction {
 }
 
 impl RmnicFunction {
+    /// A read-only view of the device, for a control API.
+    pub fn inspector(&self) -> rmnic_device::inspect::DeviceInspector {
+        self.device.inspector()
+    }
+
     /// A device in reset state built from `config`, with no memory and no eventfds yet.
     pub fn new(config: RmnicConfig) -> std::result::Result<Self, rmnic_device::BuildError> {
         let sink = Arc::new(EventfdSink::new(RMNIC_MSIX_VECTORS));

@@ -6,6 +6,7 @@
 //! (QEMU then exits with `status << 1 | 1`). Either way the caller sees the guest's status.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,6 +71,14 @@ pub struct GuestRun {
     pub host: Option<EmulatedHost>,
     /// Extra words for the guest kernel's command line (`RMNIC_GUEST_APPEND`).
     pub guest_append: String,
+    /// Serve the device's control API on this Unix socket of this machine while the guest
+    /// runs. Direct and qemu modes: the device's host listens on it. Emulated mode: it is the
+    /// emulated host's second serial port, relayed inside to rmnic-vmm's socket.
+    pub api_socket: Option<PathBuf>,
+    /// Write the device's event trace here (`.json`: Chrome/Perfetto JSON, else text). In
+    /// emulated mode the emulated host prints it on the console after rmnic-vmm exits and the
+    /// harness takes it out.
+    pub trace: Option<PathBuf>,
 }
 
 impl GuestRun {
@@ -91,7 +100,24 @@ impl GuestRun {
             echo: false,
             host: None,
             guest_append: std::env::var("RMNIC_GUEST_APPEND").unwrap_or_default(),
+            api_socket: None,
+            trace: None,
         }
+    }
+
+    /// Options for the device's host that serve the control API and write the trace (direct
+    /// and qemu modes, where that host runs on this machine).
+    fn control_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(path) = &self.api_socket {
+            args.push("--api-socket".to_string());
+            args.push(path.display().to_string());
+        }
+        if let Some(path) = &self.trace {
+            args.push("--trace".to_string());
+            args.push(path.display().to_string());
+        }
+        args
     }
 
     /// Runs `command` after the programs already named, in the same boot (the guest's init
@@ -188,6 +214,9 @@ pub enum LaunchError {
         /// Last console lines.
         tail: String,
     },
+    /// The trace could not be taken out of the emulated host.
+    #[error("trace: {0}")]
+    Trace(String),
     /// `rmnic-device-server` did not come up (`qemu` mode).
     #[error("{0}")]
     DeviceServer(String),
@@ -320,7 +349,8 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
     let mut cmd = match mode {
         HostMode::Direct if guest.out_of_process_device => {
             images.require(&[DEVICE_SERVER])?;
-            let mut server = DeviceServer::start(images, &guest.device_args)?;
+            let args = [guest.device_args.clone(), guest.control_args()].concat();
+            let mut server = DeviceServer::start(images, &args)?;
             readers.extend(capture(server.child(), &console, guest.echo, start));
             let mut cmd = direct_command(images, guest);
             cmd.arg("--device")
@@ -330,7 +360,7 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
         }
         HostMode::Direct => {
             let mut cmd = direct_command(images, guest);
-            cmd.args(&guest.device_args);
+            cmd.args(&guest.device_args).args(guest.control_args());
             cmd
         }
         HostMode::Emulated => {
@@ -342,7 +372,8 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
         }
         HostMode::Qemu => {
             images.require(&[DEVICE_SERVER, QEMU, QEMU_DATA])?;
-            let mut server = DeviceServer::start(images, &guest.device_args)?;
+            let args = [guest.device_args.clone(), guest.control_args()].concat();
+            let mut server = DeviceServer::start(images, &args)?;
             readers.extend(capture(server.child(), &console, guest.echo, start));
             let cmd = qemu_command(images, guest, server.socket());
             device_server = Some(server);
@@ -384,9 +415,14 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
         let _ = reader.join();
     }
     let Console {
-        text: console,
+        text: mut console,
         timeline,
     } = std::mem::take(&mut *lock(&console));
+    if mode == HostMode::Emulated {
+        if let Some(path) = &guest.trace {
+            console = take_trace(&console, path)?;
+        }
+    }
     let elapsed = start.elapsed();
     let status = match mode {
         HostMode::Direct => status.code().unwrap_or(-1),
@@ -482,7 +518,73 @@ fn emulated_command(images: &Images, guest: &GuestRun, host: &EmulatedHost) -> C
             },
             host.kernel_append
         ));
+    if let Some(path) = &guest.api_socket {
+        // The emulated host's second serial port (COM2) is the socket; host-init relays it to
+        // rmnic-vmm's control socket.
+        cmd.arg("-chardev")
+            .arg(format!(
+                "socket,id=rmnicapi,path={},server=on,wait=off",
+                path.display()
+            ))
+            .args(["-device", "isa-serial,chardev=rmnicapi,index=1"]);
+        append_host_word(&mut cmd, "rmnic_api=1");
+    }
+    if let Some(path) = &guest.trace {
+        let format = if path.extension().is_some_and(|e| e == "json") {
+            "json"
+        } else {
+            "text"
+        };
+        append_host_word(&mut cmd, &format!("rmnic_trace={format}"));
+    }
     cmd
+}
+
+/// Adds a word to the emulated host's kernel command line (the last `-append` argument).
+fn append_host_word(cmd: &mut Command, word: &str) {
+    let args: Vec<std::ffi::OsString> = cmd.get_args().map(ToOwned::to_owned).collect();
+    let Some(at) = args.iter().position(|a| a == "-append") else {
+        return;
+    };
+    let mut line = args[at + 1].clone();
+    line.push(" ");
+    line.push(word);
+    let program = cmd.get_program().to_owned();
+    let mut fresh = Command::new(program);
+    for (i, arg) in args.iter().enumerate() {
+        fresh.arg(if i == at + 1 { &line } else { arg });
+    }
+    *cmd = fresh;
+}
+
+/// Prefix of the trace lines the emulated host prints after rmnic-vmm exits.
+const TRACE_LINE_PREFIX: &str = "rmnic-trace: ";
+
+/// Writes the trace the emulated host printed to `path` and returns the console without it.
+fn take_trace(console: &str, path: &std::path::Path) -> Result<String, LaunchError> {
+    let mut trace = String::new();
+    let mut rest = String::with_capacity(console.len());
+    for line in console.lines() {
+        match line.strip_prefix(TRACE_LINE_PREFIX) {
+            Some(event) => {
+                trace.push_str(event.trim_end_matches('\r'));
+                trace.push('\n');
+            }
+            None => {
+                rest.push_str(line);
+                rest.push('\n');
+            }
+        }
+    }
+    if trace.is_empty() {
+        return Err(LaunchError::Trace(format!(
+            "the emulated host printed no trace; last console lines:\n{}",
+            tail(console)
+        )));
+    }
+    std::fs::write(path, trace)
+        .map_err(|e| LaunchError::Trace(format!("{}: {e}", path.display())))?;
+    Ok(rest)
 }
 
 /// The emulated host kernel's command line: a quiet boot (host-init raises the console level

@@ -80,11 +80,33 @@ pub struct Cli {
     #[arg(long, value_name = "POLICY", default_value = "fail", value_parser = ["fail", "report"])]
     pub violations: String,
 
-    /// Device-TLB faults to inject into the in-process device, comma-separated: `none`,
-    /// `drop-invalidate`, `ignore-permission` (device bugs the oracle must report), `evict:N`,
-    /// `delay-invalidate:MS` (still coherent), `dma-error:N`. docs/fault-injection.md.
-    #[arg(long, value_name = "MODE", default_value = "none")]
-    pub fault: String,
+    /// Device-TLB faults to inject into the in-process device (repeatable, or
+    /// comma-separated), e.g. `drop-invalidate`, `evict:0.1`, `delay-invalidate:20ms`.
+    /// docs/fault-injection.md lists every mode; `fault set` changes them at run time.
+    #[arg(long, value_name = "MODE")]
+    pub fault: Vec<String>,
+
+    /// Seed of every random choice fault injection makes [default: from the clock]; the VMM
+    /// prints the seed it used, so a failing run can be replayed with it.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Serve the control API on this Unix socket (`rmnic-vmm ctl --socket PATH ...`).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+
+    /// Write the device's event trace here when the VM stops: Chrome/Perfetto trace JSON if
+    /// the name ends in `.json`, text otherwise.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+}
+
+/// A seed from the clock, for runs that name none.
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        // CAST: the low 64 bits of nanoseconds are what a seed needs.
+        .map_or(1, |d| d.as_nanos() as u64)
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
@@ -136,7 +158,14 @@ impl Cli {
             device: self.device,
             coherence_check: self.coherence_check,
             violations_fail: self.violations == "fail",
-            fault: self.fault,
+            fault: if self.fault.is_empty() {
+                "none".to_owned()
+            } else {
+                self.fault.join(",")
+            },
+            seed: self.seed.unwrap_or_else(clock_seed),
+            api_socket: self.api_socket,
+            trace: self.trace,
         };
         config.validate()?;
         Ok(config)

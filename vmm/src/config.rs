@@ -60,6 +60,12 @@ pub enum ConfigError {
     /// An unknown `--fault` mode.
     #[error("{0}")]
     Fault(String),
+    /// The control API and the trace need the device in this process.
+    #[error(
+        "--api-socket and --trace serve an in-process device; with --device vfio-user give \
+         them to rmnic-device-server"
+    )]
+    OutOfProcessControl,
     /// No home directory to derive the default image directory from.
     #[error("Neither RMNIC_IMAGES nor HOME is set; pass --kernel and --initrd")]
     NoImageDir,
@@ -123,6 +129,13 @@ pub struct VmConfig {
     pub violations_fail: bool,
     /// Fault to inject (`rmnic_device::inject::injector_named`).
     pub fault: String,
+    /// Seed of every random choice fault injection makes.
+    pub seed: u64,
+    /// Where to serve the control API (in-process device only).
+    pub api_socket: Option<PathBuf>,
+    /// Where to write the device's event trace when the VM stops (`.json`: Chrome trace
+    /// JSON; anything else: text).
+    pub trace: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -143,6 +156,9 @@ impl VmConfig {
             coherence_check: rmnic_device::oracle::CheckMode::Full,
             violations_fail: true,
             fault: "none".to_owned(),
+            seed: 0,
+            api_socket: None,
+            trace: None,
         }
     }
 
@@ -158,6 +174,11 @@ impl VmConfig {
             return Err(ConfigError::Workers(self.device_workers));
         }
         rmnic_device::inject::injector_named(&self.fault).map_err(ConfigError::Fault)?;
+        if self.device != DeviceSource::InProcess
+            && (self.api_socket.is_some() || self.trace.is_some())
+        {
+            return Err(ConfigError::OutOfProcessControl);
+        }
         if !self.kernel.is_file() {
             return Err(ConfigError::KernelMissing(self.kernel.clone()));
         }

@@ -20,6 +20,7 @@ pub mod boot;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod devices;
 pub mod exit;
 pub mod interrupts;

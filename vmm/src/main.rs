@@ -10,6 +10,9 @@ use rmnic_vmm::STATUS_START_FAILURE;
 
 fn main() -> ExitCode {
     init_logging();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
+        return ctl();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -35,6 +38,28 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("rmnic-vmm: error: {e:#}");
             ExitCode::from(STATUS_START_FAILURE)
+        }
+    }
+}
+
+/// `rmnic-vmm ctl ...`: exit status 0 on success, 1 with one line on stderr otherwise.
+fn ctl() -> ExitCode {
+    let cli = match rmnic_vmm::ctl::CtlCli::try_parse_from(std::env::args_os().skip(1)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match rmnic_vmm::ctl::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rmnic-vmm ctl: error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

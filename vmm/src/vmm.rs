@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rmnic_device::inject::injector_named;
+use rmnic_control::{ApiServer, DeviceControl, FaultSwitch};
+use rmnic_device::events::{EventLog, EVENT_DEFAULT};
 use rmnic_device::oracle::{CheckMode, Oracle};
 use rmnic_device::{RmnicConfig, RmnicDevice};
 use vmm_sys_util::eventfd::EventFd;
@@ -50,6 +51,9 @@ pub enum VmmError {
     /// The rmnic device model could not be built.
     #[error("Cannot build the rmnic device")]
     Device(#[from] rmnic_device::rmnic::BuildError),
+    /// The control API could not start.
+    #[error(transparent)]
+    Api(#[from] rmnic_control::server::ServerError),
     /// The out-of-process device could not be attached.
     #[error(transparent)]
     VfioUser(#[from] VfioUserError),
@@ -96,6 +100,10 @@ pub struct Vmm {
     built_at: Instant,
     /// The coherence oracle on the in-process device, if it checks anything.
     oracle: Option<Arc<Oracle>>,
+    /// The control API, while the VM runs.
+    api: Option<ApiServer>,
+    /// The in-process device's event log, for `--trace`.
+    events: Option<Arc<EventLog>>,
     /// Kept alive for as long as vCPUs may run: KVM's memory slots point into it. Last
     /// field, so it is unmapped only after the VM and vCPU fds are closed.
     ram: GuestRam,
@@ -148,21 +156,45 @@ impl Vmm {
         let mut pci = PciRoot::new();
         pci.add_device(HOST_BRIDGE_SLOT, Arc::new(Mutex::new(HostBridge::new())))?;
         let msi = Arc::new(DeviceMsi::new("rmnic 00:01.0", router.clone()));
-        let fault = injector_named(&config.fault).map_err(ConfigError::Fault)?;
+        let faults =
+            Arc::new(FaultSwitch::new(&config.fault, config.seed).map_err(ConfigError::Fault)?);
+        if config.fault != "none" {
+            eprintln!(
+                "rmnic-vmm: injecting {} with seed {} (replay: --seed {})",
+                config.fault, config.seed, config.seed
+            );
+        }
         let oracle = (config.coherence_check != CheckMode::Off)
-            .then(|| Arc::new(Oracle::new(config.coherence_check, fault.clone())));
+            .then(|| Arc::new(Oracle::new(config.coherence_check, faults.clone())));
         let mut device_config = RmnicConfig {
             tlb: config.tlb_geometry()?,
             workers: config.device_workers,
             ..RmnicConfig::default()
         };
+        if config.trace.is_some() || config.api_socket.is_some() {
+            // A trace is read after the fact: keep more than the default few thousand events.
+            device_config.event_log_capacity = TRACE_EVENTS;
+            device_config.event_mask = EVENT_DEFAULT;
+        }
         device_config.injector = match &oracle {
             Some(oracle) => oracle.clone(),
-            None => fault,
+            None => faults.clone(),
         };
+        let mut api = None;
+        let mut events = None;
         match &config.device {
             DeviceSource::InProcess => {
                 let rmnic = RmnicDevice::with_memory(ram.memory.clone(), device_config, msi)?;
+                let inspector = rmnic.inspector();
+                if let Some(oracle) = &oracle {
+                    oracle.watch_events(inspector.event_log());
+                }
+                events = Some(inspector.event_log());
+                if let Some(path) = &config.api_socket {
+                    let control = DeviceControl::new(inspector, oracle.clone(), faults.clone());
+                    api = Some(ApiServer::start(path, control)?);
+                    eprintln!("rmnic-vmm: control API on {}", path.display());
+                }
                 pci.add_device(RMNIC_SLOT, Arc::new(Mutex::new(rmnic)))?;
             }
             DeviceSource::VfioUser(socket) => {
@@ -220,6 +252,8 @@ impl Vmm {
             serial,
             bars,
             built_at: started,
+            api,
+            events,
             oracle: match config.device {
                 DeviceSource::InProcess => oracle,
                 DeviceSource::VfioUser(_) => None,
@@ -286,9 +320,22 @@ impl Vmm {
             std::mem::forget(self.vm);
         }
         let _ = std::io::stdout().flush();
+        drop(self.api);
+        if let (Some(path), Some(events)) = (&self.config.trace, &self.events) {
+            match rmnic_control::trace::write(path, events) {
+                Ok(count) => eprintln!(
+                    "rmnic-vmm: {count} device events written to {}",
+                    path.display()
+                ),
+                Err(e) => eprintln!("rmnic-vmm: trace {}: {e}", path.display()),
+            }
+        }
         Ok(oracle_verdict(oracle.as_deref(), violations_fail, reason))
     }
 }
+
+/// Events a device keeps when a trace or the control API may read them (about 5 MiB).
+pub const TRACE_EVENTS: usize = 1 << 17;
 
 /// Prints the oracle's summary and violations; with `--violations fail`, a normal guest exit
 /// becomes [`ExitReason::CoherenceViolations`] when there were any.

@@ -54,6 +54,15 @@ enum Command {
         #[arg(long)]
         no_device: bool,
     },
+    /// For the control API test: opens a context, maps two 4-page buffers, munmaps a third
+    /// (an invalidation), then copies between the two every 20 ms, so the device's TLB holds
+    /// their translations, until a copy fails with a device error (the test injects one from
+    /// outside with `fault set dma-error:1`) or `seconds` pass (exit status 1).
+    AwaitFault {
+        /// Give up after this long.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+    },
     /// Exits with `status` (tests that a guest failure reaches the host).
     Fail {
         /// Status to exit with.
@@ -83,6 +92,13 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::AwaitFault { seconds } => await_fault(seconds).map(|seen| {
+            if seen {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
         Command::Fail { status } => {
             println!("rmnic-guest: failing on purpose with status {status}");
             Ok(ExitCode::from(status))
@@ -241,6 +257,42 @@ fn coherence(only: &[String], skip: &[String]) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// See `Command::AwaitFault`. Ok(true) when the injected device error arrived.
+fn await_fault(seconds: u64) -> Result<bool> {
+    let device = Context::open()?;
+    let len = 4 * 4096;
+    let mut src = rmnic_guest::Mapping::new(len, false)?;
+    let dst = rmnic_guest::Mapping::new(len, false)?;
+    src.bytes_mut().fill(0x5a);
+    // A buffer the device touches once, then munmapped: one invalidation in the trace.
+    let gone = rmnic_guest::Mapping::new(len, false)?;
+    device.copy(dst.addr(), gone.addr(), len as u64)??;
+    drop(gone);
+    device.copy(dst.addr(), src.addr(), len as u64)??;
+    println!(
+        "rmnic-guest: await-fault: ready, copying {:#x} -> {:#x} every 20 ms",
+        src.addr(),
+        dst.addr()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let mut copies = 0u64;
+    while std::time::Instant::now() < deadline {
+        match device.copy(dst.addr(), src.addr(), len as u64)? {
+            Ok(()) => copies += 1,
+            Err(e) if e.status == rmnic_abi::status::DEVICE_ERROR => {
+                println!(
+                    "rmnic-guest: await-fault: injected device error seen after {copies} copies"
+                );
+                return Ok(true);
+            }
+            Err(e) => anyhow::bail!("copy failed with something else than a device error: {e}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    println!("rmnic-guest: await-fault: no device error within {seconds} s ({copies} copies)");
+    Ok(false)
 }
 
 fn demo() -> Result<()> {
