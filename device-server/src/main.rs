@@ -41,7 +41,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let fault = match injector_named(&cli.fault) {
+    // seed wired by the CLI in the main branch
+    let fault = match injector_named(&cli.fault, 0) {
         Ok(fault) => fault,
         Err(e) => {
             eprintln!("rmnic-device-server: {e}");

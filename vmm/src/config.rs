@@ -157,7 +157,8 @@ impl VmConfig {
         if !(1..=rmnic_device::rmnic::MAX_WORKERS).contains(&self.device_workers) {
             return Err(ConfigError::Workers(self.device_workers));
         }
-        rmnic_device::inject::injector_named(&self.fault).map_err(ConfigError::Fault)?;
+        // seed wired by the CLI in the main branch
+        rmnic_device::inject::injector_named(&self.fault, 0).map_err(ConfigError::Fault)?;
         if !self.kernel.is_file() {
             return Err(ConfigError::KernelMissing(self.kernel.clone()));
         }

@@ -148,7 +148,8 @@ impl Vmm {
         let mut pci = PciRoot::new();
         pci.add_device(HOST_BRIDGE_SLOT, Arc::new(Mutex::new(HostBridge::new())))?;
         let msi = Arc::new(DeviceMsi::new("rmnic 00:01.0", router.clone()));
-        let fault = injector_named(&config.fault).map_err(ConfigError::Fault)?;
+        // seed wired by the CLI in the main branch
+        let fault = injector_named(&config.fault, 0).map_err(ConfigError::Fault)?;
         let oracle = (config.coherence_check != CheckMode::Off)
             .then(|| Arc::new(Oracle::new(config.coherence_check, fault.clone())));
         let mut device_config = RmnicConfig {
