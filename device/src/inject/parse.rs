@@ -14,7 +14,7 @@ use super::{Combined, FaultInjector, NoFaults};
 
 /// Fault modes a host's `--fault` accepts, for help and error messages.
 pub const FAULT_MODES: &str = "none, drop-invalidate[:RATE], ignore-permission, evict:RATE \
-     (N >= 2), dma-error:RATE, spurious-miss[:RATE], parity-error[:RATE], lost-irq[:RATE], \
+     (N >= 2), dma-error:RATE, spurious-miss[:RATE] (default 2, N >= 2), parity-error[:RATE], lost-irq[:RATE], \
      duplicate-irq[:RATE], delay-invalidate:DURATION, slow-engine:DURATION, \
      slow-fault:DURATION, stall-invalidate[:N], stale-dropin, reset:N; several separated by \
      commas. RATE is N (every N-th), a probability with a decimal point (0.25) or a fraction \
@@ -83,7 +83,14 @@ fn mode_named(mode: &str, seed: u64, position: usize) -> Result<Arc<dyn FaultInj
             rate => Arc::new(EvictOnHit(Chance::new(rate, stream(seed, position)))),
         },
         "dma-error" => Arc::new(DataDmaError(chance(None)?)),
-        "spurious-miss" => Arc::new(SpuriousMiss(chance(all)?)),
+        // Every hit a miss would never let an access finish: by default every second.
+        "spurious-miss" => match rate(Some(Rate::Every(2)))? {
+            Rate::Every(1) => return Err(bad("would miss on every hit: use N >= 2".into())),
+            Rate::Ratio(ratio) if ratio >= 1.0 => {
+                return Err(bad("would miss on every hit: use a ratio below 1".into()))
+            }
+            rate => Arc::new(SpuriousMiss(Chance::new(rate, stream(seed, position)))),
+        },
         "parity-error" => Arc::new(ParityError(chance(all)?)),
         "lost-irq" => Arc::new(LostInterrupts(chance(all)?)),
         "duplicate-irq" => Arc::new(DuplicateInterrupts(chance(all)?)),
@@ -170,6 +177,8 @@ mod tests {
             "evict",
             "evict:1",
             "evict:1.0",
+            "spurious-miss:1",
+            "spurious-miss:1/1",
             "evict:x",
             "dma-error:0",
             "delay-invalidate",
