@@ -307,7 +307,9 @@ impl Shared {
     }
 
     /// DEV_CONTROL.RESET: back to reset state without writing guest memory. Waits for the
-    /// step each worker is in (at most one access) by taking every lock.
+    /// step each worker is in (at most one access) by taking every lock. Also called by a
+    /// worker (fault injection: `reset:N`) that holds none of them; a worker stalled on an
+    /// invalidation (`stall-invalidate`) holds none either, and wakes on the announcement.
     pub(crate) fn function_reset(&self) {
         let mut contexts: Vec<MutexGuard<'_, Context>> = self.contexts.iter().map(lock).collect();
         let mut asids = lock(&self.asids);
