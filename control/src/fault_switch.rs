@@ -6,18 +6,15 @@
 //! the old or the new set of faults, never a mix.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use rmnic_device::addr::VirtAddr;
 use rmnic_device::inject::{
-    DmaAccess, DmaVerdict, DropIn, FaultInjector, InvalidationVerdict, NoFaults, TranslatedAccess,
+    injector_named, DmaAccess, DmaVerdict, DropIn, FaultInjector, InvalidationVerdict, NoFaults,
+    TranslatedAccess,
 };
 use rmnic_device::invalidation::InvalidationDescriptor;
 use rmnic_device::GuestRam;
-
-/// The injector `--fault MODES --seed SEED` names.
-fn injector_named(modes: &str, _seed: u64) -> Result<Arc<dyn FaultInjector>, String> {
-    rmnic_device::inject::injector_named(modes)
-}
 
 #[derive(Debug)]
 struct Active {
@@ -93,16 +90,44 @@ impl FaultInjector for FaultSwitch {
         self.current().evict_on_hit(ctx, va)
     }
 
+    fn spurious_miss(&self, ctx: u8, va: VirtAddr) -> bool {
+        self.current().spurious_miss(ctx, va)
+    }
+
+    fn parity_error(&self, ctx: u8, va: VirtAddr) -> bool {
+        self.current().parity_error(ctx, va)
+    }
+
     fn ignore_permission(&self, ctx: u8, va: VirtAddr) -> bool {
         self.current().ignore_permission(ctx, va)
+    }
+
+    fn access_delay(&self, ctx: u8) -> Duration {
+        self.current().access_delay(ctx)
     }
 
     fn invalidation(&self, descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
         self.current().invalidation(descriptor)
     }
 
+    fn stale_dropins(&self, descriptor: &InvalidationDescriptor) -> Vec<DropIn> {
+        self.current().stale_dropins(descriptor)
+    }
+
+    fn reset_on_command(&self, ctx: u8) -> bool {
+        self.current().reset_on_command(ctx)
+    }
+
     fn interrupt(&self, vector: u16) -> bool {
         self.current().interrupt(vector)
+    }
+
+    fn duplicate_interrupt(&self, vector: u16) -> bool {
+        self.current().duplicate_interrupt(vector)
+    }
+
+    fn fault_interrupt_delay(&self, ctx: u8) -> Duration {
+        self.current().fault_interrupt_delay(ctx)
     }
 }
 

@@ -307,7 +307,9 @@ impl Shared {
     }
 
     /// DEV_CONTROL.RESET: back to reset state without writing guest memory. Waits for the
-    /// step each worker is in (at most one access) by taking every lock.
+    /// step each worker is in (at most one access) by taking every lock. Also called by a
+    /// worker (fault injection: `reset:N`) that holds none of them; a worker stalled on an
+    /// invalidation (`stall-invalidate`) holds none either, and wakes on the announcement.
     pub(crate) fn function_reset(&self) {
         let mut contexts: Vec<MutexGuard<'_, Context>> = self.contexts.iter().map(lock).collect();
         let mut asids = lock(&self.asids);
@@ -328,6 +330,9 @@ impl Shared {
         for stats in &self.ctx_stats {
             stats.reset();
         }
+        // Announced with every lock held: work that read the generation under one of them
+        // either finished before this reset or sees it.
+        self.resets.announce();
         self.events.record(EventKind::Reset);
     }
 
@@ -558,33 +563,41 @@ impl Shared {
             perms,
             ctx: ctx.index,
         };
+        self.install(fill, ctx.regs.value64(CTX_PTROOT_LO));
+    }
+
+    /// Installs `fill` (for a context whose page tables are rooted at `pt_root`), reports it
+    /// to the drop-in hook, counts and logs it; returns its fill id. The one path of every
+    /// entry into the TLB: drop-ins, and stale drop-ins injected after an invalidation.
+    pub(crate) fn install(&self, fill: TlbFill, pt_root: u64) -> u64 {
         let fill_id = self.tlb_write().insert(fill, &mut self.on_removed());
         self.injector.dropped_in(
             &DropIn {
-                ctx: ctx.index,
-                asid: ctx.asid,
-                va,
-                gpa: GuestAddress(gpa),
-                size: size.bytes(),
-                writable: perms.allows(Perms::WRITE),
+                ctx: fill.ctx,
+                asid: fill.asid,
+                va: fill.va,
+                gpa: fill.gpa,
+                size: fill.size.bytes(),
+                writable: fill.perms.allows(Perms::WRITE),
                 fill_id,
-                pt_root: ctx.regs.value64(CTX_PTROOT_LO),
+                pt_root,
             },
             &self.memory(),
         );
         self.stats.count(GlobalCounter::Fills, 1);
-        if let Some(stats) = self.ctx_stats(ctx.index) {
+        if let Some(stats) = self.ctx_stats(fill.ctx) {
             stats.count(ContextCounter::Fills, 1);
         }
         self.events.record(EventKind::Fill {
-            ctx: ctx.index,
-            asid: ctx.asid,
-            va,
-            gpa,
-            size,
-            perms: perms.bits(),
+            ctx: fill.ctx,
+            asid: fill.asid,
+            va: fill.va,
+            gpa: fill.gpa.0,
+            size: fill.size,
+            perms: fill.perms.bits(),
             fill_id,
         });
+        fill_id
     }
 
     /// RESUME (`abort` None) or ABORT with a status: leaves FAULTED.

@@ -39,8 +39,10 @@ pub const EVENT_COMPLETION: u32 = 1 << 8;
 pub const EVENT_INTERRUPT: u32 = 1 << 9;
 /// Event class: context and device state changes, errors, resets.
 pub const EVENT_STATE: u32 = 1 << 10;
+/// Event class: faults injected by a fault mode (`docs/fault-injection.md`).
+pub const EVENT_INJECTED: u32 = 1 << 11;
 /// Every class.
-pub const EVENT_ALL: u32 = (1 << 11) - 1;
+pub const EVENT_ALL: u32 = (1 << 12) - 1;
 /// The classes logged unless the VMM says otherwise: all but MMIO reads.
 pub const EVENT_DEFAULT: u32 = EVENT_ALL & !EVENT_MMIO_READ;
 /// Default capacity of the log in events.
@@ -55,6 +57,39 @@ pub enum InvalidationKind {
     Asid,
     /// Everything.
     Global,
+}
+
+/// Which fault a fault mode injected (one per mode of `docs/fault-injection.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedFault {
+    /// `drop-invalidate`: a descriptor reported complete without removing anything.
+    DroppedInvalidation,
+    /// `delay-invalidate`: a descriptor waited before it executed.
+    DelayedInvalidation,
+    /// `stall-invalidate`: a descriptor that will not complete before a function reset.
+    StalledInvalidation,
+    /// `stale-dropin`: a remembered drop-in re-installed after an invalidation removed it.
+    StaleDropIn,
+    /// `evict`: a TLB hit evicted its entry and took the miss path.
+    Eviction,
+    /// `spurious-miss`: a TLB hit reported as a miss, the entry kept.
+    SpuriousMiss,
+    /// `parity-error`: a TLB hit found its entry corrupt; the entry is dropped.
+    ParityError,
+    /// `ignore-permission`: an entry used for an access its permissions do not allow.
+    IgnoredPermission,
+    /// `dma-error`: a data DMA failed.
+    DataDmaError,
+    /// `slow-engine`: an access was slowed down.
+    SlowAccess,
+    /// `slow-fault`: a fault interrupt was held back after its record was written.
+    SlowFaultInterrupt,
+    /// `lost-irq`: an interrupt was not raised.
+    LostInterrupt,
+    /// `duplicate-irq`: an interrupt was raised a second time.
+    DuplicateInterrupt,
+    /// `reset`: the device reset itself when a command started.
+    Reset,
 }
 
 /// What happened.
@@ -206,6 +241,13 @@ pub enum EventKind {
     },
     /// The device was reset (function-level reset through `REG_DEV_CONTROL`, or by the VMM).
     Reset,
+    /// A fault mode injected `fault` (for context `ctx` when it concerns one).
+    FaultInjected {
+        /// Context concerned, if any.
+        ctx: Option<u8>,
+        /// What was injected.
+        fault: InjectedFault,
+    },
 }
 
 impl EventKind {
@@ -220,6 +262,7 @@ impl EventKind {
             | Self::FaultRecord { ctx, .. }
             | Self::Completion { ctx, .. }
             | Self::ContextState { ctx, .. } => Some(ctx),
+            Self::FaultInjected { ctx, .. } => ctx,
             _ => None,
         }
     }
@@ -250,6 +293,7 @@ impl EventKind {
             Self::Completion { .. } => EVENT_COMPLETION,
             Self::Interrupt { .. } => EVENT_INTERRUPT,
             Self::ContextState { .. } | Self::DeviceError { .. } | Self::Reset => EVENT_STATE,
+            Self::FaultInjected { .. } => EVENT_INJECTED,
         }
     }
 }
@@ -276,6 +320,7 @@ impl EventKind {
             Self::ContextState { .. } => "context state",
             Self::DeviceError { .. } => "device error",
             Self::Reset => "reset",
+            Self::FaultInjected { .. } => "injected fault",
         }
     }
 }
@@ -361,6 +406,10 @@ impl std::fmt::Display for EventKind {
             }
             Self::DeviceError { code } => write!(f, "{name} code {code}"),
             Self::Reset => f.write_str(name),
+            Self::FaultInjected { ctx, fault } => match ctx {
+                Some(ctx) => write!(f, "{name} ctx {ctx}: {fault:?}"),
+                None => write!(f, "{name}: {fault:?}"),
+            },
         }
     }
 }
@@ -635,6 +684,10 @@ mod tests {
             },
             EventKind::DeviceError { code: 1 },
             EventKind::InvalidationComplete { seq: 1 },
+            EventKind::FaultInjected {
+                ctx: None,
+                fault: InjectedFault::Reset,
+            },
         ];
         for kind in kinds {
             assert!(kind.class().is_power_of_two());

@@ -107,7 +107,7 @@ pub const VERSION_MINOR_SHIFT: u32 = 0;
 /// [`REG_VERSION`] field mask: minor version.
 pub const VERSION_MINOR_MASK: u32 = 0xffff << VERSION_MINOR_SHIFT;
 /// The version of `docs/device-spec.md` the device implements: 1.0.
-pub const RMNIC_SPEC_VERSION: u32 = (1 << VERSION_MAJOR_SHIFT) | (0 << VERSION_MINOR_SHIFT);
+pub const RMNIC_SPEC_VERSION: u32 = (1 << VERSION_MAJOR_SHIFT) | (1 << VERSION_MINOR_SHIFT);
 
 /// [`REG_CAPS`] field: number of contexts.
 pub const CAPS_CONTEXTS_SHIFT: u32 = 0;
@@ -560,7 +560,7 @@ mod tests {
     fn blocks_read_their_reset_values() {
         let block = RegisterBlock::new(&GLOBAL_REGISTERS);
         assert_eq!(block.value(REG_ID), RMNIC_ID_MAGIC);
-        assert_eq!(block.value(REG_VERSION), 0x0001_0000);
+        assert_eq!(block.value(REG_VERSION), 0x0001_0001);
         assert_eq!(block.value(REG_SCRATCH), 0);
         assert_eq!(block.value(REG_CAPS), 0x0004_0140);
         let context = RegisterBlock::new(&CONTEXT_REGISTERS);
@@ -573,10 +573,10 @@ mod tests {
     }
 
     #[test]
-    fn version_fields_decode_to_1_0() {
+    fn version_fields_decode_to_1_1() {
         let major = (RMNIC_SPEC_VERSION & VERSION_MAJOR_MASK) >> VERSION_MAJOR_SHIFT;
         let minor = (RMNIC_SPEC_VERSION & VERSION_MINOR_MASK) >> VERSION_MINOR_SHIFT;
-        assert_eq!((major, minor), (1, 0));
+        assert_eq!((major, minor), (1, 1));
     }
 
     #[test]

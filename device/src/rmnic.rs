@@ -481,6 +481,8 @@ impl RmnicDevice {
 impl Drop for RmnicDevice {
     fn drop(&mut self) {
         self.shared.scheduler.shutdown();
+        // A worker stalled by fault injection waits for a reset that will not come.
+        self.shared.resets.close();
         for worker in self.workers.drain(..) {
             // A worker that panicked has nothing left to clean up.
             let _ = worker.join();

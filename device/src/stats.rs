@@ -45,10 +45,12 @@ pub enum GlobalCounter {
     Errors,
     /// Completion records written.
     CommandsCompleted,
+    /// TLB entries found corrupt on a hit (dropped; the command failed with DEVICE_ERROR).
+    ParityErrors,
 }
 
 /// Number of global counters.
-pub const GLOBAL_COUNTER_COUNT: usize = 11;
+pub const GLOBAL_COUNTER_COUNT: usize = 12;
 
 /// The global counters' layout: `REG_STATS_BASE + 8 × index`.
 pub const GLOBAL_COUNTERS: [CounterSpec; GLOBAL_COUNTER_COUNT] = [
@@ -87,6 +89,11 @@ pub const GLOBAL_COUNTERS: [CounterSpec; GLOBAL_COUNTER_COUNT] = [
         "Context errors, device errors, DEVICE_ERROR completions",
     ),
     global(10, "STAT_COMMANDS_COMPLETED", "Completion records written"),
+    global(
+        11,
+        "STAT_PARITY_ERRORS",
+        "TLB entries found corrupt on a hit",
+    ),
 ];
 
 const fn global(index: u64, name: &'static str, summary: &'static str) -> CounterSpec {
@@ -236,7 +243,7 @@ mod tests {
             assert_eq!(spec.offset, REG_STATS_BASE + 8 * i as u64);
         }
         assert_eq!(
-            GlobalCounter::CommandsCompleted as usize,
+            GlobalCounter::ParityErrors as usize,
             GLOBAL_COUNTER_COUNT - 1
         );
         assert_eq!(
@@ -269,7 +276,7 @@ mod tests {
             locate(&GLOBAL_COUNTERS, REG_STATS_BASE + 12),
             Some((1, true))
         );
-        assert_eq!(locate(&GLOBAL_COUNTERS, REG_STATS_BASE + 8 * 11), None);
+        assert_eq!(locate(&GLOBAL_COUNTERS, REG_STATS_BASE + 8 * 12), None);
         assert_eq!(
             locate(&CONTEXT_COUNTERS, CTX_STATS_BASE + 4),
             Some((0, true))

@@ -173,7 +173,7 @@ impl VmConfig {
         if !(1..=rmnic_device::rmnic::MAX_WORKERS).contains(&self.device_workers) {
             return Err(ConfigError::Workers(self.device_workers));
         }
-        rmnic_device::inject::injector_named(&self.fault).map_err(ConfigError::Fault)?;
+        rmnic_device::inject::injector_named(&self.fault, self.seed).map_err(ConfigError::Fault)?;
         if self.device != DeviceSource::InProcess
             && (self.api_socket.is_some() || self.trace.is_some())
         {

@@ -10,12 +10,14 @@
 //!
 //! [`FaultInjector::translated`]: crate::inject::FaultInjector::translated
 
+use std::time::Duration;
+
 use vm_memory::GuestAddress;
 
 use crate::addr::{PageSize, VirtAddr};
 use crate::engine::dma::{Dma, DmaError};
 use crate::engine::Shared;
-use crate::events::{EventKind, EVENT_HIT};
+use crate::events::{EventKind, InjectedFault, EVENT_HIT};
 use crate::fault_ring::{
     FAULT_ACCESS_READ, FAULT_ACCESS_WRITE, FAULT_REASON_MISS, FAULT_REASON_PERMISSION,
 };
@@ -99,6 +101,12 @@ pub enum Outcome<R> {
     },
     /// A translation was missing or lacked a permission; nothing moved.
     Miss(Miss),
+    /// The entry translating `va` was found corrupt (fault injection: `parity-error`) and
+    /// dropped; earlier chunks of the access may have moved.
+    ParityError {
+        /// The address whose entry was corrupt.
+        va: VirtAddr,
+    },
     /// The DMA failed at the translated address of `va`; nothing is known to have moved.
     DmaFailed {
         /// The address whose translation the failed DMA used.
@@ -135,11 +143,33 @@ impl<'a> Translator<'a> {
     ///
     /// A translation missing at offset 0 is a [`Outcome::Miss`]; one missing further on ends
     /// the access early (the next access reports it).
+    ///
+    /// Fault injection can slow each chunk down (`slow-engine`): the device waits after the
+    /// TLB read section, holding only the caller's context lock, so invalidations do not
+    /// wait for the delay but MMIO to this context (and a reset) does, as for any step.
     pub(crate) fn access<R>(
         &self,
         needs: &[Need],
         max_bytes: u64,
+        body: impl FnMut(&Dma<'_>, &[Translation], u64, u64) -> Result<R, DmaError>,
+    ) -> Outcome<R> {
+        let mut delay = Duration::ZERO;
+        let outcome = self.translate_and_move(needs, max_bytes, body, &mut delay);
+        if !delay.is_zero() {
+            self.shared
+                .injected(Some(self.ctx), InjectedFault::SlowAccess);
+            std::thread::sleep(delay);
+        }
+        outcome
+    }
+
+    /// [`Translator::access`] up to the delay fault injection adds, which it sums in `delay`.
+    fn translate_and_move<R>(
+        &self,
+        needs: &[Need],
+        max_bytes: u64,
         mut body: impl FnMut(&Dma<'_>, &[Translation], u64, u64) -> Result<R, DmaError>,
+        delay: &mut Duration,
     ) -> Outcome<R> {
         debug_assert!(
             !needs.is_empty() && needs.len() <= 2,
@@ -164,18 +194,13 @@ impl<'a> Translator<'a> {
                     break;
                 };
                 let at = Need { va, ..*need };
-                match tlb.lookup(self.asid, va) {
+                match tlb
+                    .lookup(self.asid, va)
+                    .map(|hit| self.judge(hit, *need, va))
+                {
                     None => stop = Some((Stop::Miss(FAULT_REASON_MISS), at)),
-                    Some(hit)
-                        if !hit.perms.allows(need.perms())
-                            && !shared.injector.ignore_permission(self.ctx, va) =>
-                    {
-                        stop = Some((Stop::Miss(FAULT_REASON_PERMISSION), at));
-                    }
-                    Some(hit) if shared.injector.evict_on_hit(self.ctx, va) => {
-                        stop = Some((Stop::Evict(hit), at));
-                    }
-                    Some(hit) => {
+                    Some(Err(why)) => stop = Some((why, at)),
+                    Some(Ok(hit)) => {
                         bytes = bytes.min(hit.page_remaining);
                         *slot = hit;
                     }
@@ -187,10 +212,23 @@ impl<'a> Translator<'a> {
             if let Some((why, at)) = stop {
                 drop(tlb);
                 self.count_hits(hits);
-                if let Stop::Evict(hit) = why {
-                    shared
-                        .tlb_write()
-                        .evict(hit.slot, hit.fill_id, &mut shared.on_removed());
+                match why {
+                    Stop::Miss(_) => {}
+                    Stop::Spurious => shared.injected(Some(self.ctx), InjectedFault::SpuriousMiss),
+                    Stop::Evict(hit) => {
+                        shared.injected(Some(self.ctx), InjectedFault::Eviction);
+                        shared
+                            .tlb_write()
+                            .evict(hit.slot, hit.fill_id, &mut shared.on_removed());
+                    }
+                    Stop::Parity(hit) => {
+                        shared.injected(Some(self.ctx), InjectedFault::ParityError);
+                        shared.stats.count(GlobalCounter::ParityErrors, 1);
+                        shared
+                            .tlb_write()
+                            .evict(hit.slot, hit.fill_id, &mut shared.on_removed());
+                        return Outcome::ParityError { va: at.va };
+                    }
                 }
                 if let Some(value) = last.take() {
                     // Progress was made; the next access meets the missing translation.
@@ -198,7 +236,7 @@ impl<'a> Translator<'a> {
                 }
                 let reason = match why {
                     Stop::Miss(reason) => reason,
-                    Stop::Evict(_) => FAULT_REASON_MISS,
+                    Stop::Evict(_) | Stop::Spurious | Stop::Parity(_) => FAULT_REASON_MISS,
                 };
                 return Outcome::Miss(self.miss(at, reason));
             }
@@ -208,6 +246,9 @@ impl<'a> Translator<'a> {
                 Err(error) => {
                     drop(tlb);
                     self.count_hits(hits);
+                    if matches!(error, DmaError::Injected { .. }) {
+                        shared.injected(Some(self.ctx), InjectedFault::DataDmaError);
+                    }
                     return Outcome::DmaFailed {
                         va: failed_va(&error, needs, used, done),
                     };
@@ -228,6 +269,7 @@ impl<'a> Translator<'a> {
                     },
                     dma.memory(),
                 );
+                *delay += shared.injector.access_delay(self.ctx);
                 if log_hits {
                     shared.events.record(EventKind::Hit {
                         ctx: self.ctx,
@@ -248,6 +290,29 @@ impl<'a> Translator<'a> {
             }
             last = Some(value);
         }
+    }
+
+    /// What fault injection makes of a TLB hit for `need` at `va`: the translation to use,
+    /// or why the access stops. A permission the entry lacks is a miss unless ignored.
+    fn judge(&self, hit: Translation, need: Need, va: VirtAddr) -> Result<Translation, Stop> {
+        let shared = self.shared;
+        let injector = &*shared.injector;
+        if !hit.perms.allows(need.perms()) {
+            if !injector.ignore_permission(self.ctx, va) {
+                return Err(Stop::Miss(FAULT_REASON_PERMISSION));
+            }
+            shared.injected(Some(self.ctx), InjectedFault::IgnoredPermission);
+        }
+        if injector.parity_error(self.ctx, va) {
+            return Err(Stop::Parity(hit));
+        }
+        if injector.evict_on_hit(self.ctx, va) {
+            return Err(Stop::Evict(hit));
+        }
+        if injector.spurious_miss(self.ctx, va) {
+            return Err(Stop::Spurious);
+        }
+        Ok(hit)
     }
 
     fn count_hits(&self, hits: u64) {
@@ -288,6 +353,10 @@ enum Stop {
     Miss(u8),
     /// Fault injection evicts the entry that hit.
     Evict(Translation),
+    /// Fault injection reports the hit as a miss and keeps the entry.
+    Spurious,
+    /// Fault injection finds the entry that hit corrupt: it is dropped, the access fails.
+    Parity(Translation),
 }
 
 /// The VA whose translation a failed DMA used (the first one if it cannot be told), at

@@ -127,7 +127,9 @@ impl Shared {
                 }
             }
             Outcome::Miss(miss) => Step::Fault(miss),
-            Outcome::DmaFailed { va } => completion(inflight, Status::DeviceError, 0, va.0),
+            Outcome::DmaFailed { va } | Outcome::ParityError { va } => {
+                completion(inflight, Status::DeviceError, 0, va.0)
+            }
         }
     }
 }
@@ -146,6 +148,8 @@ fn word(
     match outcome {
         Outcome::Done { value, .. } => completion(inflight, Status::Ok, value, 0),
         Outcome::Miss(miss) => Step::Fault(miss),
-        Outcome::DmaFailed { va } => completion(inflight, Status::DeviceError, 0, va.0),
+        Outcome::DmaFailed { va } | Outcome::ParityError { va } => {
+            completion(inflight, Status::DeviceError, 0, va.0)
+        }
     }
 }

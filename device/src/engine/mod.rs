@@ -13,7 +13,7 @@
 //! 5. `global`;
 //! 6. `tlb` (read by accesses, write by fills, invalidations and flushes);
 //! 7. `msix`;
-//! 8. leaves: the event log and the scheduler.
+//! 8. leaves: the event log, the scheduler and the reset signal.
 //!
 //! A worker holds its context's lock for one step of a command (at most one access of at most
 //! [`access::ACCESS_MAX_BYTES`] bytes), so MMIO on that context waits at most that long.
@@ -24,6 +24,7 @@
 pub mod access;
 pub mod dma;
 mod exec;
+pub(crate) mod reset_signal;
 pub(crate) mod scheduler;
 mod worker;
 
@@ -33,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use crate::context::{Context, ContextState};
 use crate::error_code::ErrorCode;
-use crate::events::{EventKind, EventLog};
+use crate::events::{EventKind, EventLog, InjectedFault};
 use crate::fault_ring::FaultRing;
 use crate::inject::{DmaPurpose, FaultInjector};
 use crate::invalidation::InvalidationQueue;
@@ -47,6 +48,7 @@ use crate::stats::{ContextCounter, ContextStats, GlobalCounter, GlobalStats};
 use crate::tlb::{DeviceTlb, Removal, TlbEntry};
 
 use self::dma::{Dma, GuestRam};
+use self::reset_signal::ResetSignal;
 use self::scheduler::{Job, Scheduler};
 
 pub(crate) use self::worker::run_worker;
@@ -83,6 +85,9 @@ pub(crate) struct Shared {
     pub(crate) events: Arc<EventLog>,
     /// The run queue (leaf lock).
     pub(crate) scheduler: Scheduler,
+    /// Function resets counted (leaf lock), announced by the reset while it holds every
+    /// other lock.
+    pub(crate) resets: ResetSignal,
     /// Global counters.
     pub(crate) stats: GlobalStats,
     /// Per-context counters.
@@ -118,6 +123,7 @@ impl Shared {
             msix: Mutex::new(msix),
             events,
             scheduler: Scheduler::default(),
+            resets: ResetSignal::default(),
             stats: GlobalStats::default(),
             ctx_stats: (0..NUM_CONTEXTS).map(|_| ContextStats::default()).collect(),
             running: AtomicBool::new(false),
@@ -192,16 +198,32 @@ impl Shared {
         self.running.store(running, Ordering::Release);
     }
 
-    /// Raises `vector`, unless fault injection loses it. Never call with the TLB locked.
+    /// Raises `vector`, unless fault injection loses it (or raises it twice). Never call
+    /// with the TLB locked.
     pub(crate) fn raise(&self, vector: u16) {
-        let delivery = if self.injector.interrupt(vector) {
-            // The vector numbers are the device's constants, all below the table size.
-            lock(&self.msix).raise(vector).ok()
-        } else {
-            None
-        };
+        if !self.injector.interrupt(vector) {
+            self.injected(None, InjectedFault::LostInterrupt);
+            self.events.record(EventKind::Interrupt {
+                vector,
+                delivery: None,
+            });
+            return;
+        }
+        // The vector numbers are the device's constants, all below the table size.
+        let delivery = lock(&self.msix).raise(vector).ok();
         self.events
             .record(EventKind::Interrupt { vector, delivery });
+        if self.injector.duplicate_interrupt(vector) {
+            self.injected(None, InjectedFault::DuplicateInterrupt);
+            let delivery = lock(&self.msix).raise(vector).ok();
+            self.events
+                .record(EventKind::Interrupt { vector, delivery });
+        }
+    }
+
+    /// Records that fault injection injected `fault` (for `ctx`).
+    pub(crate) fn injected(&self, ctx: Option<u8>, fault: InjectedFault) {
+        self.events.record(EventKind::FaultInjected { ctx, fault });
     }
 
     /// The callback TLB removals report to: statistics and the event log.

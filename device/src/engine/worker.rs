@@ -2,10 +2,12 @@
 //! them from its virtio queue, stepping them, writing completions, stalling on faults) or
 //! descriptors of the invalidation queue.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use virtio_queue::{QueueOwnedT, QueueT};
 
+use crate::addr::PageSize;
 use crate::commands::{
     decode, Command, Completion, Operation, Status, COMMAND_SIZE, COMPLETION_SIZE,
 };
@@ -15,13 +17,14 @@ use crate::engine::exec::Step;
 use crate::engine::scheduler::Job;
 use crate::engine::{lock, Shared};
 use crate::error_code::ErrorCode;
-use crate::events::{EventKind, InvalidationKind};
+use crate::events::{EventKind, InjectedFault, InvalidationKind};
 use crate::fault_ring::{FaultRecord, Posted};
 use crate::inject::{DmaPurpose, InvalidationVerdict};
 use crate::invalidation::{InvalidationDescriptor, INVQ_DESC_SIZE};
 use crate::regs::CTX_PTROOT_LO;
 use crate::rmnic::{VECTOR_COMPLETION, VECTOR_FAULT, VECTOR_INVALIDATION};
 use crate::stats::{ContextCounter, GlobalCounter};
+use crate::tlb::{Perms, TlbFill};
 
 /// Steps a context may take before yielding its worker to other jobs.
 const STEP_BUDGET: usize = 64;
@@ -52,6 +55,14 @@ impl Shared {
             }
             let Some(mut inflight) = ctx.inflight else {
                 match self.pop_command(&mut ctx) {
+                    Ok(true) if ctx.inflight.is_some() && self.injector.reset_on_command(index) => {
+                        // The reset takes every context lock, this one too: let it go first.
+                        // This worker does not wait for itself: the reset waits only for locks.
+                        drop(ctx);
+                        self.injected(Some(index), InjectedFault::Reset);
+                        self.function_reset();
+                        return false;
+                    }
                     Ok(true) => continue,
                     Ok(false) => return false,
                     Err(code) => {
@@ -73,7 +84,16 @@ impl Shared {
                 }
                 Step::Fault(miss) => {
                     ctx.inflight = Some(inflight);
-                    return self.enter_fault(&mut ctx, inflight.command.id, miss);
+                    let delay = self.injector.fault_interrupt_delay(index);
+                    let (more, raise) =
+                        self.enter_fault(&mut ctx, inflight.command.id, miss, delay);
+                    if raise {
+                        // Read under the context lock, which a reset takes to announce.
+                        let generation = self.resets.generation();
+                        drop(ctx);
+                        self.raise_fault_late(slot, index, delay, generation);
+                    }
+                    return more;
                 }
             }
         }
@@ -183,8 +203,15 @@ impl Shared {
 
     /// The command in flight missed a translation: report it and stall the context. Without
     /// a fault ring the command fails at once with FAULT_UNRESOLVED. Returns whether the
-    /// context has work left.
-    fn enter_fault(&self, ctx: &mut Context, command_id: u64, miss: Miss) -> bool {
+    /// context has work left, and whether the caller must raise the fault interrupt after
+    /// `irq_delay` (fault injection) once it has let go of the context lock.
+    fn enter_fault(
+        &self,
+        ctx: &mut Context,
+        command_id: u64,
+        miss: Miss,
+        irq_delay: Duration,
+    ) -> (bool, bool) {
         let record = FaultRecord {
             ctx: ctx.index,
             asid: ctx.asid,
@@ -196,7 +223,7 @@ impl Shared {
         let posted = lock(&self.fault_ring).post(record, &self.dma(DmaPurpose::FaultRecord));
         if posted == Ok(Posted::NoRing) {
             let Some(inflight) = ctx.inflight.take() else {
-                return true;
+                return (true, false);
             };
             let completion = Completion {
                 id: command_id,
@@ -206,9 +233,9 @@ impl Shared {
             };
             if let Err(code) = self.complete(ctx, &inflight, completion) {
                 self.context_error(ctx, code);
-                return false;
+                return (false, false);
             }
-            return true;
+            return (true, false);
         }
         ctx.state = ContextState::Faulted;
         ctx.note_fault(PendingFault {
@@ -228,12 +255,33 @@ impl Shared {
                     va: miss.va,
                     index,
                 });
+                if !irq_delay.is_zero() {
+                    self.injected(Some(ctx.index), InjectedFault::SlowFaultInterrupt);
+                    return (false, true);
+                }
                 self.raise(VECTOR_FAULT);
             }
             Ok(Posted::Queued | Posted::NoRing) => {}
             Err(_) => self.device_error(ErrorCode::Dma),
         }
-        false
+        (false, false)
+    }
+
+    /// Raises the fault interrupt of context `index` (in `slot`) `delay` after its record
+    /// was written (fault injection: `slow-fault`). Sleeps with no lock held; raises under
+    /// the context lock unless a reset came after `generation`, so a reset's promise of no
+    /// further interrupt holds.
+    fn raise_fault_late(&self, slot: &Mutex<Context>, index: u8, delay: Duration, generation: u64) {
+        std::thread::sleep(delay);
+        let _ctx = lock(slot);
+        if self.resets.generation() == generation {
+            self.raise(VECTOR_FAULT);
+        } else {
+            tracing::debug!(
+                ctx = index,
+                "rmnic: late fault interrupt dropped by a reset"
+            );
+        }
     }
 
     /// Executes up to [`INVALIDATION_BATCH`] invalidation descriptors, then writes the done
@@ -250,6 +298,7 @@ impl Shared {
         let mut completed = None;
         let mut interrupt = false;
         let mut error = None;
+        let mut stalled = false;
         for _ in 0..INVALIDATION_BATCH {
             if queue.pending() == 0 {
                 break;
@@ -267,14 +316,29 @@ impl Shared {
                 }
             };
             let verdict = self.injector.invalidation(&descriptor);
-            if let InvalidationVerdict::Delay(delay) = verdict {
-                std::thread::sleep(delay);
+            match verdict {
+                InvalidationVerdict::Perform => {}
+                InvalidationVerdict::Drop => {
+                    self.injected(None, InjectedFault::DroppedInvalidation)
+                }
+                InvalidationVerdict::Delay(delay) => {
+                    self.injected(None, InjectedFault::DelayedInvalidation);
+                    // Holds the invalidation queue lock: a reset waits for the delay.
+                    std::thread::sleep(delay);
+                }
+                InvalidationVerdict::Stall => {
+                    self.injected(None, InjectedFault::StalledInvalidation);
+                    stalled = true;
+                    break;
+                }
             }
             let dropped = verdict == InvalidationVerdict::Drop;
             let removed = if dropped {
                 0
             } else {
-                self.execute(&descriptor)
+                let removed = self.execute(&descriptor);
+                self.install_stale(&descriptor);
+                removed
             };
             let counter = match descriptor.kind {
                 InvalidationKind::Range => GlobalCounter::InvalRange,
@@ -310,12 +374,50 @@ impl Shared {
                 }
             }
         }
-        let more = error.is_none() && queue.pending() > 0;
+        let more = error.is_none() && !stalled && queue.pending() > 0;
+        // Read under the queue lock, which a reset takes to announce.
+        let generation = self.resets.generation();
         drop(queue);
+        drop(dma);
         if let Some(code) = error {
             self.device_error(code);
         }
+        if stalled && error.is_none() {
+            // The stalled descriptor keeps the head: this job stays running, so later
+            // descriptors wait behind it. Blocks with no lock and no memory snapshot held
+            // (a reset and a memory map change proceed) until a reset abandons the queue.
+            self.resets.wait_past(generation);
+        }
         more
+    }
+
+    /// Fault injection (`stale-dropin`): installs again what the injector says a drop-in
+    /// racing with `descriptor` would have left behind, before its completion is reported.
+    /// Caller holds the invalidation queue lock (taken before the TLB's).
+    fn install_stale(&self, descriptor: &InvalidationDescriptor) {
+        for stale in self.injector.stale_dropins(descriptor) {
+            let sizes = [PageSize::Size4K, PageSize::Size2M];
+            let Some(size) = sizes.into_iter().find(|size| size.bytes() == stale.size) else {
+                continue;
+            };
+            let perms = if stale.writable {
+                Perms::READ_WRITE
+            } else {
+                Perms::READ
+            };
+            self.injected(Some(stale.ctx), InjectedFault::StaleDropIn);
+            self.install(
+                TlbFill {
+                    asid: stale.asid,
+                    va: stale.va,
+                    size,
+                    gpa: stale.gpa,
+                    perms,
+                    ctx: stale.ctx,
+                },
+                stale.pt_root,
+            );
+        }
     }
 
     /// Removes what `descriptor` names; returns how many entries.

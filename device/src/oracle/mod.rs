@@ -348,16 +348,44 @@ impl FaultInjector for Oracle {
         self.inner.evict_on_hit(ctx, va)
     }
 
+    fn spurious_miss(&self, ctx: u8, va: VirtAddr) -> bool {
+        self.inner.spurious_miss(ctx, va)
+    }
+
+    fn parity_error(&self, ctx: u8, va: VirtAddr) -> bool {
+        self.inner.parity_error(ctx, va)
+    }
+
     fn ignore_permission(&self, ctx: u8, va: VirtAddr) -> bool {
         self.inner.ignore_permission(ctx, va)
+    }
+
+    fn access_delay(&self, ctx: u8) -> Duration {
+        self.inner.access_delay(ctx)
     }
 
     fn invalidation(&self, descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
         self.inner.invalidation(descriptor)
     }
 
+    fn stale_dropins(&self, descriptor: &InvalidationDescriptor) -> Vec<DropIn> {
+        self.inner.stale_dropins(descriptor)
+    }
+
+    fn reset_on_command(&self, ctx: u8) -> bool {
+        self.inner.reset_on_command(ctx)
+    }
+
     fn interrupt(&self, vector: u16) -> bool {
         self.inner.interrupt(vector)
+    }
+
+    fn duplicate_interrupt(&self, vector: u16) -> bool {
+        self.inner.duplicate_interrupt(vector)
+    }
+
+    fn fault_interrupt_delay(&self, ctx: u8) -> Duration {
+        self.inner.fault_interrupt_delay(ctx)
     }
 }
 

@@ -127,6 +127,12 @@ pub(crate) mod tests {
     impl Tables {
         pub(crate) fn new() -> Self {
             let mem = GuestRam::from_ranges(&[(GuestAddress(0), 0x80_0000)]).expect("guest RAM");
+            Self::in_memory(mem)
+        }
+
+        /// Tables in `mem` (shared with its other clones), root at 0x1000, tables from
+        /// 0x2000 up: the low RAM a device-level test harness leaves free.
+        pub(crate) fn in_memory(mem: GuestRam) -> Self {
             Self {
                 mem,
                 root: 0x1000,

@@ -220,7 +220,7 @@ fn a_failed_data_dma_completes_the_command_with_device_error() {
 /// completes with DEVICE_ERROR and the next one works.
 #[test]
 fn dma_error_mode_fails_every_nth_command_and_the_context_goes_on() {
-    let injector = crate::inject::injector_named("dma-error:2").expect("mode");
+    let injector = crate::inject::injector_named("dma-error:2", 0).expect("mode");
     let mut h = with_injector(injector);
     h.bring_up(64, 64);
     let mut queue = h.open_context(0, 1, 16);

@@ -4,11 +4,21 @@
 //! The hooks sit on the device's single paths: every DMA (rings, records, data) passes
 //! [`FaultInjector::dma`]; every translated access of the engine passes
 //! [`FaultInjector::translated`] (while the translation it used is still guaranteed present);
-//! every TLB hit may be turned into a forced eviction; every invalidation descriptor may be
-//! dropped or delayed; every interrupt may be lost. What an injected fault does to the device
-//! is what the same fault in hardware would do, so the driver's recovery paths get exercised.
+//! every TLB hit may be turned into a forced eviction, a spurious miss or a parity error;
+//! every invalidation descriptor may be dropped, delayed or stalled, and followed by stale
+//! drop-ins; every interrupt may be lost or duplicated; a command start may reset the device.
+//! What an injected fault does to the device is what the same fault in hardware would do, so
+//! the driver's recovery paths get exercised.
+//!
+//! The fault modes a host's `--fault` names are in [`modes`], the parser in [`parse`], their
+//! seeded decisions in [`chance`].
+
+pub mod chance;
+pub mod modes;
+pub mod parse;
 
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vm_memory::GuestAddress;
@@ -109,10 +119,15 @@ pub enum InvalidationVerdict {
     Drop,
     /// Wait, then execute it (later descriptors wait too: completion stays in order).
     Delay(Duration),
+    /// Never execute or complete it: it and every later descriptor wait until a function
+    /// reset abandons them.
+    Stall,
 }
 
 /// Oracle and fault-injection hooks. Called from the device's worker threads and MMIO paths,
 /// with device locks held: implementations must be quick and must not call into the device.
+/// The hooks that return a [`Duration`] only say how long the device waits; the device
+/// sleeps itself, where it holds as few locks as it can.
 pub trait FaultInjector: Send + Sync + Debug {
     /// Every DMA the device is about to perform.
     fn dma(&self, _access: &DmaAccess) -> DmaVerdict {
@@ -124,11 +139,22 @@ pub trait FaultInjector: Send + Sync + Debug {
     fn translated(&self, _access: &TranslatedAccess, _memory: &GuestRam) {}
 
     /// Every drop-in, once installed, with the guest memory (an oracle checks it against the
-    /// CPU's page tables).
+    /// CPU's page tables). Stale drop-ins ([`FaultInjector::stale_dropins`]) come here too.
     fn dropped_in(&self, _dropin: &DropIn, _memory: &GuestRam) {}
 
     /// A TLB hit for `ctx` at `va`: return true to evict the entry and take the miss path.
     fn evict_on_hit(&self, _ctx: u8, _va: VirtAddr) -> bool {
+        false
+    }
+
+    /// A TLB hit for `ctx` at `va`: return true to report a miss while keeping the entry.
+    fn spurious_miss(&self, _ctx: u8, _va: VirtAddr) -> bool {
+        false
+    }
+
+    /// A TLB hit for `ctx` at `va`: return true to find the entry corrupt (parity error):
+    /// the device drops it and fails the command with DEVICE_ERROR.
+    fn parity_error(&self, _ctx: u8, _va: VirtAddr) -> bool {
         false
     }
 
@@ -138,14 +164,41 @@ pub trait FaultInjector: Send + Sync + Debug {
         false
     }
 
+    /// A chunk of a translated access of `ctx` just moved: how much longer it takes.
+    fn access_delay(&self, _ctx: u8) -> Duration {
+        Duration::ZERO
+    }
+
     /// An invalidation descriptor about to execute.
     fn invalidation(&self, _descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
         InvalidationVerdict::Perform
     }
 
+    /// An invalidation descriptor has just removed its entries: translations to install
+    /// again before its completion is reported (a drop-in path that raced past the
+    /// invalidation: a device bug the oracle must catch).
+    fn stale_dropins(&self, _descriptor: &InvalidationDescriptor) -> Vec<DropIn> {
+        Vec::new()
+    }
+
+    /// The engine has started a command of `ctx`: return true to perform a function reset.
+    fn reset_on_command(&self, _ctx: u8) -> bool {
+        false
+    }
+
     /// An interrupt about to be raised: return false to lose it.
     fn interrupt(&self, _vector: u16) -> bool {
         true
+    }
+
+    /// An interrupt just raised: return true to raise it a second time.
+    fn duplicate_interrupt(&self, _vector: u16) -> bool {
+        false
+    }
+
+    /// A fault record of `ctx` was written: how long to hold back its interrupt.
+    fn fault_interrupt_delay(&self, _ctx: u8) -> Duration {
+        Duration::ZERO
     }
 }
 
@@ -155,89 +208,12 @@ pub struct NoFaults;
 
 impl FaultInjector for NoFaults {}
 
-/// `drop-invalidate`: every invalidation is reported complete while the entries it names stay
-/// in the TLB: a device that acknowledges shootdowns without doing them. The driver believes
-/// the device coherent; only the oracle can tell (the proof that it works).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DropInvalidations;
-
-impl FaultInjector for DropInvalidations {
-    fn invalidation(&self, _descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
-        InvalidationVerdict::Drop
-    }
-}
-
-/// `ignore-permission`: the device uses an entry for an access its permissions do not allow
-/// (a write through a read-only entry) instead of taking the permission miss. The CPU's PTE
-/// does not allow it either, so the oracle must report it.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IgnorePermissions;
-
-impl FaultInjector for IgnorePermissions {
-    fn ignore_permission(&self, _ctx: u8, _va: VirtAddr) -> bool {
-        true
-    }
-}
-
-/// `evict:N`: every N-th TLB hit evicts its entry and takes the miss path instead (capacity
-/// pressure, or a TLB that drops entries early). More misses, still coherent.
+/// Several injectors at once: a DMA fails, an entry is evicted, missed or corrupt, a
+/// permission is ignored, an interrupt is lost or duplicated, a reset happens if any of them
+/// says so (asked in list order, stopping at the first yes); delays add up; an invalidation
+/// takes the first verdict that is not `Perform`; stale drop-ins are collected from all.
 #[derive(Debug)]
-pub struct EvictEvery {
-    every: u64,
-    hits: std::sync::atomic::AtomicU64,
-}
-
-impl FaultInjector for EvictEvery {
-    fn evict_on_hit(&self, _ctx: u8, _va: VirtAddr) -> bool {
-        let hit = self
-            .hits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .wrapping_add(1);
-        hit % self.every == 0
-    }
-}
-
-/// `dma-error:N`: every N-th data DMA (the bytes a command moves at a translated address)
-/// fails, as a bus error would. That command completes with `DEVICE_ERROR`; the context goes on.
-#[derive(Debug)]
-pub struct DataDmaErrorEvery {
-    every: u64,
-    seen: std::sync::atomic::AtomicU64,
-}
-
-impl FaultInjector for DataDmaErrorEvery {
-    fn dma(&self, access: &DmaAccess) -> DmaVerdict {
-        if access.purpose != DmaPurpose::Data {
-            return DmaVerdict::Proceed;
-        }
-        let n = self
-            .seen
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .wrapping_add(1);
-        if n % self.every == 0 {
-            DmaVerdict::Fail
-        } else {
-            DmaVerdict::Proceed
-        }
-    }
-}
-
-/// `delay-invalidate:MS`: every invalidation waits MS milliseconds before it executes (a slow
-/// invalidation engine). Still coherent; the driver's notifier waits longer.
-#[derive(Clone, Copy, Debug)]
-pub struct DelayInvalidations(pub Duration);
-
-impl FaultInjector for DelayInvalidations {
-    fn invalidation(&self, _descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
-        InvalidationVerdict::Delay(self.0)
-    }
-}
-
-/// Several injectors at once: a DMA fails, an entry is evicted, a permission is ignored or an
-/// interrupt is lost if any of them says so; an invalidation takes the first verdict that is
-/// not `Perform`.
-#[derive(Debug)]
-pub struct Combined(pub Vec<std::sync::Arc<dyn FaultInjector>>);
+pub struct Combined(pub Vec<Arc<dyn FaultInjector>>);
 
 impl FaultInjector for Combined {
     fn dma(&self, access: &DmaAccess) -> DmaVerdict {
@@ -260,8 +236,20 @@ impl FaultInjector for Combined {
         self.0.iter().any(|i| i.evict_on_hit(ctx, va))
     }
 
+    fn spurious_miss(&self, ctx: u8, va: VirtAddr) -> bool {
+        self.0.iter().any(|i| i.spurious_miss(ctx, va))
+    }
+
+    fn parity_error(&self, ctx: u8, va: VirtAddr) -> bool {
+        self.0.iter().any(|i| i.parity_error(ctx, va))
+    }
+
     fn ignore_permission(&self, ctx: u8, va: VirtAddr) -> bool {
         self.0.iter().any(|i| i.ignore_permission(ctx, va))
+    }
+
+    fn access_delay(&self, ctx: u8) -> Duration {
+        self.0.iter().map(|i| i.access_delay(ctx)).sum()
     }
 
     fn invalidation(&self, descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
@@ -272,57 +260,31 @@ impl FaultInjector for Combined {
             .unwrap_or(InvalidationVerdict::Perform)
     }
 
+    fn stale_dropins(&self, descriptor: &InvalidationDescriptor) -> Vec<DropIn> {
+        self.0
+            .iter()
+            .flat_map(|i| i.stale_dropins(descriptor))
+            .collect()
+    }
+
+    fn reset_on_command(&self, ctx: u8) -> bool {
+        self.0.iter().any(|i| i.reset_on_command(ctx))
+    }
+
     fn interrupt(&self, vector: u16) -> bool {
         self.0.iter().all(|i| i.interrupt(vector))
     }
-}
 
-/// Fault modes a host's `--fault` accepts, for error messages.
-pub const FAULT_MODES: &str = "none, drop-invalidate, ignore-permission, evict:N (N >= 2), \
-     delay-invalidate:MS, dma-error:N (N >= 1)";
-
-/// The injector a host's `--fault MODES` names: one mode or several separated by commas
-/// (`docs/fault-injection.md`).
-pub fn injector_named(modes: &str) -> Result<std::sync::Arc<dyn FaultInjector>, String> {
-    let mut parts: Vec<std::sync::Arc<dyn FaultInjector>> = Vec::new();
-    for mode in modes.split(',') {
-        let (name, argument) = match mode.split_once(':') {
-            Some((name, argument)) => (name, Some(argument)),
-            None => (mode, None),
-        };
-        let bad = || format!("'{mode}' is not a fault mode: use {FAULT_MODES}");
-        let number = || argument.and_then(|a| a.parse::<u64>().ok()).ok_or_else(bad);
-        let injector: std::sync::Arc<dyn FaultInjector> = match (name, argument) {
-            ("none", None) => std::sync::Arc::new(NoFaults),
-            ("drop-invalidate", None) => std::sync::Arc::new(DropInvalidations),
-            ("ignore-permission", None) => std::sync::Arc::new(IgnorePermissions),
-            // Every hit evicted would never let an access finish: at least every second.
-            ("evict", Some(_)) => match number()? {
-                every if every >= 2 => std::sync::Arc::new(EvictEvery {
-                    every,
-                    hits: std::sync::atomic::AtomicU64::new(0),
-                }),
-                _ => return Err(bad()),
-            },
-            ("dma-error", Some(_)) => match number()? {
-                0 => return Err(bad()),
-                every => std::sync::Arc::new(DataDmaErrorEvery {
-                    every,
-                    seen: std::sync::atomic::AtomicU64::new(0),
-                }),
-            },
-            ("delay-invalidate", Some(_)) => std::sync::Arc::new(DelayInvalidations(
-                Duration::from_millis(number()?.min(60_000)),
-            )),
-            _ => return Err(bad()),
-        };
-        parts.push(injector);
+    fn duplicate_interrupt(&self, vector: u16) -> bool {
+        self.0.iter().any(|i| i.duplicate_interrupt(vector))
     }
-    Ok(match parts.len() {
-        1 => parts.remove(0),
-        _ => std::sync::Arc::new(Combined(parts)),
-    })
+
+    fn fault_interrupt_delay(&self, ctx: u8) -> Duration {
+        self.0.iter().map(|i| i.fault_interrupt_delay(ctx)).sum()
+    }
 }
+
+pub use self::parse::{injector_named, FAULT_MODES};
 
 #[cfg(test)]
 mod tests {
@@ -339,39 +301,18 @@ mod tests {
         };
         assert_eq!(injector.dma(&access), DmaVerdict::Proceed);
         assert!(!injector.evict_on_hit(0, VirtAddr(0)));
+        assert!(!injector.spurious_miss(0, VirtAddr(0)));
+        assert!(!injector.parity_error(0, VirtAddr(0)));
+        assert!(!injector.reset_on_command(0));
         assert!(injector.interrupt(3));
+        assert!(!injector.duplicate_interrupt(3));
+        assert_eq!(injector.access_delay(0), Duration::ZERO);
+        assert_eq!(injector.fault_interrupt_delay(0), Duration::ZERO);
         let descriptor = InvalidationDescriptor::global(1);
         assert_eq!(
             injector.invalidation(&descriptor),
             InvalidationVerdict::Perform
         );
-    }
-
-    #[test]
-    fn fault_modes_parse_and_combine() {
-        let descriptor = InvalidationDescriptor::global(1);
-        let drop = injector_named("drop-invalidate").expect("mode");
-        assert_eq!(drop.invalidation(&descriptor), InvalidationVerdict::Drop);
-        let evict = injector_named("evict:3").expect("mode");
-        let evicted: Vec<bool> = (0..6).map(|_| evict.evict_on_hit(0, VirtAddr(0))).collect();
-        assert_eq!(evicted, [false, false, true, false, false, true]);
-        let both = injector_named("delay-invalidate:20,ignore-permission").expect("modes");
-        assert_eq!(
-            both.invalidation(&descriptor),
-            InvalidationVerdict::Delay(Duration::from_millis(20))
-        );
-        assert!(both.ignore_permission(0, VirtAddr(0)));
-        assert!(!both.evict_on_hit(0, VirtAddr(0)));
-        for bad in [
-            "evict",
-            "evict:1",
-            "evict:x",
-            "delay-invalidate",
-            "bogus",
-            "none:3",
-            "",
-        ] {
-            assert!(injector_named(bad).is_err(), "{bad}");
-        }
+        assert!(injector.stale_dropins(&descriptor).is_empty());
     }
 }
