@@ -11,6 +11,7 @@
 //! `rmnic-device-server` over vfio-user (the `*_in_qemu` tests).
 
 mod coherence;
+mod control;
 mod failure;
 mod oracle;
 mod probe;
