@@ -63,6 +63,15 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         seconds: u64,
     },
+    /// For injected device errors (`dma-error`, `parity-error`): runs `copies` device copies
+    /// of 16 pages; every copy either succeeds with the right data or fails with a device
+    /// error, and the context keeps working after a failure. Exit status 0 when both outcomes
+    /// were seen that way.
+    DeviceErrors {
+        /// Copies to run.
+        #[arg(long, default_value_t = 200)]
+        copies: u32,
+    },
     /// Exits with `status` (tests that a guest failure reaches the host).
     Fail {
         /// Status to exit with.
@@ -99,6 +108,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }),
+        Command::DeviceErrors { copies } => device_errors(copies),
         Command::Fail { status } => {
             println!("rmnic-guest: failing on purpose with status {status}");
             Ok(ExitCode::from(status))
@@ -253,6 +263,49 @@ fn coherence(only: &[String], skip: &[String]) -> Result<ExitCode> {
     );
     result?;
     Ok(if checks.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// See `Command::DeviceErrors`.
+fn device_errors(copies: u32) -> Result<ExitCode> {
+    let device = Context::open()?;
+    let len = 16 * 4096;
+    let mut src = rmnic_guest::Mapping::new(len, false)?;
+    let mut dst = rmnic_guest::Mapping::new(len, false)?;
+    let (mut ok, mut failed, mut ok_after_failure) = (0u32, 0u32, 0u32);
+    for round in 0..copies {
+        // CAST: a byte pattern.
+        src.bytes_mut().fill(round as u8);
+        dst.bytes_mut().fill(0xff);
+        match device.copy(dst.addr(), src.addr(), len as u64)? {
+            Ok(()) => {
+                if dst.bytes().iter().any(|&b| b != round as u8) {
+                    println!(
+                        "CHECK device-errors FAILED copy {round} reported success with wrong data"
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                ok += 1;
+                if failed > 0 {
+                    ok_after_failure += 1;
+                }
+            }
+            Err(e) if e.status == rmnic_abi::status::DEVICE_ERROR => failed += 1,
+            Err(e) => {
+                println!("CHECK device-errors FAILED copy {round}: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    let passed = failed > 0 && ok_after_failure > 0;
+    println!(
+        "CHECK device-errors {} {ok} copies ok, {failed} failed with a device error, {ok_after_failure} ok after a failure",
+        if passed { "ok" } else { "FAILED" }
+    );
+    Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

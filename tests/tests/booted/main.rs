@@ -13,6 +13,7 @@
 mod coherence;
 mod control;
 mod failure;
+mod faults;
 mod oracle;
 mod probe;
 

@@ -1,0 +1,163 @@
+//! Fault modes whose documented outcome is "the driver copes" (docs/fault-injection.md), each
+//! shown in a booted guest with the real driver, and the device bug `stale-dropin` the oracle
+//! must catch (the run then ends with rmnic-vmm's violation status, 0x87).
+//!
+//! Each boot writes a text trace; the test checks that every mode it turned on was injected
+//! at least once (a mode that never fired would prove nothing).
+
+use std::path::{Path, PathBuf};
+
+use rmnic_tests::launch::run_in;
+use rmnic_tests::{GuestRun, Outcome};
+
+use crate::oracle::oracle_summary;
+use crate::{images, program_status, Mode};
+
+/// rmnic-vmm's exit status when the oracle found violations (docs/vmm.md).
+const STATUS_VIOLATIONS: i32 = 0x87;
+
+fn trace_path(tag: &str) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir().join(format!(
+        "rmnic-faults-{tag}-{}-{stamp}.txt",
+        std::process::id()
+    ))
+}
+
+/// How many `injected fault` events of kind `kind` (e.g. `SpuriousMiss`) the trace holds.
+fn injected(trace: &Path, kind: &str) -> usize {
+    std::fs::read_to_string(trace)
+        .unwrap_or_else(|e| panic!("{}: {e}", trace.display()))
+        .lines()
+        .filter(|l| l.contains("injected fault") && l.trim_end().ends_with(kind))
+        .count()
+}
+
+fn boot(mode: Mode, command: &[&str], faults: &str, tag: &str) -> (Outcome, PathBuf) {
+    let mut guest = GuestRun::new(command);
+    guest.device_args = vec![
+        "--fault".into(),
+        faults.into(),
+        "--seed".into(),
+        "42".into(),
+    ];
+    let trace = trace_path(tag);
+    guest.trace = Some(trace.clone());
+    let outcome =
+        run_in(mode.host(), &images(), &guest).unwrap_or_else(|e| panic!("boot failed: {e}"));
+    (outcome, trace)
+}
+
+/// More misses (spurious ones, evictions), slow accesses, fault interrupts held back,
+/// duplicated and lost interrupts: the coherence checks still pass and the oracle finds
+/// nothing.
+#[test]
+fn coherence_holds_under_misses_delays_and_interrupt_faults() {
+    // Not the `faults` group: it counts faults per page, which extra misses change by design.
+    let command = [
+        "coherence",
+        "--only",
+        "ops",
+        "--only",
+        "munmap",
+        "--only",
+        "mprotect",
+        "--only",
+        "fork",
+    ];
+    let faults = "spurious-miss:0.05,evict:0.05,slow-engine:50us,slow-fault:2ms,\
+                  duplicate-irq:0.5,lost-irq:0.2";
+    let (outcome, trace) = boot(Mode::Qemu, &command, faults, "coherent");
+    assert_eq!(
+        program_status(&outcome, &command),
+        Some(0),
+        "coherence checks under {faults}\n{}",
+        outcome.tail()
+    );
+    let (checked, violations) =
+        oracle_summary(&outcome).unwrap_or_else(|| panic!("no oracle summary\n{}", outcome.tail()));
+    assert!(
+        checked > 0 && violations == 0,
+        "{checked} checked, {violations} violations\n{}",
+        outcome.tail()
+    );
+    for kind in [
+        "SpuriousMiss",
+        "Eviction",
+        "SlowAccess",
+        "SlowFaultInterrupt",
+        "DuplicateInterrupt",
+        "LostInterrupt",
+    ] {
+        assert!(
+            injected(&trace, kind) > 0,
+            "no {kind} was injected ({})",
+            trace.display()
+        );
+    }
+    let _ = std::fs::remove_file(&trace);
+}
+
+/// A DMA error on a command or a parity error on the TLB entry it hits: that command fails with
+/// a device error, the entry is dropped, later commands of the same context succeed with the
+/// right data.
+#[test]
+fn dma_and_parity_errors_fail_one_command_and_the_context_goes_on() {
+    let command = ["device-errors", "--copies", "200"];
+    let (outcome, trace) = boot(
+        Mode::Qemu,
+        &command,
+        "parity-error:0.02,dma-error:0.01",
+        "errors",
+    );
+    assert_eq!(
+        program_status(&outcome, &command),
+        Some(0),
+        "{}",
+        outcome.tail()
+    );
+    assert!(
+        outcome.console.contains("CHECK device-errors ok"),
+        "{}",
+        outcome.tail()
+    );
+    for kind in ["ParityError", "DataDmaError"] {
+        assert!(
+            injected(&trace, kind) > 0,
+            "no {kind} was injected ({})",
+            trace.display()
+        );
+    }
+    let _ = std::fs::remove_file(&trace);
+}
+
+/// `stale-dropin`: the device re-installs a translation an invalidation just removed. Under
+/// rmnic-vmm the oracle must report it, with the context's last device events, and the run
+/// must end with status 0x87.
+#[test]
+fn a_stale_drop_in_is_caught_and_fails_the_run_under_rmnic_vmm() {
+    let command = ["coherence", "--only", "munmap"];
+    let (outcome, trace) = boot(Mode::Default, &command, "stale-dropin", "stale");
+    assert_eq!(
+        outcome.status,
+        STATUS_VIOLATIONS,
+        "expected the violation status\n{}",
+        outcome.tail()
+    );
+    let (_, violations) =
+        oracle_summary(&outcome).unwrap_or_else(|| panic!("no oracle summary\n{}", outcome.tail()));
+    assert!(violations > 0, "{}", outcome.tail());
+    assert!(
+        outcome.console.contains("coherence violation at")
+            && outcome.console.contains("device events before it"),
+        "no violation record with its events\n{}",
+        outcome.tail()
+    );
+    assert!(
+        injected(&trace, "StaleDropIn") > 0,
+        "no stale drop-in was injected"
+    );
+    let _ = std::fs::remove_file(&trace);
+}
