@@ -14,7 +14,7 @@
 //! No spinlock is held across an allocation or a sleep; the two mutexes are never taken by the
 //! notifier.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, CondVar, CondVarTimeoutResult, Mutex, SpinLock};
@@ -178,6 +178,9 @@ pub(crate) struct Context {
     pollers: PollQueue,
     /// `rmnic/ctx<N>-asid<A>/` in debugfs: this context's counters.
     _debugfs: Option<Dir>,
+    /// The device was reset under this context (`Rmnic::recover`): its commands are gone and
+    /// every later call fails with EIO; the process may open a new context.
+    lost: AtomicBool,
 }
 
 impl Context {
@@ -213,6 +216,7 @@ impl Context {
                 completed <- new_condvar!("rmnic::Context::completed"),
                 pollers <- PollQueue::new(),
                 _debugfs: debugfs,
+                lost: AtomicBool::new(false),
             }),
             GFP_KERNEL,
         )?;
@@ -249,6 +253,22 @@ impl Context {
         cov.closed = true;
     }
 
+    /// Marks the context lost to a device reset: no more drop-ins, no more writes to its
+    /// device slot (the reset freed it), and every call from now on fails with EIO.
+    pub(crate) fn mark_lost(&self) {
+        let mut cov = self.mirror.update.lock();
+        cov.dead = true;
+        cov.closed = true;
+        self.lost.store(true, Ordering::Release);
+    }
+
+    fn check_lost(&self) -> Result {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(EIO);
+        }
+        Ok(())
+    }
+
     /// Wakes waiters and pollers (completion interrupt).
     pub(crate) fn notify_completion(&self) {
         self.completed.notify_all();
@@ -279,6 +299,7 @@ impl Context {
     /// fit.
     pub(crate) fn submit(&self, commands: &[uapi::Command]) -> Result<u32> {
         self.check_caller()?;
+        self.check_lost()?;
         let mut queued = 0;
         {
             let mut q = self.queue.lock();
@@ -313,6 +334,7 @@ impl Context {
         let mut q = self.queue.lock();
         let start = kernel::time::Ktime::ktime_get();
         loop {
+            self.check_lost()?;
             if self.queue_mem.ready(&q.indices) >= min {
                 break;
             }
@@ -329,7 +351,11 @@ impl Context {
                 .wait_interruptible_timeout(&mut q, msecs_to_jiffies(10))
             {
                 CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
-                CondVarTimeoutResult::Timeout => self.mirror.rmnic.drain_faults(),
+                CondVarTimeoutResult::Timeout => {
+                    // Lost interrupts, or a device that reset itself under us.
+                    self.mirror.rmnic.check_alive();
+                    self.mirror.rmnic.drain_faults();
+                }
                 CondVarTimeoutResult::Woken { .. } => {}
             }
         }

@@ -5,6 +5,7 @@
 //! kernel APIs go through the wrapper modules.
 
 use core::pin::Pin;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex, SpinLock};
@@ -41,9 +42,36 @@ pub(crate) struct Hw {
     /// A spinlock, not a mutex: MMIO never sleeps and the notifier may not sleep.
     #[pin]
     bar: SpinLock<Option<pci::Bar<BAR0_SIZE>>>,
+    /// Function resets the driver made ([`Hw::reset_function`]); changed under `bar`, so a
+    /// write made "in generation g" ([`Hw::write_in`]) never reaches the device after a reset.
+    generation: AtomicU64,
 }
 
 impl Hw {
+    /// The current reset generation.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Resets the function (`DEV_CONTROL.FLR`) and starts a new generation; returns it. After
+    /// the write returns the device performs no DMA for anything submitted before, holds no
+    /// TLB entry and every context is FREE (docs/device-spec.md, reset behaviour).
+    pub(crate) fn reset_function(&self) -> Result<u64> {
+        let bar = self.bar.lock();
+        bar.as_ref().ok_or(ENODEV)?.try_write32(REG_DEV_CONTROL, DEV_CONTROL_FLR)?;
+        Ok(self.generation.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
+    /// Writes a global register only if no reset happened since `generation` (a stale index
+    /// must not reach a device that was reset and reprogrammed meanwhile).
+    pub(crate) fn write_in(&self, generation: u64, offset: usize, value: u32) -> Result {
+        let bar = self.bar.lock();
+        if self.generation() != generation {
+            return Err(EAGAIN);
+        }
+        bar.as_ref().ok_or(ENODEV)?.try_write32(offset, value)
+    }
+
     /// Reads a global register.
     pub(crate) fn read(&self, offset: usize) -> Result<u32> {
         self.bar.lock().as_ref().ok_or(ENODEV)?.try_read32(offset)
@@ -96,10 +124,16 @@ pub(crate) struct Rmnic {
     #[pin]
     invq: InvalidationQueue,
     faults: CoherentRing,
-    /// Fault ring consumer index. A mutex held across a whole drain: the fault interrupt
-    /// thread and waiters polling for a lost interrupt may both drain, never at once.
+    /// Fault ring consumer index and the reset generation it belongs to. A mutex held across
+    /// a whole drain: the fault interrupt thread and waiters polling for a lost interrupt may
+    /// both drain, never at once.
     #[pin]
-    fault_tail: Mutex<u32>,
+    fault_tail: Mutex<(u32, u64)>,
+    /// Serialises [`Rmnic::recover`]. Never held while taking the mmap lock or `fault_tail`.
+    #[pin]
+    recovery: Mutex<()>,
+    /// Recoveries since probe.
+    recoveries: AtomicU64,
     #[pin]
     contexts: SpinLock<Contexts>,
     pci_vendor: u16,
@@ -123,16 +157,89 @@ impl Rmnic {
         Some(dir)
     }
 
-    /// Sends one invalidation and waits for it (see [`InvalidationQueue::wait`]).
+    /// Sends one invalidation and waits for it (see [`InvalidationQueue::wait`]). A blockable
+    /// wait that times out, or finds the device reset, recovers the device with a function
+    /// reset ([`Rmnic::recover`]): afterwards the device holds no translation at all, so the
+    /// invalidation is done either way.
     pub(crate) fn invalidate(&self, target: Target, blockable: bool) -> Result {
-        let seq = loop {
+        let (seq, generation) = loop {
             match self.invq.submit(&self.hw, target) {
                 Err(e) if e == EBUSY && blockable => delay::msleep(1),
                 Err(e) if e == EBUSY => return Err(EAGAIN),
                 other => break other?,
             }
         };
-        self.invq.wait(seq, blockable)
+        match self.invq.wait(&self.hw, seq, generation, blockable) {
+            Err(e) if blockable && e == EIO => {
+                self.recover(generation, "an invalidation did not complete in time");
+                Ok(())
+            }
+            Err(e) if blockable && e == ENXIO => {
+                self.recover(generation, "the device reset itself during an invalidation");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the device is still enabled; if it was reset behind the driver's back (a
+    /// function reset mid-flight), recovers it. Called by waiters that time out.
+    pub(crate) fn check_alive(&self) {
+        let generation = self.hw.generation();
+        match self.hw.read(REG_DEV_STATUS) {
+            Ok(status) if status & DEV_STATUS_ENABLED == 0 => {
+                self.recover(generation, "the device reset itself");
+            }
+            _ => {}
+        }
+    }
+
+    /// Brings the device back after it stopped answering or reset itself: a function reset
+    /// (no more DMA for anything submitted before, an empty TLB), every open context marked
+    /// lost (its calls fail with EIO from here on, its waiters are woken), the fault ring and
+    /// the invalidation queue reprogrammed, the device enabled again. New contexts work.
+    ///
+    /// `seen` is the generation the caller saw the problem in: if another caller already
+    /// recovered since, nothing is done. May sleep (only the recovery mutex); takes no lock
+    /// the miss path holds while it waits for the mmap lock, so a notifier may call it.
+    pub(crate) fn recover(&self, seen: u64, why: &str) {
+        let _serial = self.recovery.lock();
+        if self.hw.generation() != seen {
+            return;
+        }
+        // First: no open context drops anything in or touches its device slot any more.
+        let mut lost = 0;
+        {
+            let table = self.contexts.lock();
+            for ctx in table.slots.iter().flatten() {
+                ctx.mark_lost();
+                lost += 1;
+            }
+        }
+        // A drain in progress sees the new generation and starts over at 0; its writes for
+        // the old generation are dropped by `write_in`.
+        let programmed = self.invq.reset_device(&self.hw, || {
+            self.faults.fill_zero();
+            self.program_fault_ring()
+        });
+        // Waiters of the lost contexts return EIO.
+        self.notify_completions();
+        let count = self.recoveries.fetch_add(1, Ordering::Relaxed) + 1;
+        match programmed {
+            Ok(_) => pr_err!(
+                "{why}: device reset and re-enabled (recovery {count}), {lost} open contexts lost\n"
+            ),
+            Err(e) => pr_err!("{why}: device reset, but re-enabling it failed: {e:?}\n"),
+        }
+    }
+
+    /// Programs the fault ring registers (base, size, tail 0).
+    fn program_fault_ring(&self) -> Result {
+        let base = self.faults.dma_addr();
+        self.hw.write(REG_FAULT_BASE_LO, base as u32)?;
+        self.hw.write(REG_FAULT_BASE_HI, (base >> 32) as u32)?;
+        self.hw.write(REG_FAULT_SIZE, FAULT_ENTRIES)?;
+        self.hw.write(REG_FAULT_TAIL, 0)
     }
 
     /// Rings context `ctx`'s command doorbell.
@@ -225,8 +332,15 @@ impl Rmnic {
     /// Drains the fault ring, answering every record. Sleeps (the miss path does); called by
     /// the fault interrupt thread and, as a fallback for a lost interrupt, by waiters.
     pub(crate) fn drain_faults(&self) {
-        let mut tail = self.fault_tail.lock();
+        let mut guard = self.fault_tail.lock();
+        let (tail, seen) = &mut *guard;
         loop {
+            // After a recovery the device's ring starts over at 0.
+            let generation = self.hw.generation();
+            if *seen != generation {
+                *tail = 0;
+                *seen = generation;
+            }
             let Ok(head) = self.hw.read(REG_FAULT_HEAD) else {
                 return;
             };
@@ -238,7 +352,7 @@ impl Rmnic {
             if head.wrapping_sub(*tail) > FAULT_ENTRIES {
                 pr_err!("fault ring head {head} is out of step with tail {}; resynchronising\n", *tail);
                 *tail = head;
-                let _ = self.hw.write(REG_FAULT_TAIL, head);
+                let _ = self.hw.write_in(generation, REG_FAULT_TAIL, head);
                 return;
             }
             while *tail != head {
@@ -250,7 +364,10 @@ impl Rmnic {
                     self.faults.read::<u64>(at, FAULT_REC_VA),
                 );
                 *tail = at.wrapping_add(1);
-                let _ = self.hw.write(REG_FAULT_TAIL, *tail);
+                if self.hw.write_in(generation, REG_FAULT_TAIL, *tail).is_err() {
+                    // Reset meanwhile: the record belongs to a lost context.
+                    break;
+                }
                 let (Ok(index), Ok(asid), Ok(access), Ok(va)) = record else {
                     continue;
                 };
@@ -385,10 +502,15 @@ impl pci::Driver for RmnicDriver {
         let rmnic = Arc::pin_init(
             try_pin_init!(Rmnic {
                 pdev: pci::DeviceRef::new(dev),
-                hw <- pin_init!(Hw { bar <- new_spinlock!(Some(bar), "rmnic::Hw::bar") }),
+                hw <- pin_init!(Hw {
+                    bar <- new_spinlock!(Some(bar), "rmnic::Hw::bar"),
+                    generation: AtomicU64::new(0),
+                }),
                 invq <- invq,
                 faults,
-                fault_tail <- new_mutex!(0, "rmnic::Rmnic::fault_tail"),
+                fault_tail <- new_mutex!((0, 0), "rmnic::Rmnic::fault_tail"),
+                recovery <- new_mutex!((), "rmnic::Rmnic::recovery"),
+                recoveries: AtomicU64::new(0),
                 contexts <- new_spinlock!(Contexts {
                     slots: [const { None }; MAX_CONTEXTS],
                     reserved: 0,
@@ -405,13 +527,7 @@ impl pci::Driver for RmnicDriver {
         let reset = ScopeGuard::new(move || {
             let _ = reset_target.hw.write(REG_DEV_CONTROL, DEV_CONTROL_FLR);
         });
-        let fault_base = rmnic.faults.dma_addr();
-        rmnic.hw.write(REG_FAULT_BASE_LO, fault_base as u32)?;
-        rmnic
-            .hw
-            .write(REG_FAULT_BASE_HI, (fault_base >> 32) as u32)?;
-        rmnic.hw.write(REG_FAULT_SIZE, FAULT_ENTRIES)?;
-        rmnic.hw.write(REG_FAULT_TAIL, 0)?;
+        rmnic.program_fault_ring()?;
         rmnic.invq.program(&rmnic.hw)?;
 
         let vectors = IrqVectors::alloc_msix(dev, NUM_VECTORS, NUM_VECTORS)?;

@@ -24,8 +24,10 @@ const ENTRIES: u32 = 256;
 /// Busy-wait budget of a non-blockable wait, in microseconds: the device worker finishes an
 /// invalidation in microseconds unless the host is overloaded, and the OOM reaper retries.
 const ATOMIC_WAIT_US: u32 = 20_000;
-/// Give up a blockable wait after this long (the device is then considered dead).
-const BLOCKING_WAIT_MS: u32 = 10_000;
+/// Give up a blockable wait after this long: the device is then considered hung and the
+/// caller recovers it with a function reset (`Rmnic::recover`). A healthy device answers in
+/// microseconds, a slow emulated host in milliseconds.
+const BLOCKING_WAIT_MS: u32 = 5_000;
 
 /// What to invalidate.
 #[derive(Clone, Copy, Debug)]
@@ -79,10 +81,26 @@ impl InvalidationQueue {
         hw.write(REG_INVQ_TAIL, 0)
     }
 
-    /// Queues one invalidation and rings the doorbell; returns its sequence number. Never
-    /// sleeps. `EBUSY` if the queue is full.
-    pub(crate) fn submit(&self, hw: &Hw, target: Target) -> Result<u64> {
+    /// Resets the device (`Hw::reset_function`) and reprograms it while no descriptor can be
+    /// queued: the producer index goes back to 0 with the device's, `reprogram` sets up the
+    /// rest (the fault ring), then the queue is programmed and the device enabled. Returns the
+    /// new generation. Never sleeps.
+    pub(crate) fn reset_device(&self, hw: &Hw, reprogram: impl FnOnce() -> Result) -> Result<u64> {
         let mut state = self.state.lock();
+        let generation = hw.reset_function()?;
+        state.tail = 0;
+        self.ring.fill_zero();
+        reprogram()?;
+        self.program(hw)?;
+        hw.write(REG_DEV_CONTROL, DEV_CONTROL_ENABLE)?;
+        Ok(generation)
+    }
+
+    /// Queues one invalidation and rings the doorbell; returns its sequence number and the
+    /// reset generation it was queued in. Never sleeps. `EBUSY` if the queue is full.
+    pub(crate) fn submit(&self, hw: &Hw, target: Target) -> Result<(u64, u64)> {
+        let mut state = self.state.lock();
+        let generation = hw.generation();
         let head = hw.read(REG_INVQ_HEAD)?;
         if state.tail.wrapping_sub(head) >= ENTRIES {
             return Err(EBUSY);
@@ -104,7 +122,7 @@ impl InvalidationQueue {
         state.tail = state.tail.wrapping_add(1);
         state.next_seq += 1;
         hw.write(REG_INVQ_TAIL, state.tail)?;
-        Ok(seq)
+        Ok((seq, generation))
     }
 
     fn completed(&self, seq: u64) -> bool {
@@ -113,13 +131,17 @@ impl InvalidationQueue {
             .is_ok_and(|done| done >= seq)
     }
 
-    /// Waits for `seq` to complete. Blockable waits sleep between polls; non-blockable ones
-    /// busy-wait up to [`ATOMIC_WAIT_US`] and report `EAGAIN` past that.
-    pub(crate) fn wait(&self, seq: u64, blockable: bool) -> Result {
+    /// Waits for `seq` (queued in reset generation `generation`) to complete; a reset since
+    /// also ends the wait, as the reset device holds no translation. Blockable waits sleep
+    /// between polls and look at `DEV_STATUS` (`ENXIO`: the device reset itself) and give up
+    /// after [`BLOCKING_WAIT_MS`] (`EIO`); non-blockable ones busy-wait up to
+    /// [`ATOMIC_WAIT_US`] and report `EAGAIN` past that.
+    pub(crate) fn wait(&self, hw: &Hw, seq: u64, generation: u64, blockable: bool) -> Result {
+        let done = || self.completed(seq) || hw.generation() != generation;
         if blockable {
             // A short spin first: the device usually answers within microseconds.
             for _ in 0..200 {
-                if self.completed(seq) {
+                if done() {
                     return Ok(());
                 }
                 delay::udelay(1);
@@ -128,19 +150,25 @@ impl InvalidationQueue {
             // by iterations.
             let start = Ktime::ktime_get();
             while ktime_ms_delta(Ktime::ktime_get(), start) < i64::from(BLOCKING_WAIT_MS) {
-                if self.completed(seq) {
+                if done() {
                     return Ok(());
+                }
+                if hw
+                    .read(REG_DEV_STATUS)
+                    .is_ok_and(|status| status & DEV_STATUS_ENABLED == 0)
+                {
+                    return if done() { Ok(()) } else { Err(ENXIO) };
                 }
                 delay::msleep(1);
             }
-            if self.completed(seq) {
+            if done() {
                 return Ok(());
             }
             pr_err!("invalidation {seq} did not complete in {BLOCKING_WAIT_MS} ms\n");
             Err(EIO)
         } else {
             for _ in 0..ATOMIC_WAIT_US {
-                if self.completed(seq) {
+                if done() {
                     return Ok(());
                 }
                 delay::udelay(1);

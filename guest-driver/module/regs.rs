@@ -55,6 +55,9 @@ pub(crate) const DEV_CONTROL_ENABLE: u32 = 1 << 0;
 /// `DEV_CONTROL.FLR`: write 1 to reset the whole function.
 pub(crate) const DEV_CONTROL_FLR: u32 = 1 << 1;
 
+/// `DEV_STATUS.ENABLED`: the device is enabled (clear after a function reset).
+pub(crate) const DEV_STATUS_ENABLED: u32 = 1 << 0;
+
 /// `CAPS[7:0]`: number of contexts.
 pub(crate) const CAPS_CONTEXTS_MASK: u32 = 0xff;
 

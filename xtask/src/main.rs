@@ -99,6 +99,19 @@ enum Cmd {
         /// Guest vCPUs.
         #[arg(long, default_value_t = 2)]
         cpus: u32,
+        /// Device-TLB fault to inject (repeatable; docs/fault-injection.md).
+        #[arg(long, value_name = "MODE")]
+        fault: Vec<String>,
+        /// Seed of the fault injection's random choices (printed by every run).
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
+        /// Leave the device's event trace here (`.json`: open it in ui.perfetto.dev; else text).
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
+        /// Serve the control API on this socket while the guest runs (`rmnic-vmm ctl --socket
+        /// FILE stats`).
+        #[arg(long, value_name = "FILE")]
+        api_socket: Option<PathBuf>,
         /// `rmnic-guest` subcommand and arguments.
         #[arg(required = true, trailing_var_arg = true)]
         args: Vec<String>,
@@ -150,12 +163,25 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Demo => {
             deps::ensure()?;
             images::build(&repo)?;
-            boot(&["demo".to_string()], 2)
+            boot(&["demo".to_string()], 2, Control::default())
         }
-        Cmd::Run { cpus, args } => {
+        Cmd::Run {
+            cpus,
+            fault,
+            seed,
+            trace,
+            api_socket,
+            args,
+        } => {
             deps::ensure()?;
             images::build(&repo)?;
-            boot(&args, cpus)
+            let control = Control {
+                fault,
+                seed,
+                trace: trace.map(absolute).transpose()?,
+                api_socket: api_socket.map(absolute).transpose()?,
+            };
+            boot(&args, cpus, control)
         }
         Cmd::Bench { args } => {
             let start = progress::step("cargo bench -p rmnic-device");
@@ -261,15 +287,51 @@ fn lint(repo: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Fault injection, trace and control API of a `run`.
+#[derive(Debug, Default)]
+struct Control {
+    fault: Vec<String>,
+    seed: Option<u64>,
+    trace: Option<PathBuf>,
+    api_socket: Option<PathBuf>,
+}
+
+/// `path` made absolute against the current directory (the harness runs elsewhere).
+fn absolute(path: PathBuf) -> Result<PathBuf> {
+    Ok(if path.is_absolute() {
+        path
+    } else {
+        std::env::current_dir()?.join(path)
+    })
+}
+
 /// Boots the guest running `rmnic-guest <args>`, echoing its console; exits with the guest's
 /// status.
-fn boot(args: &[String], cpus: u32) -> Result<ExitCode> {
+fn boot(args: &[String], cpus: u32, control: Control) -> Result<ExitCode> {
     let images = Images::locate()?;
     let mode = HostMode::from_env()?;
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut guest = GuestRun::new(&words);
     guest.cpus = cpus;
     guest.echo = true;
+    for fault in &control.fault {
+        guest
+            .device_args
+            .extend(["--fault".to_string(), fault.clone()]);
+    }
+    if let Some(seed) = control.seed {
+        guest
+            .device_args
+            .extend(["--seed".to_string(), seed.to_string()]);
+    }
+    guest.trace = control.trace.clone();
+    guest.api_socket = control.api_socket.clone();
+    if let Some(path) = &guest.api_socket {
+        eprintln!(
+            "    control API: rmnic-vmm ctl --socket {} stats (while the guest runs)",
+            path.display()
+        );
+    }
     let start = progress::step(&format!(
         "Booting the guest ({mode} mode, {cpus} vCPUs): rmnic-guest {}",
         args.join(" ")
@@ -280,6 +342,17 @@ fn boot(args: &[String], cpus: u32) -> Result<ExitCode> {
         eprintln!(
             "    VMM start to guest init: {}",
             progress::fmt_duration(boot)
+        );
+    }
+    if let Some(path) = &guest.trace {
+        eprintln!(
+            "    trace: {} ({})",
+            path.display(),
+            if path.extension().is_some_and(|e| e == "json") {
+                "open it in https://ui.perfetto.dev or chrome://tracing"
+            } else {
+                "text, one event per line"
+            }
         );
     }
     Ok(ExitCode::from(

@@ -72,6 +72,15 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         copies: u32,
     },
+    /// For `stall-invalidate` and `reset:3`: copies on one context until the device stops
+    /// answering (a munmap whose invalidation never completes, or a function reset at the
+    /// third command), checks that the driver recovered (the munmap returned, the old context
+    /// fails cleanly with EIO) and that a new context works with the right data.
+    Recover {
+        /// `stall` or `reset`.
+        #[arg(long)]
+        expect: String,
+    },
     /// Exits with `status` (tests that a guest failure reaches the host).
     Fail {
         /// Status to exit with.
@@ -109,6 +118,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::DeviceErrors { copies } => device_errors(copies),
+        Command::Recover { expect } => recover(&expect),
         Command::Fail { status } => {
             println!("rmnic-guest: failing on purpose with status {status}");
             Ok(ExitCode::from(status))
@@ -263,6 +273,83 @@ fn coherence(only: &[String], skip: &[String]) -> Result<ExitCode> {
     );
     result?;
     Ok(if checks.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `errno` of an ioctl failure, if that is what `e` is.
+fn ioctl_errno(e: &rmnic_abi::Error) -> Option<i32> {
+    match e {
+        rmnic_abi::Error::Ioctl { source, .. } => source.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// See `Command::Recover`.
+fn recover(expect: &str) -> Result<ExitCode> {
+    let check = |name: &str, ok: bool, detail: String| {
+        println!("CHECK {name} {} {detail}", if ok { "ok" } else { "FAILED" });
+        ok
+    };
+    let len = 4 * 4096;
+    let a = Context::open()?;
+    let mut src = rmnic_guest::Mapping::new(len, false)?;
+    let dst = rmnic_guest::Mapping::new(len, false)?;
+    src.bytes_mut().fill(0x11);
+    a.copy(dst.addr(), src.addr(), len as u64)??;
+    a.copy(dst.addr(), src.addr(), len as u64)??;
+    let gone = rmnic_guest::Mapping::new(len, false)?;
+    let third = a.copy(dst.addr(), gone.addr(), len as u64);
+    let mut passed = true;
+    match expect {
+        "stall" => {
+            passed &= check(
+                "recover-third-copy",
+                matches!(third, Ok(Ok(()))),
+                format!("{third:?}"),
+            );
+            // The device holds `gone`'s translations: munmap's invalidation is the one that
+            // never completes. The driver must give up, reset the device and return.
+            let start = std::time::Instant::now();
+            drop(gone);
+            passed &= check(
+                "recover-munmap-returned",
+                true,
+                format!("after {:.1} s", start.elapsed().as_secs_f64()),
+            );
+        }
+        "reset" => {
+            let errno = third.as_ref().err().and_then(ioctl_errno);
+            passed &= check(
+                "recover-in-flight-command-failed",
+                errno == Some(libc::EIO),
+                format!("{third:?}"),
+            );
+        }
+        other => anyhow::bail!("--expect {other}: use stall or reset"),
+    }
+    let after = a.copy(dst.addr(), src.addr(), len as u64);
+    let errno = after.as_ref().err().and_then(ioctl_errno);
+    passed &= check(
+        "recover-old-context-fails-cleanly",
+        errno == Some(libc::EIO),
+        format!("{after:?}"),
+    );
+    let b = Context::open()?;
+    src.bytes_mut().fill(0x77);
+    let copied = b.copy(dst.addr(), src.addr(), len as u64);
+    let data_ok = dst.bytes().iter().all(|&x| x == 0x77);
+    passed &= check(
+        "recover-new-context-works",
+        matches!(copied, Ok(Ok(()))) && data_ok,
+        format!(
+            "{copied:?}, data {}",
+            if data_ok { "matches" } else { "WRONG" }
+        ),
+    );
+    Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

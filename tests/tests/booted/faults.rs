@@ -161,3 +161,50 @@ fn a_stale_drop_in_is_caught_and_fails_the_run_under_rmnic_vmm() {
     );
     let _ = std::fs::remove_file(&trace);
 }
+
+/// Asserts every `CHECK recover-*` line of the `recover` program passed.
+fn assert_recovered(outcome: &Outcome, command: &[&str], what: &str) {
+    assert_eq!(
+        program_status(outcome, command),
+        Some(0),
+        "{what}: the driver did not recover\n{}",
+        outcome.tail()
+    );
+    let failed: Vec<&str> = outcome
+        .console
+        .lines()
+        .filter(|l| l.starts_with("CHECK recover-") && l.contains(" FAILED"))
+        .collect();
+    assert!(failed.is_empty(), "{what}: {failed:#?}\n{}", outcome.tail());
+    assert!(
+        outcome.console.contains("device reset and re-enabled"),
+        "{what}: the driver's recovery message is missing\n{}",
+        outcome.tail()
+    );
+}
+
+/// `stall-invalidate`: an invalidation never completes. The driver's notifier gives up after
+/// its bound (5 s), resets the device (which then holds no translation) and returns, so munmap
+/// returns; the old context fails with EIO; a new context works.
+#[test]
+fn a_stalled_invalidation_is_recovered_by_a_device_reset() {
+    let command = ["recover", "--expect", "stall"];
+    let (outcome, trace) = boot(Mode::Qemu, &command, "stall-invalidate:1", "stall");
+    assert_recovered(&outcome, &command, "stall-invalidate");
+    assert!(
+        injected(&trace, "StalledInvalidation") > 0,
+        "no stall was injected"
+    );
+    let _ = std::fs::remove_file(&trace);
+}
+
+/// `reset:3`: the device resets itself when the third command starts. The waiting process gets
+/// EIO for it (no hang), the driver re-enables the device, a new context works.
+#[test]
+fn a_device_reset_mid_flight_fails_the_command_and_the_driver_recovers() {
+    let command = ["recover", "--expect", "reset"];
+    let (outcome, trace) = boot(Mode::Qemu, &command, "reset:3", "reset");
+    assert_recovered(&outcome, &command, "reset");
+    assert!(injected(&trace, "Reset") > 0, "no reset was injected");
+    let _ = std::fs::remove_file(&trace);
+}
