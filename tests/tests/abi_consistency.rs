@@ -64,6 +64,7 @@ fn every_driver_constant_matches_the_device_model() {
         r::REG_INVQ_DONE_ADDR_HI as REG_INVQ_DONE_ADDR_HI,
         r::DEV_CONTROL_ENABLE as DEV_CONTROL_ENABLE,
         r::DEV_CONTROL_FLR as DEV_CONTROL_FLR,
+        r::DEV_STATUS_ENABLED as DEV_STATUS_ENABLED,
         r::CAPS_CONTEXTS_MASK as CAPS_CONTEXTS_MASK,
         r::CTX_BLOCK_BASE as CTX_BLOCK_BASE,
         r::CTX_BLOCK_SIZE as CTX_BLOCK_SIZE,
