@@ -13,6 +13,7 @@
 mod cache;
 mod deps;
 mod driver;
+mod guest_bench;
 mod images;
 mod initramfs;
 mod kernel;
@@ -192,6 +193,9 @@ fn real_main() -> Result<ExitCode> {
                     .args(&args),
             )?;
             progress::done("benchmarks", start);
+            deps::ensure()?;
+            images::build(&repo)?;
+            guest_bench::oracle_cost(&Images::locate()?)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Soak {

@@ -81,6 +81,19 @@ enum Command {
         #[arg(long)]
         expect: String,
     },
+    /// A device workload for benchmarks: device COPY of `mib` MiB between two buffers of 4 KiB
+    /// pages, `rounds` times after a first-touch round. Prints one `BENCH copy-4k ...` line.
+    CopyBench {
+        /// Buffer size in MiB.
+        #[arg(long, default_value_t = 16)]
+        mib: usize,
+        /// Warm rounds.
+        #[arg(long, default_value_t = 8)]
+        rounds: u32,
+        /// Name printed in the `BENCH` line.
+        #[arg(long, default_value = "copy-4k")]
+        label: String,
+    },
     /// Exits with `status` (tests that a guest failure reaches the host).
     Fail {
         /// Status to exit with.
@@ -119,6 +132,9 @@ fn main() -> ExitCode {
         }),
         Command::DeviceErrors { copies } => device_errors(copies),
         Command::Recover { expect } => recover(&expect),
+        Command::CopyBench { mib, rounds, label } => {
+            copy_bench(mib, rounds, &label).map(|()| ExitCode::SUCCESS)
+        }
         Command::Fail { status } => {
             println!("rmnic-guest: failing on purpose with status {status}");
             Ok(ExitCode::from(status))
@@ -277,6 +293,37 @@ fn coherence(only: &[String], skip: &[String]) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// See `Command::CopyBench`.
+fn copy_bench(mib: usize, rounds: u32, label: &str) -> Result<()> {
+    let len = mib << 20;
+    let device = Context::open()?;
+    let mut src = rmnic_guest::Mapping::new(len, false)?;
+    let mut dst = rmnic_guest::Mapping::new(len, false)?;
+    // 4 KiB pages: one page-table walk per page for the oracle, the expensive case.
+    src.advise(libc::MADV_NOHUGEPAGE)?;
+    dst.advise(libc::MADV_NOHUGEPAGE)?;
+    src.bytes_mut().fill(0x3c);
+    dst.bytes_mut().fill(0);
+    let start = std::time::Instant::now();
+    device.copy(dst.addr(), src.addr(), len as u64)??;
+    let first = start.elapsed();
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        device.copy(dst.addr(), src.addr(), len as u64)??;
+    }
+    let warm = start.elapsed();
+    anyhow::ensure!(
+        dst.bytes().iter().all(|&b| b == 0x3c),
+        "copy-bench: wrong data"
+    );
+    let mib_s = (mib as f64 * f64::from(rounds)) / warm.as_secs_f64();
+    println!(
+        "BENCH {label} mib={mib} rounds={rounds} first_touch_ms={:.1} warm_mib_s={mib_s:.1}",
+        first.as_secs_f64() * 1000.0
+    );
+    Ok(())
 }
 
 /// `errno` of an ioctl failure, if that is what `e` is.
