@@ -514,7 +514,10 @@ fn emulated_command(images: &Images, guest: &GuestRun, host: &EmulatedHost) -> C
             } else if guest.device_args.is_empty() {
                 String::new()
             } else {
-                format!("rmnic_vmm_args={} ", guest.device_args.join(","))
+                format!(
+                    "rmnic_vmm_args={} ",
+                    host_init_words(&guest.device_args).join(",")
+                )
             },
             host.kernel_append
         ));
@@ -538,6 +541,27 @@ fn emulated_command(images: &Images, guest: &GuestRun, host: &EmulatedHost) -> C
         append_host_word(&mut cmd, &format!("rmnic_trace={format}"));
     }
     cmd
+}
+
+/// rmnic-vmm options as words for host-init's `rmnic_vmm_args=a,b` (commas become spaces
+/// there): a comma-separated `--fault` list becomes one `--fault` per mode, since rmnic-vmm
+/// takes `--fault` repeatedly.
+fn host_init_words(args: &[String]) -> Vec<String> {
+    let mut words = Vec::with_capacity(args.len());
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match (arg.as_str(), iter.clone().next()) {
+            ("--fault", Some(modes)) if modes.contains(',') => {
+                iter.next();
+                for mode in modes.split(',') {
+                    words.push("--fault".to_string());
+                    words.push(mode.to_string());
+                }
+            }
+            _ => words.push(arg.clone()),
+        }
+    }
+    words
 }
 
 /// Adds a word to the emulated host's kernel command line (the last `-append` argument).

@@ -29,11 +29,22 @@ pub fn oracle_summary(outcome: &Outcome) -> Option<(u64, u64)> {
 /// `ignore-permission` (a write through a read-only entry). The oracle must report both kinds.
 #[test]
 fn the_oracle_catches_planted_device_bugs() {
+    planted_device_bugs(HostMode::Qemu);
+}
+
+/// The same under rmnic-vmm (direct, or emulated where the CPU has no SVM/VMX), where the run
+/// must also end with the violation status 0x87 (docs/vmm.md).
+#[test]
+fn the_oracle_catches_planted_device_bugs_and_rmnic_vmm_fails_the_run() {
+    let outcome = planted_device_bugs(crate::Mode::Default.host());
+    assert_eq!(outcome.status, 0x87, "violation status\n{}", outcome.tail());
+}
+
+fn planted_device_bugs(mode: HostMode) -> Outcome {
     // mprotect first: only the first 16 records are printed, and munmap makes many.
     let mut guest = GuestRun::new(&["coherence", "--only", "mprotect", "--only", "munmap"]);
     guest.device_args = vec!["--fault".into(), "drop-invalidate,ignore-permission".into()];
-    let outcome =
-        run_in(HostMode::Qemu, &images(), &guest).unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let outcome = run_in(mode, &images(), &guest).unwrap_or_else(|e| panic!("boot failed: {e}"));
     let (checked, violations) =
         oracle_summary(&outcome).unwrap_or_else(|| panic!("no oracle summary\n{}", outcome.tail()));
     assert!(checked > 0, "nothing checked\n{}", outcome.tail());
@@ -61,4 +72,5 @@ fn the_oracle_catches_planted_device_bugs() {
         "no write-to-read-only record: {records:#?}\n{}",
         outcome.tail()
     );
+    outcome
 }
