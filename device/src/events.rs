@@ -41,8 +41,10 @@ pub const EVENT_INTERRUPT: u32 = 1 << 9;
 pub const EVENT_STATE: u32 = 1 << 10;
 /// Event class: faults injected by a fault mode (`docs/fault-injection.md`).
 pub const EVENT_INJECTED: u32 = 1 << 11;
+/// Event class: coherence violations the oracle found (recorded by the oracle, not the device).
+pub const EVENT_VIOLATION: u32 = 1 << 12;
 /// Every class.
-pub const EVENT_ALL: u32 = (1 << 12) - 1;
+pub const EVENT_ALL: u32 = (1 << 13) - 1;
 /// The classes logged unless the VMM says otherwise: all but MMIO reads.
 pub const EVENT_DEFAULT: u32 = EVENT_ALL & !EVENT_MMIO_READ;
 /// Default capacity of the log in events.
@@ -248,6 +250,19 @@ pub enum EventKind {
         /// What was injected.
         fault: InjectedFault,
     },
+    /// The coherence oracle found an access or a drop-in the CPU's page tables do not allow.
+    Violation {
+        /// Context.
+        ctx: u8,
+        /// ASID.
+        asid: u16,
+        /// Virtual address.
+        va: VirtAddr,
+        /// Guest-physical address the device used.
+        gpa: u64,
+        /// A write (else a read), or a writable drop-in.
+        write: bool,
+    },
 }
 
 impl EventKind {
@@ -261,7 +276,8 @@ impl EventKind {
             | Self::DropInDiscarded { ctx, .. }
             | Self::FaultRecord { ctx, .. }
             | Self::Completion { ctx, .. }
-            | Self::ContextState { ctx, .. } => Some(ctx),
+            | Self::ContextState { ctx, .. }
+            | Self::Violation { ctx, .. } => Some(ctx),
             Self::FaultInjected { ctx, .. } => ctx,
             _ => None,
         }
@@ -294,6 +310,7 @@ impl EventKind {
             Self::Interrupt { .. } => EVENT_INTERRUPT,
             Self::ContextState { .. } | Self::DeviceError { .. } | Self::Reset => EVENT_STATE,
             Self::FaultInjected { .. } => EVENT_INJECTED,
+            Self::Violation { .. } => EVENT_VIOLATION,
         }
     }
 }
@@ -321,6 +338,7 @@ impl EventKind {
             Self::DeviceError { .. } => "device error",
             Self::Reset => "reset",
             Self::FaultInjected { .. } => "injected fault",
+            Self::Violation { .. } => "COHERENCE VIOLATION",
         }
     }
 }
@@ -406,6 +424,17 @@ impl std::fmt::Display for EventKind {
             }
             Self::DeviceError { code } => write!(f, "{name} code {code}"),
             Self::Reset => f.write_str(name),
+            Self::Violation {
+                ctx,
+                asid,
+                va,
+                gpa,
+                write,
+            } => write!(
+                f,
+                "{name} ctx {ctx} asid {asid} {} va {va} through {gpa:#x}",
+                if write { "write" } else { "read" }
+            ),
             Self::FaultInjected { ctx, fault } => match ctx {
                 Some(ctx) => write!(f, "{name} ctx {ctx}: {fault:?}"),
                 None => write!(f, "{name}: {fault:?}"),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::VirtAddr;
 use crate::engine::dma::GuestRam;
-use crate::events::{Event, EventLog};
+use crate::events::{Event, EventKind, EventLog};
 use crate::fault_ring::{FAULT_ACCESS_READ, FAULT_ACCESS_WRITE};
 use crate::inject::{
     DmaAccess, DmaVerdict, DropIn, FaultInjector, InvalidationVerdict, TranslatedAccess,
@@ -271,6 +271,16 @@ impl Oracle {
         };
         if let Some(wrong) = wrong {
             self.violations.fetch_add(1, Ordering::Relaxed);
+            let recent_events = self.recent_events(access.ctx, access.asid);
+            if let Some(log) = self.events.get() {
+                log.record(EventKind::Violation {
+                    ctx: access.ctx,
+                    asid: access.asid,
+                    va: access.va,
+                    gpa: access.gpa.0,
+                    write: access.access & FAULT_ACCESS_WRITE != 0,
+                });
+            }
             let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
             if kept.len() < KEPT_VIOLATIONS {
                 kept.push(Violation {
@@ -278,7 +288,7 @@ impl Oracle {
                     seen,
                     wrong,
                     at: self.started.elapsed(),
-                    recent_events: self.recent_events(access.ctx, access.asid),
+                    recent_events,
                 });
             }
         }
@@ -447,6 +457,41 @@ mod tests {
             line.contains("VA 0x70000010") && line.contains("0x500010"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_violation_keeps_the_contexts_last_events_and_enters_the_log() {
+        use crate::events::{EventLog, EVENT_ALL};
+        let mut t = Tables::new();
+        t.map(0x7000_0000, 0x40_0000, 1, PTE_PRESENT | PTE_USER);
+        let oracle = Oracle::new(CheckMode::Full, Arc::new(NoFaults));
+        let log = Arc::new(EventLog::new(64, EVENT_ALL));
+        oracle.watch_events(log.clone());
+        log.record(EventKind::Doorbell { ctx: 1 });
+        log.record(EventKind::Doorbell { ctx: 2 });
+        oracle.translated(&access(&t, 0x7000_0010, 0x40_0010, true), &t.mem);
+        let violation = &oracle.violations()[0];
+        assert_eq!(
+            violation
+                .recent_events
+                .iter()
+                .map(|e| e.kind)
+                .collect::<Vec<_>>(),
+            [EventKind::Doorbell { ctx: 1 }],
+            "only context 1's events"
+        );
+        assert!(log.snapshot().iter().any(|e| matches!(
+            e.kind,
+            EventKind::Violation {
+                ctx: 1,
+                write: true,
+                ..
+            }
+        )));
+        assert!(oracle
+            .report()
+            .iter()
+            .any(|l| l.contains("device events before it")));
     }
 
     #[test]
