@@ -40,10 +40,13 @@ struct Cli {
     /// trace JSON; otherwise text).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// A lean event log: no TLB hits, register writes or interrupts (markers stay).
+    #[arg(long)]
+    trace_lean: bool,
 }
 
 /// Events the device keeps when a trace or the control API may read them.
-const TRACE_EVENTS: usize = 1 << 17;
+const TRACE_EVENTS: usize = 1 << 18;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -80,6 +83,9 @@ fn main() -> ExitCode {
     };
     if cli.trace.is_some() || cli.api_socket.is_some() {
         config.event_log_capacity = TRACE_EVENTS;
+    }
+    if cli.trace_lean {
+        config.event_mask = rmnic_device::events::EVENT_LEAN;
     }
     let function = match RmnicFunction::new(config) {
         Ok(function) => function,

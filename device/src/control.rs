@@ -30,7 +30,7 @@ use crate::regs::{
     FAULT_INFO, FAULT_VA_HI, FAULT_VA_LO, GLOBAL_REGISTERS, REGISTER_WINDOW_SIZE, REG_DEV_CONTROL,
     REG_DEV_ERROR, REG_DEV_STATUS, REG_FAULT_BASE_LO, REG_FAULT_HEAD, REG_FAULT_SIZE,
     REG_FAULT_TAIL, REG_INVQ_BASE_LO, REG_INVQ_DONE_ADDR_LO, REG_INVQ_DONE_SEQ_HI,
-    REG_INVQ_DONE_SEQ_LO, REG_INVQ_HEAD, REG_INVQ_SIZE, REG_INVQ_TAIL, REG_STATS_BASE,
+    REG_INVQ_DONE_SEQ_LO, REG_INVQ_HEAD, REG_INVQ_SIZE, REG_INVQ_TAIL, REG_SCRATCH, REG_STATS_BASE,
     REG_TLB_GEOMETRY, TLB_GEOMETRY_SETS_SHIFT, TLB_GEOMETRY_WAYS_SHIFT,
 };
 use crate::rmnic::VECTOR_FAULT;
@@ -229,6 +229,14 @@ impl Shared {
             REG_DEV_ERROR => self.write_dev_error(value),
             REG_FAULT_TAIL => self.write_fault_tail(value),
             REG_INVQ_TAIL => self.write_invq_tail(value),
+            REG_SCRATCH => {
+                // The scratch register has no effect, so software uses it to mark its phases
+                // in traces: a marker event survives when MMIO writes are not logged.
+                self.events.record(EventKind::Marker { value });
+                let mut global = lock(&self.global);
+                let enabled = global.value(REG_DEV_CONTROL) & DEV_CONTROL_ENABLE != 0;
+                global.guest_write(offset, value, enabled);
+            }
             _ => {
                 let mut global = lock(&self.global);
                 let enabled = global.value(REG_DEV_CONTROL) & DEV_CONTROL_ENABLE != 0;

@@ -45,6 +45,11 @@ pub const EVENT_INJECTED: u32 = 1 << 11;
 pub const EVENT_VIOLATION: u32 = 1 << 12;
 /// Every class.
 pub const EVENT_ALL: u32 = (1 << 13) - 1;
+/// A lean log for long runs: no TLB hits, no register writes or reads, no interrupts (most of
+/// the events); markers, misses, drop-ins, invalidations, completions, state changes, injected
+/// faults and violations stay.
+pub const EVENT_LEAN: u32 =
+    EVENT_ALL & !(EVENT_HIT | EVENT_MMIO_WRITE | EVENT_MMIO_READ | EVENT_INTERRUPT);
 /// The classes logged unless the VMM says otherwise: all but MMIO reads.
 pub const EVENT_DEFAULT: u32 = EVENT_ALL & !EVENT_MMIO_READ;
 /// Default capacity of the log in events.
@@ -250,6 +255,11 @@ pub enum EventKind {
         /// What was injected.
         fault: InjectedFault,
     },
+    /// Software wrote the scratch register (`REG_SCRATCH`): a marker of its own phases.
+    Marker {
+        /// The value written.
+        value: u32,
+    },
     /// The coherence oracle found an access or a drop-in the CPU's page tables do not allow.
     Violation {
         /// Context.
@@ -311,6 +321,7 @@ impl EventKind {
             Self::ContextState { .. } | Self::DeviceError { .. } | Self::Reset => EVENT_STATE,
             Self::FaultInjected { .. } => EVENT_INJECTED,
             Self::Violation { .. } => EVENT_VIOLATION,
+            Self::Marker { .. } => EVENT_STATE,
         }
     }
 }
@@ -339,6 +350,7 @@ impl EventKind {
             Self::Reset => "reset",
             Self::FaultInjected { .. } => "injected fault",
             Self::Violation { .. } => "COHERENCE VIOLATION",
+            Self::Marker { .. } => "marker",
         }
     }
 }
@@ -435,6 +447,7 @@ impl std::fmt::Display for EventKind {
                 "{name} ctx {ctx} asid {asid} {} va {va} through {gpa:#x}",
                 if write { "write" } else { "read" }
             ),
+            Self::Marker { value } => write!(f, "{name} {value:#x}"),
             Self::FaultInjected { ctx, fault } => match ctx {
                 Some(ctx) => write!(f, "{name} ctx {ctx}: {fault:?}"),
                 None => write!(f, "{name}: {fault:?}"),

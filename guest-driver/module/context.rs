@@ -104,6 +104,9 @@ impl IntervalCallbacks for Arc<Mirror> {
     fn invalidate(&self, range: &Range<'_>, cur_seq: Seq, notifier: &Handle) -> bool {
         bump(&self.stats.invalidations_received);
         let blockable = range.is_blockable();
+        if !blockable {
+            crate::counters::up(&crate::counters::NONBLOCKING_INVALIDATIONS);
+        }
         let target = {
             let mut cov = self.update.lock();
             notifier.set_seq(cur_seq);
@@ -140,7 +143,10 @@ impl IntervalCallbacks for Arc<Mirror> {
                 bump(&self.stats.invalidations_sent);
                 true
             }
-            Err(e) if e == EAGAIN && !blockable => false,
+            Err(e) if e == EAGAIN && !blockable => {
+                crate::counters::up(&crate::counters::NONBLOCKING_DEFERRED);
+                false
+            }
             Err(e) => {
                 // The device is gone or dead: it holds no translations anymore.
                 pr_err!(
@@ -458,6 +464,15 @@ impl Context {
             let mut attr = DROPIN_ATTR_READ;
             if write {
                 attr |= DROPIN_ATTR_WRITE;
+                // The kernel must learn that the device may dirty the page: a PTE can be
+                // writable and clean (after MADV_FREE, after a read swap-in), and then nothing
+                // else would tell reclaim or writeback. The kernel cleans a page only after an
+                // invalidation removed the entry, and a later write faults again and marks it
+                // again (docs/driver.md, "Dirty pages").
+                // SAFETY: under `Mirror::update` with `read_retry` false: no invalidation of
+                // this page has started since `hmm_range_fault`, so it is still mapped here.
+                unsafe { entry.mark_dirty() };
+                crate::counters::up(&crate::counters::PAGES_DIRTIED);
             }
             if huge {
                 attr |= DROPIN_ATTR_2M;

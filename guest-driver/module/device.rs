@@ -16,6 +16,7 @@ use kernel::str::CString;
 use kernel::{c_str, fmt, new_mutex, new_spinlock};
 
 use crate::context::{Context, Mirror, DEBUGFS_COUNTERS};
+use crate::counters;
 use crate::debugfs::Dir;
 use crate::delay;
 use crate::dma::{self, CoherentRing};
@@ -132,8 +133,7 @@ pub(crate) struct Rmnic {
     /// Serialises [`Rmnic::recover`]. Never held while taking the mmap lock or `fault_tail`.
     #[pin]
     recovery: Mutex<()>,
-    /// Recoveries since probe.
-    recoveries: AtomicU64,
+
     #[pin]
     contexts: SpinLock<Contexts>,
     pci_vendor: u16,
@@ -224,7 +224,8 @@ impl Rmnic {
         });
         // Waiters of the lost contexts return EIO.
         self.notify_completions();
-        let count = self.recoveries.fetch_add(1, Ordering::Relaxed) + 1;
+        counters::up(&counters::RECOVERIES);
+        let count = counters::RECOVERIES.load(Ordering::Relaxed);
         match programmed {
             Ok(_) => pr_err!(
                 "{why}: device reset and re-enabled (recovery {count}), {lost} open contexts lost\n"
@@ -270,6 +271,7 @@ impl Rmnic {
             .find(|&i| table.slots[i].is_none() && table.reserved & (1 << i) == 0)
             .ok_or(EBUSY)?;
         table.reserved |= 1 << index;
+        counters::up(&counters::CONTEXTS_LIVE);
         // ASIDs cycle through 1..=0xffff so traces tell successive users of a slot apart; a
         // disabled context holds no entries, so reuse after wrap-around is harmless.
         let asid = table.next_asid;
@@ -282,6 +284,7 @@ impl Rmnic {
         let mut table = self.contexts.lock();
         table.reserved &= !(1 << index);
         table.slots[index] = None;
+        counters::down(&counters::CONTEXTS_LIVE);
     }
 
     /// Programs and enables the device context of `ctx` and publishes it to the interrupt
@@ -445,6 +448,8 @@ static FOPS: misc::FileOperations<RmnicDriver> = misc::FileOperations::new(&crat
 /// What the PCI core keeps for a bound device. Field order is teardown order.
 pub(crate) struct Bound {
     misc: Option<Pin<KBox<misc::Registration<RmnicDriver>>>>,
+    /// `rmnic/driver/`: the driver-wide counters (leak accounting, OOM-reaper calls).
+    _driver_debugfs: Option<Dir>,
     irqs: Option<(
         ThreadedIrq<FaultIrq>,
         ThreadedIrq<CompletionIrq>,
@@ -510,7 +515,7 @@ impl pci::Driver for RmnicDriver {
                 faults,
                 fault_tail <- new_mutex!((0, 0), "rmnic::Rmnic::fault_tail"),
                 recovery <- new_mutex!((), "rmnic::Rmnic::recovery"),
-                recoveries: AtomicU64::new(0),
+
                 contexts <- new_spinlock!(Contexts {
                     slots: [const { None }; MAX_CONTEXTS],
                     reserved: 0,
@@ -553,9 +558,16 @@ impl pci::Driver for RmnicDriver {
         rmnic.hw.write(REG_DEV_CONTROL, DEV_CONTROL_ENABLE)?;
 
         let misc = misc::Registration::<RmnicDriver>::new(c_str!("rmnic"), rmnic.clone(), &FOPS)?;
+        let driver_debugfs = rmnic.debugfs.as_ref().and_then(|root| {
+            let mut dir = Dir::new(c_str!("driver"), Some(root))?;
+            dir.counters(Arc::new((), GFP_KERNEL).ok()?, &counters::DEBUGFS)
+                .ok()?;
+            Some(dir)
+        });
         let bound = KBox::new(
             Bound {
                 misc: Some(misc),
+                _driver_debugfs: driver_debugfs,
                 irqs: Some((fault_irq, completion_irq, error_irq)),
                 rmnic,
             },

@@ -132,6 +132,7 @@ impl CoherentBuffer {
         // SAFETY: `device` is valid; the reference keeps it allocated until `drop` frees the
         // memory with it.
         unsafe { bindings::get_device(device) };
+        crate::counters::up(&crate::counters::DMA_BUFFERS_LIVE);
         // INVARIANT: allocated just above with `alloc_len >= len`, page-multiple; reference taken.
         Ok(Self {
             dev: device,
@@ -227,6 +228,7 @@ impl Drop for CoherentBuffer {
         };
         // SAFETY: drops the reference taken in `alloc`, exactly once.
         unsafe { bindings::put_device(self.dev) };
+        crate::counters::down(&crate::counters::DMA_BUFFERS_LIVE);
     }
 }
 

@@ -104,6 +104,25 @@ impl PageEntry {
         })
     }
 
+    /// Marks the page's folio dirty (`set_page_dirty`): the kernel will write it back or swap
+    /// it out instead of dropping it. Does not sleep.
+    ///
+    /// # Safety
+    ///
+    /// The page must still be mapped where the entry says: call it under the notifier's update
+    /// lock after `read_retry` returned false for this entry's sequence (so no invalidation,
+    /// hence no unmap, truncate or reclaim of the page, has started since the fault).
+    pub(crate) unsafe fn mark_dirty(&self) {
+        // SAFETY: `pfn` came from a valid `hmm_range_fault` entry, so it names a struct page;
+        // the helper is `pfn_to_page`. The caller guarantees the page is mapped, so it (and its
+        // mapping, for a file page) stays alive for the call; `set_page_dirty` takes only
+        // spinlocks.
+        unsafe {
+            let page = bindings::hmm_pfn_to_page(self.pfn as c_ulong);
+            bindings::set_page_dirty(page);
+        }
+    }
+
     /// The virtual page this entry describes.
     pub(crate) fn va(&self) -> usize {
         self.va

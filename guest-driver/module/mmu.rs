@@ -298,6 +298,7 @@ impl<T: IntervalCallbacks> IntervalNotifier<T> {
                 &OpsTable::<T>::OPS,
             )
         })?;
+        crate::counters::up(&crate::counters::NOTIFIERS_LIVE);
         // INVARIANT: inserted just above; the box is pinned until `drop` removes it.
         Ok(Self { inner })
     }
@@ -327,6 +328,7 @@ impl<T: IntervalCallbacks> Drop for IntervalNotifier<T> {
         // no callback runs or will run, so the box (and `data`) may be freed afterwards; the mm
         // reference the insert took is dropped by the C side.
         unsafe { bindings::mmu_interval_notifier_remove(self.inner.handle.as_raw()) };
+        crate::counters::down(&crate::counters::NOTIFIERS_LIVE);
     }
 }
 

@@ -16,6 +16,7 @@ use kernel::prelude::*;
 
 mod cmdq;
 mod context;
+mod counters;
 mod debugfs;
 mod delay;
 mod device;

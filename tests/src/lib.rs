@@ -2,6 +2,7 @@
 //! chosen guest program, directly under `rmnic-vmm` or inside an emulated host, returning the
 //! console output and the guest-chosen exit status.
 
+pub mod coherence_report;
 pub mod emulated;
 pub mod host;
 pub mod images;

@@ -99,6 +99,12 @@ pub struct Cli {
     /// the name ends in `.json`, text otherwise.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+
+    /// A lean event log: leave out TLB hits, register writes and interrupts (most of the events;
+    /// scratch-register markers stay), so a long run's trace keeps misses, drop-ins,
+    /// invalidations, completions and violations.
+    #[arg(long)]
+    pub trace_lean: bool,
 }
 
 /// A seed from the clock, for runs that name none.
@@ -166,6 +172,7 @@ impl Cli {
             seed: self.seed.unwrap_or_else(clock_seed),
             api_socket: self.api_socket,
             trace: self.trace,
+            trace_lean: self.trace_lean,
         };
         config.validate()?;
         Ok(config)

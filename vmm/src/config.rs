@@ -136,6 +136,8 @@ pub struct VmConfig {
     /// Where to write the device's event trace when the VM stops (`.json`: Chrome trace
     /// JSON; anything else: text).
     pub trace: Option<PathBuf>,
+    /// A lean event log (no hits, register writes or interrupts).
+    pub trace_lean: bool,
 }
 
 impl VmConfig {
@@ -159,6 +161,7 @@ impl VmConfig {
             seed: 0,
             api_socket: None,
             trace: None,
+            trace_lean: false,
         }
     }
 

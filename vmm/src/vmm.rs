@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rmnic_control::{ApiServer, DeviceControl, FaultSwitch};
-use rmnic_device::events::{EventLog, EVENT_DEFAULT};
+use rmnic_device::events::{EventLog, EVENT_DEFAULT, EVENT_LEAN};
 use rmnic_device::oracle::{CheckMode, Oracle};
 use rmnic_device::{RmnicConfig, RmnicDevice};
 use vmm_sys_util::eventfd::EventFd;
@@ -174,7 +174,11 @@ impl Vmm {
         if config.trace.is_some() || config.api_socket.is_some() {
             // A trace is read after the fact: keep more than the default few thousand events.
             device_config.event_log_capacity = TRACE_EVENTS;
-            device_config.event_mask = EVENT_DEFAULT;
+            device_config.event_mask = if config.trace_lean {
+                EVENT_LEAN
+            } else {
+                EVENT_DEFAULT
+            };
         }
         device_config.injector = match &oracle {
             Some(oracle) => oracle.clone(),
@@ -335,7 +339,7 @@ impl Vmm {
 }
 
 /// Events a device keeps when a trace or the control API may read them (about 5 MiB).
-pub const TRACE_EVENTS: usize = 1 << 17;
+pub const TRACE_EVENTS: usize = 1 << 18;
 
 /// Prints the oracle's summary and violations; with `--violations fail`, a normal guest exit
 /// becomes [`ExitReason::CoherenceViolations`] when there were any.

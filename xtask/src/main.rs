@@ -11,6 +11,7 @@
 //!   platform's failure rate for one configuration.
 
 mod cache;
+mod coherence;
 mod deps;
 mod driver;
 mod guest_bench;
@@ -95,6 +96,23 @@ enum Cmd {
     /// Build QEMU 10.2.2 from Debian's source package (cached) and print how to use it as the
     /// emulated host (`RMNIC_QEMU`, `RMNIC_QEMU_DATA`, or `soak --qemu`).
     Qemu,
+    /// Build, then run the coherence suite (and the seeded random stress) in one boot with the
+    /// oracle on; print one row per scenario group; fail on any failed check or violation.
+    Coherence {
+        /// Device-TLB fault to inject (repeatable; docs/fault-injection.md).
+        #[arg(long, value_name = "MODE")]
+        fault: Vec<String>,
+        /// Seed of fault injection and of the random stress [default: from the clock].
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
+        /// Run only these groups (no random stress then).
+        #[arg(long, value_name = "GROUP")]
+        only: Vec<String>,
+        /// The whole matrix: clean under no faults and every coherent mode, caught under every
+        /// planted device bug.
+        #[arg(long)]
+        all_faults: bool,
+    },
     /// Build, then boot the guest running `rmnic-guest <ARGS>`.
     Run {
         /// Guest vCPUs.
@@ -165,6 +183,16 @@ fn real_main() -> Result<ExitCode> {
             deps::ensure()?;
             images::build(&repo)?;
             boot(&["demo".to_string()], 2, Control::default())
+        }
+        Cmd::Coherence {
+            fault,
+            seed,
+            only,
+            all_faults,
+        } => {
+            deps::ensure()?;
+            images::build(&repo)?;
+            coherence::run(&fault, seed, &only, all_faults)
         }
         Cmd::Run {
             cpus,

@@ -528,13 +528,36 @@ pub const GROUPS: &[&str] = &[
     "fork",
     "poll",
     "processes",
+    "remap",
+    "madvise",
+    "swap",
+    "protect",
+    "share",
+    "threads",
+    "contexts",
+    "file",
+    "thp",
+    "hugetlb",
+    "ksm",
+    "migrate",
+    "large",
+    "asid",
+    "close",
+    "oom",
     "teardown",
+    "leaks",
 ];
+
+/// Value the suite writes to the device's scratch register when group `index` (in [`GROUPS`])
+/// starts: the write is in the device's event log, so a trace tells the groups apart
+/// (`cargo xtask coherence` attributes device operations and violations to groups with it).
+pub const GROUP_MARKER: u32 = 0x5c00_0000;
 
 /// Runs the check groups named in `only` (all when empty), less those in `skip`.
 pub fn run(c: &mut Checks, only: &[String], skip: &[String]) -> Result<()> {
     let wanted =
         |g: &str| (only.is_empty() || only.iter().any(|o| o == g)) && !skip.iter().any(|s| s == g);
+    let baseline = crate::scenarios::scale::Baseline::take()?;
     let dev = Context::open()?;
     let groups: Vec<&str> = if only.is_empty() {
         GROUPS.to_vec()
@@ -542,8 +565,13 @@ pub fn run(c: &mut Checks, only: &[String], skip: &[String]) -> Result<()> {
         only.iter().map(String::as_str).collect()
     };
     let groups: Vec<&str> = groups.into_iter().filter(|g| wanted(g)).collect();
+    use crate::scenarios as sc;
     for group in groups {
-        println!("rmnic-guest: coherence group {group}");
+        if group == "teardown" || group == "leaks" {
+            // Run last, after the context is closed (below).
+            continue;
+        }
+        mark(&dev, group);
         match group {
             "ops" => ops(&dev, c)?,
             "faults" => faults(&dev, c)?,
@@ -553,7 +581,23 @@ pub fn run(c: &mut Checks, only: &[String], skip: &[String]) -> Result<()> {
             "poll" => poll(&dev, c)?,
             "processes" => processes(c)?,
             "cpu-only" => cpu_only_processes(c)?,
-            "teardown" => {}
+            "remap" => sc::remap::run(&dev, c)?,
+            "madvise" => sc::madvise::madvise(&dev, c)?,
+            "swap" => sc::madvise::swap(&dev, c)?,
+            "protect" => sc::protect::run(&dev, c)?,
+            "share" => sc::share::share(&dev, c)?,
+            "threads" => sc::share::threads(c)?,
+            "contexts" => sc::share::contexts(&dev, c)?,
+            "file" => sc::file::run(&dev, c)?,
+            "thp" => sc::memory::thp(&dev, c)?,
+            "hugetlb" => sc::memory::hugetlb(&dev, c)?,
+            "ksm" => sc::memory::ksm(&dev, c)?,
+            "migrate" => sc::memory::migrate(&dev, c)?,
+            "large" => sc::scale::large(&dev, c)?,
+            "asid" => sc::scale::asid(c)?,
+            "close" => sc::scale::close_in_flight(c)?,
+            "oom" => sc::oom::run(c)?,
+            "teardown" | "leaks" => {}
             other => bail!("unknown check group {other}"),
         }
     }
@@ -566,8 +610,63 @@ pub fn run(c: &mut Checks, only: &[String], skip: &[String]) -> Result<()> {
     drop(dev);
     // Last: it unbinds and rebinds the device under every other context's feet.
     if wanted("teardown") {
-        println!("rmnic-guest: coherence group teardown");
+        mark_with_own_context("teardown");
         teardown(c)?;
     }
+    if wanted("leaks") {
+        mark_with_own_context("leaks");
+        crate::scenarios::scale::leaks(baseline, c)?;
+    }
+    dmesg_clean(c);
     Ok(())
+}
+
+/// Kernel log lines that mean the kernel found something wrong (a warning, a bug, a lockdep
+/// report, a sleep in atomic context), whatever the checks saw.
+const KERNEL_COMPLAINTS: &[&str] = &[
+    "WARNING:",
+    "BUG:",
+    "Oops",
+    "possible circular locking",
+    "inconsistent lock state",
+    "possible recursive locking",
+    "sleeping function called from invalid context",
+    "INFO: task",
+    "general protection fault",
+];
+
+/// The kernel log has none of [`KERNEL_COMPLAINTS`].
+fn dmesg_clean(c: &mut Checks) {
+    let log = crate::kernel_log();
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| KERNEL_COMPLAINTS.iter().any(|k| l.contains(k)))
+        .take(5)
+        .collect();
+    c.check(
+        "dmesg-clean",
+        bad.is_empty(),
+        if bad.is_empty() {
+            "no warning, BUG, lockdep or sleep-in-atomic report".to_string()
+        } else {
+            bad.join(" | ")
+        },
+    );
+}
+
+/// Announces group `name` on the console and in the device's event log (scratch register).
+pub fn mark(dev: &Context, name: &str) {
+    let index = GROUPS.iter().position(|g| *g == name).unwrap_or(0xfe);
+    // CAST: fewer than 254 groups.
+    let marker = GROUP_MARKER | index as u32;
+    println!("rmnic-guest: coherence group {name} (marker {marker:#x})");
+    let _ = dev.scratch_round_trip(marker);
+}
+
+/// [`mark`] through a context of its own, closed at once (for groups that run without one).
+pub fn mark_with_own_context(name: &str) {
+    match Context::open() {
+        Ok(dev) => mark(&dev, name),
+        Err(_) => println!("rmnic-guest: coherence group {name} (no marker: no context)"),
+    }
 }

@@ -5,6 +5,8 @@
 
 mod coherence;
 mod exit_port;
+mod random;
+mod scenarios;
 mod stress;
 
 use std::process::ExitCode;
@@ -94,6 +96,24 @@ enum Command {
         #[arg(long, default_value = "copy-4k")]
         label: String,
     },
+    /// Randomized stress: processes x 2 threads mixing mmap, munmap, mprotect, mremap,
+    /// madvise, fork and exit with device operations checked against a CPU-side shadow.
+    /// Prints its seed; `--seed` replays the same operation sequences.
+    Random {
+        /// Seed [default: from the clock].
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Processes.
+        #[arg(long, default_value_t = 3)]
+        procs: u64,
+        /// Operations per thread.
+        #[arg(long, default_value_t = 2000)]
+        ops: u64,
+        /// Time limit per process (a safety net; a replay is exact when the operation count
+        /// ends the run).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Exits with `status` (tests that a guest failure reaches the host).
     Fail {
         /// Status to exit with.
@@ -131,6 +151,29 @@ fn main() -> ExitCode {
             }
         }),
         Command::DeviceErrors { copies } => device_errors(copies),
+        Command::Random {
+            seed,
+            procs,
+            ops,
+            seconds,
+        } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+            random::run(seed, procs, ops, seconds).map(|passed| {
+                println!(
+                    "CHECK random-shadow {} seed {seed}",
+                    if passed { "ok" } else { "FAILED" }
+                );
+                if passed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            })
+        }
         Command::Recover { expect } => recover(&expect),
         Command::CopyBench { mib, rounds, label } => {
             copy_bench(mib, rounds, &label).map(|()| ExitCode::SUCCESS)

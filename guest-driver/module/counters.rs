@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Driver-wide counters, in debugfs as `rmnic/driver/<name>`: what is alive now (for leak
+//! accounting: back to the baseline once every file is closed) and events no single context
+//! outlives (a process killed by the OOM killer takes its context's counters with it).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use kernel::c_str;
+use kernel::str::CStr;
+
+/// Device contexts reserved or in use (one per open `/dev/rmnic` file, each with its ASID).
+pub(crate) static CONTEXTS_LIVE: AtomicU64 = AtomicU64::new(0);
+/// mmu interval notifiers registered and not yet removed.
+pub(crate) static NOTIFIERS_LIVE: AtomicU64 = AtomicU64::new(0);
+/// Coherent DMA buffers allocated and not yet freed (rings, done words).
+pub(crate) static DMA_BUFFERS_LIVE: AtomicU64 = AtomicU64::new(0);
+/// Notifier calls with a non-blockable range (the OOM reaper's).
+pub(crate) static NONBLOCKING_INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
+/// Of those, how many answered "not now" (the device did not finish within the busy-wait).
+pub(crate) static NONBLOCKING_DEFERRED: AtomicU64 = AtomicU64::new(0);
+/// Pages marked dirty because the device got a writable translation of them.
+pub(crate) static PAGES_DIRTIED: AtomicU64 = AtomicU64::new(0);
+/// Device recoveries (function resets after a hang or a self-reset).
+pub(crate) static RECOVERIES: AtomicU64 = AtomicU64::new(0);
+
+/// Adds one.
+pub(crate) fn up(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Takes one away.
+pub(crate) fn down(counter: &AtomicU64) {
+    counter.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The debugfs files (`rmnic/driver/`); the owner argument is unused: the counters are static.
+pub(crate) const DEBUGFS: [(&CStr, fn(&()) -> &AtomicU64); 7] = [
+    (c_str!("contexts_live"), |_| &CONTEXTS_LIVE),
+    (c_str!("notifiers_live"), |_| &NOTIFIERS_LIVE),
+    (c_str!("dma_buffers_live"), |_| &DMA_BUFFERS_LIVE),
+    (c_str!("nonblocking_invalidations"), |_| &NONBLOCKING_INVALIDATIONS),
+    (c_str!("nonblocking_deferred"), |_| &NONBLOCKING_DEFERRED),
+    (c_str!("pages_dirtied"), |_| &PAGES_DIRTIED),
+    (c_str!("recoveries"), |_| &RECOVERIES),
+];

@@ -1,0 +1,144 @@
+//! `large`, `asid`, `leaks`: one invalidation of a range much larger than the TLB, more
+//! processes over time than the device has contexts, and everything the driver allocates back
+//! to its baseline.
+
+use anyhow::Result;
+use rmnic_abi::{status, Context};
+use rmnic_guest::Mapping;
+
+use super::{driver_counter, in_child, status_of};
+use crate::Checks;
+
+const PAGE: usize = rmnic_guest::PAGE;
+
+/// munmap of 4096 pages (16 MiB, four times the TLB) in one call.
+pub fn large(dev: &Context, c: &mut Checks) -> Result<()> {
+    const PAGES: usize = 4096;
+    let mut buf = Mapping::new(PAGES * PAGE, false)?;
+    buf.advise(libc::MADV_NOHUGEPAGE)?;
+    dev.fill(buf.addr(), (PAGES * PAGE) as u64, 0x1a)??;
+    let addr = buf.addr();
+    let before = dev.stats()?;
+    buf.unmap();
+    let after = dev.stats()?;
+    let first = dev.read64(addr)?;
+    let last = dev.read64(addr + ((PAGES - 1) * PAGE) as u64)?;
+    let sent = after.invalidations_sent - before.invalidations_sent;
+    c.check(
+        "large-range-invalidate",
+        sent == 1
+            && status_of(&first) == status::FAULT_UNRESOLVED
+            && status_of(&last) == status::FAULT_UNRESOLVED,
+        format!("{sent} invalidation(s) for 4096 pages; afterwards {first:?} / {last:?}"),
+    );
+    Ok(())
+}
+
+/// 100 processes one after the other, each with a context and a device write: more than the
+/// device's 64 contexts over time.
+pub fn asid(c: &mut Checks) -> Result<()> {
+    let mut failed = 0;
+    let mut asids = std::collections::BTreeSet::new();
+    for i in 0..100u64 {
+        let status = in_child(move || {
+            let Ok(dev) = Context::open() else { return 2 };
+            let Ok(buf) = Mapping::new(PAGE, false) else {
+                return 3;
+            };
+            match dev.write64(buf.addr(), i) {
+                Ok(Ok(())) if buf.read_u64(0) == i => {
+                    // The ASID, for the parent to count distinct ones.
+                    dev.stats().map_or(4, |s| (s.asid % 200) as i32 + 10)
+                }
+                _ => 1,
+            }
+        })?;
+        if status >= 10 {
+            asids.insert(status);
+        } else {
+            failed += 1;
+        }
+    }
+    let live = driver_counter("contexts_live")?;
+    c.check(
+        "asid-pressure",
+        failed == 0 && asids.len() > 64,
+        format!("100 processes, {failed} failed, {} distinct ASIDs (mod 200), {live} contexts live after", asids.len()),
+    );
+    Ok(())
+}
+
+/// Baseline of the driver's live objects, taken before the suite opens anything.
+#[derive(Clone, Copy, Debug)]
+pub struct Baseline {
+    contexts: u64,
+    notifiers: u64,
+    dma_buffers: u64,
+}
+
+impl Baseline {
+    /// Reads the counters now.
+    pub fn take() -> Result<Self> {
+        Ok(Self {
+            contexts: driver_counter("contexts_live")?,
+            notifiers: driver_counter("notifiers_live")?,
+            dma_buffers: driver_counter("dma_buffers_live")?,
+        })
+    }
+}
+
+/// Everything the suite opened is closed: contexts (and their ASIDs), notifiers, DMA buffers
+/// are back to the baseline.
+pub fn leaks(baseline: Baseline, c: &mut Checks) -> Result<()> {
+    // Contexts of killed children are released by their exit; give the last ones a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let now = loop {
+        let now = Baseline::take()?;
+        if (now.contexts, now.notifiers, now.dma_buffers)
+            == (baseline.contexts, baseline.notifiers, baseline.dma_buffers)
+            || std::time::Instant::now() > deadline
+        {
+            break now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    c.check(
+        "no-leaks",
+        (now.contexts, now.notifiers, now.dma_buffers)
+            == (baseline.contexts, baseline.notifiers, baseline.dma_buffers),
+        format!("baseline {baseline:?}, now {now:?}"),
+    );
+    Ok(())
+}
+
+/// Closing the file (not exiting) with commands in flight: the close aborts them on the
+/// device, frees the context, and the process goes on with a new one.
+pub fn close_in_flight(c: &mut Checks) -> Result<()> {
+    use rmnic_abi::{opcode, Command};
+    let buf = Mapping::new(64 * PAGE, false)?;
+    let mut closed = 0;
+    for _ in 0..20 {
+        let dev = Context::open()?;
+        let cmds: Vec<Command> = (0..64u64)
+            .map(|i| Command {
+                opcode: opcode::FILL,
+                id: i,
+                addr0: buf.addr() + i * PAGE as u64,
+                length: PAGE as u64,
+                operand0: i,
+                ..Command::default()
+            })
+            .collect();
+        dev.submit(&cmds)?;
+        drop(dev);
+        closed += 1;
+    }
+    let dev = Context::open()?;
+    let after = dev.write64(buf.addr(), 0xc105e)?;
+    c.check(
+        "close-with-commands-in-flight",
+        closed == 20 && after.is_ok() && buf.read_u64(0) == 0xc105e,
+        format!("{closed} contexts closed with 64 commands queued; a new one writes: {after:?}"),
+    );
+    Ok(())
+}
