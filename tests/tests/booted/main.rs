@@ -77,7 +77,7 @@ fn shared_boot_of(mode: Mode, which: Boot) -> &'static Outcome {
     let boot = BOOTS[slot][which as usize].get_or_init(|| {
         let guest = match which {
             Boot::Suite => {
-                let mut guest = GuestRun::new(&probe::COMMAND).then(&coherence::COMMAND);
+                let mut guest = GuestRun::new(&probe::COMMAND).then(&coherence::command_for(host));
                 // Slab poisoning for the driver's allocations: a use after free then oopses
                 // (status 121) instead of reading stale bytes. It caught `/dev/rmnic`'s file
                 // operations being freed on unbind while files stayed open (`teardown` group;
