@@ -210,6 +210,22 @@ impl Checks {
     }
 }
 
+/// Kernel options the coherence suite needs (`images/kernel/rmnic.config`).
+const SUITE_KERNEL_OPTIONS: &[&str] = &[
+    "CONFIG_MMU_NOTIFIER",
+    "CONFIG_HMM_MIRROR",
+    "CONFIG_TRANSPARENT_HUGEPAGE",
+    "CONFIG_HUGETLBFS",
+    "CONFIG_KSM",
+    "CONFIG_COMPACTION",
+    "CONFIG_MIGRATION",
+    "CONFIG_SWAP",
+    "CONFIG_ZRAM",
+    "CONFIG_BLK_DEV_RAM",
+    "CONFIG_EXT2_FS",
+    "CONFIG_MEMCG",
+];
+
 fn online_cpus() -> Result<usize> {
     // /sys/devices/system/cpu/online is a range list like "0-1" or "0,2-3".
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online")
@@ -279,6 +295,26 @@ fn probe(want_cpus: usize) -> Result<ExitCode> {
             format!("wrote={value:#010x} read={readback:#010x}"),
         );
     }
+    // The kernel has what the coherence suite exercises (docs/coherence-suite.md).
+    let config = std::process::Command::new("zcat")
+        .arg("/proc/config.gz")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let missing: Vec<&str> = SUITE_KERNEL_OPTIONS
+        .iter()
+        .copied()
+        .filter(|option| !config.lines().any(|l| l == format!("{option}=y")))
+        .collect();
+    checks.check(
+        "kernel-config-for-the-suite",
+        missing.is_empty(),
+        if missing.is_empty() {
+            format!("{} options present", SUITE_KERNEL_OPTIONS.len())
+        } else {
+            format!("missing: {}", missing.join(" "))
+        },
+    );
     // The guest CLI runs an operation end to end and prints the counters.
     let cli = std::process::Command::new("/bin/rmnic")
         .args(["fill", "--len", "8192"])

@@ -94,5 +94,6 @@ const PROBE_CHECKS: &[&str] = &[
     "probe-scratch-self-test",
     "abi-version",
     "scratch-round-trip",
+    "kernel-config-for-the-suite",
     "rmnic-cli",
 ];
