@@ -62,12 +62,18 @@ fn the_seeded_random_stress_passes() {
     let guest = GuestRun::new(&["random", "--seed", "20261130", "--ops", "1000"]);
     let outcome = rmnic_tests::launch::run_in(HostMode::Qemu, &images(), &guest)
         .unwrap_or_else(|e| panic!("boot failed: {e}"));
-    assert!(
-        outcome
-            .console
-            .contains("CHECK random-shadow ok seed 20261130"),
-        "{}",
-        outcome.tail()
-    );
+    if !outcome
+        .console
+        .contains("CHECK random-shadow ok seed 20261130")
+    {
+        // The whole console: a mismatch names the process, thread and operation.
+        let path = std::env::temp_dir().join("rmnic-random-stress-failure.log");
+        let _ = std::fs::write(&path, &outcome.console);
+        panic!(
+            "the random stress failed; whole console in {}\n{}",
+            path.display(),
+            outcome.tail()
+        );
+    }
     assert_eq!(outcome.status, 0, "{}", outcome.tail());
 }
