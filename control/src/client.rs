@@ -79,6 +79,12 @@ impl Client {
         self.writer.write_all(line.as_bytes())?;
         let deadline = Instant::now() + self.timeout;
         loop {
+            // Each read waits only for what is left of the request's time.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout(self.timeout));
+            }
+            self.reader.get_ref().set_read_timeout(Some(left))?;
             let mut answer = String::new();
             match self.reader.read_line(&mut answer) {
                 Ok(0) => return Err(ClientError::NoAnswer),
@@ -95,12 +101,10 @@ impl Client {
             }
             let response: Response =
                 serde_json::from_str(&answer).map_err(ClientError::BadAnswer)?;
-            // A server that does not echo ids (none of ours) answers in order.
-            if response.id.is_none_or(|r| r == id) {
+            // Only the answer to this request: lines without an id answer a line the server
+            // could not parse, which was not ours (a relay's leftovers).
+            if response.id == Some(id) {
                 return Ok(response);
-            }
-            if Instant::now() >= deadline {
-                return Err(ClientError::Timeout(self.timeout));
             }
         }
     }

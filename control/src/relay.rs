@@ -78,7 +78,12 @@ pub fn run(port: &Path, socket: &Path) -> std::io::Result<()> {
             }
             Some(Ok(line)) if line.is_empty() => continue,
             Some(Ok(line)) => forward(socket, &line),
-            Some(Err(message)) => Response::error(message),
+            Some(Err(message)) => {
+                // The rest of an over-long line is not a request: drop it up to its newline.
+                let mut rest = Vec::new();
+                std::io::BufRead::read_until(&mut reader, b'\n', &mut rest)?;
+                Response::error(message)
+            }
         };
         let mut text = serde_json::to_string(&response)
             .unwrap_or_else(|e| format!(r#"{{"ok":false,"error":"response: {e}"}}"#));

@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -27,6 +27,12 @@ pub enum ServerError {
     #[error("control socket thread: {0}")]
     Thread(std::io::Error),
 }
+
+/// Connections served at once; more are refused (closed at once).
+pub const MAX_CONNECTIONS: usize = 16;
+/// A connection that sends nothing for this long is closed (a client that never finishes a
+/// line cannot hold its thread forever).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A running control API server; dropping it stops accepting and removes the socket.
 #[derive(Debug)]
@@ -101,6 +107,7 @@ impl ApiServer {
             UnixListener::bind(path).map_err(|e| ServerError::Bind(path.to_path_buf(), e))?;
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = stopping.clone();
+        let live = Arc::new(AtomicUsize::new(0));
         let acceptor = std::thread::Builder::new()
             .name("rmnic-api".into())
             .spawn(move || {
@@ -109,11 +116,22 @@ impl ApiServer {
                         return;
                     }
                     let Ok(stream) = stream else { continue };
+                    if live.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                        live.fetch_sub(1, Ordering::AcqRel);
+                        tracing::warn!("control API: more than {MAX_CONNECTIONS} connections");
+                        continue;
+                    }
+                    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
                     let control = control.clone();
+                    let done = live.clone();
                     let spawned = std::thread::Builder::new()
                         .name("rmnic-api-conn".into())
-                        .spawn(move || serve_connection(&control, stream));
+                        .spawn(move || {
+                            serve_connection(&control, stream);
+                            done.fetch_sub(1, Ordering::AcqRel);
+                        });
                     if let Err(e) = spawned {
+                        live.fetch_sub(1, Ordering::AcqRel);
                         tracing::warn!("control API: no thread for a connection: {e}");
                     }
                 }

@@ -284,6 +284,9 @@ impl Context {
     /// `poll()`: readable when completions wait to be collected.
     pub(crate) fn poll(&self, table: &PollTable) -> u32 {
         table.register(&self.pollers);
+        if self.lost.load(Ordering::Acquire) {
+            return poll::ERROR | poll::READABLE;
+        }
         let q = self.queue.lock();
         if self.queue_mem.ready(&q.indices) > 0 {
             poll::READABLE
@@ -470,7 +473,9 @@ impl Context {
                 // invalidation removed the entry, and a later write faults again and marks it
                 // again (docs/driver.md, "Dirty pages").
                 // SAFETY: under `Mirror::update` with `read_retry` false: no invalidation of
-                // this page has started since `hmm_range_fault`, so it is still mapped here.
+                // this page has started since `hmm_range_fault`, and unmap, truncate and
+                // reclaim all start with one, which waits for this lock: the page is still
+                // mapped, and a file page's mapping cannot be truncated meanwhile.
                 unsafe { entry.mark_dirty() };
                 crate::counters::up(&crate::counters::PAGES_DIRTIED);
             }

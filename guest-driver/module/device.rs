@@ -188,10 +188,26 @@ impl Rmnic {
         let generation = self.hw.generation();
         match self.hw.read(REG_DEV_STATUS) {
             Ok(status) if status & DEV_STATUS_ENABLED == 0 => {
-                self.recover(generation, "the device reset itself");
+                self.recover_if_disabled(generation);
             }
             _ => {}
         }
+    }
+
+    /// [`Rmnic::recover`] for a device found disabled, unless it is enabled again by the time
+    /// the recovery lock is held (another caller's recovery in progress when it was read).
+    fn recover_if_disabled(&self, seen: u64) {
+        {
+            let _serial = self.recovery.lock();
+            if self
+                .hw
+                .read(REG_DEV_STATUS)
+                .is_ok_and(|status| status & DEV_STATUS_ENABLED != 0)
+            {
+                return;
+            }
+        }
+        self.recover(seen, "the device reset itself");
     }
 
     /// Brings the device back after it stopped answering or reset itself: a function reset
@@ -290,6 +306,9 @@ impl Rmnic {
     /// Programs and enables the device context of `ctx` and publishes it to the interrupt
     /// handlers.
     pub(crate) fn enable_context(&self, ctx: &Arc<Context>) -> Result {
+        // Not while a recovery resets the device: its reset would wipe these registers after
+        // they were written, or the new context would miss being marked lost.
+        let _serial = self.recovery.lock();
         let index = ctx.index();
         let pgd = ctx.pgd_phys();
         self.hw.ctx_write(index, CTX_ASID, u32::from(ctx.asid()))?;

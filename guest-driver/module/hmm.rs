@@ -112,6 +112,12 @@ impl PageEntry {
     /// The page must still be mapped where the entry says: call it under the notifier's update
     /// lock after `read_retry` returned false for this entry's sequence (so no invalidation,
     /// hence no unmap, truncate or reclaim of the page, has started since the fault).
+    ///
+    /// `set_page_dirty` does not sleep for the memory the suite maps: anonymous and shmem
+    /// folios only get a flag, hugetlbfs likewise, ext2's `block_dirty_folio` takes spinlocks
+    /// and needs truncation held off, which the lock above does. A file system whose
+    /// `dirty_folio` sleeps (ext4 with data journalling) would need this call moved out of the
+    /// lock, on a page reference (`set_page_dirty_lock`).
     pub(crate) unsafe fn mark_dirty(&self) {
         // SAFETY: `pfn` came from a valid `hmm_range_fault` entry, so it names a struct page;
         // the helper is `pfn_to_page`. The caller guarantees the page is mapped, so it (and its

@@ -10,6 +10,8 @@ use kernel::types::Opaque;
 
 /// `POLLIN | POLLRDNORM`: data (completions) can be read.
 pub(crate) const READABLE: u32 = 0x0001 | 0x0040;
+/// `POLLERR`: the context is lost (the device was reset under it); calls fail with EIO.
+pub(crate) const ERROR: u32 = 0x0008;
 /// `TASK_NORMAL` (`TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE`): wake any sleeper.
 const TASK_NORMAL: u32 = 0x1 | 0x2;
 

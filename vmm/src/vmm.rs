@@ -174,12 +174,12 @@ impl Vmm {
         if config.trace.is_some() || config.api_socket.is_some() {
             // A trace is read after the fact: keep more than the default few thousand events.
             device_config.event_log_capacity = TRACE_EVENTS;
-            device_config.event_mask = if config.trace_lean {
-                EVENT_LEAN
-            } else {
-                EVENT_DEFAULT
-            };
         }
+        device_config.event_mask = if config.trace_lean {
+            EVENT_LEAN
+        } else {
+            EVENT_DEFAULT
+        };
         device_config.injector = match &oracle {
             Some(oracle) => oracle.clone(),
             None => faults.clone(),

@@ -31,9 +31,9 @@ const RANDOM_OPS: &str = "400";
 /// Groups left out under `fault`: the `faults` group counts faults per page, which modes
 /// that add misses change on purpose.
 fn skipped_under(faults: &[String]) -> Vec<String> {
-    let adds_misses = faults
-        .iter()
-        .any(|f| f.starts_with("evict") || f.starts_with("spurious-miss"));
+    let adds_misses = faults.iter().any(|f| {
+        f.starts_with("evict") || f.starts_with("spurious-miss") || f.starts_with("reset")
+    });
     if adds_misses {
         vec!["faults".to_string()]
     } else {

@@ -617,6 +617,7 @@ pub fn run(c: &mut Checks, only: &[String], skip: &[String]) -> Result<()> {
         mark_with_own_context("leaks");
         crate::scenarios::scale::leaks(baseline, c)?;
     }
+    mark_with_own_context("dmesg");
     dmesg_clean(c);
     Ok(())
 }
@@ -656,8 +657,13 @@ fn dmesg_clean(c: &mut Checks) {
 
 /// Announces group `name` on the console and in the device's event log (scratch register).
 pub fn mark(dev: &Context, name: &str) {
-    let index = GROUPS.iter().position(|g| *g == name).unwrap_or(0xfe);
-    // CAST: fewer than 254 groups.
+    // Groups first, then the parts outside GROUPS that have rows of their own.
+    let index = GROUPS
+        .iter()
+        .chain(["dmesg", "random"].iter())
+        .position(|g| *g == name)
+        .unwrap_or(0xff);
+    // CAST: fewer than 255 names.
     let marker = GROUP_MARKER | index as u32;
     println!("rmnic-guest: coherence group {name} (marker {marker:#x})");
     let _ = dev.scratch_round_trip(marker);

@@ -224,6 +224,7 @@ const SUITE_KERNEL_OPTIONS: &[&str] = &[
     "CONFIG_BLK_DEV_RAM",
     "CONFIG_EXT2_FS",
     "CONFIG_MEMCG",
+    "CONFIG_MEMORY_FAILURE",
 ];
 
 fn online_cpus() -> Result<usize> {

@@ -175,15 +175,19 @@ impl Worker {
                     )),
                 }
             }
-            // mremap to a new place; the old one must fail, the new one hold the data.
+            // mremap to a new place, keeping the old range mapped but empty (DONTUNMAP, so the
+            // other thread cannot reuse the addresses): the old one must read zeros, the new
+            // one hold the data.
             9 => {
-                // SAFETY: our slot's mapping, moved anywhere.
+                let len = (slot.pages * PAGE) as usize;
+                // SAFETY: our slot's private anonymous mapping, moved anywhere.
                 let new = unsafe {
                     libc::mremap(
                         slot.addr as *mut libc::c_void,
-                        (slot.pages * PAGE) as usize,
-                        (slot.pages * PAGE) as usize,
-                        libc::MREMAP_MAYMOVE,
+                        len,
+                        len,
+                        libc::MREMAP_MAYMOVE | libc::MREMAP_DONTUNMAP,
+                        std::ptr::null_mut::<libc::c_void>(),
                     )
                 };
                 if new == libc::MAP_FAILED {
@@ -193,10 +197,12 @@ impl Worker {
                 if let Some(s) = self.slots[i].as_mut() {
                     s.addr = new;
                 }
-                match self.dev.read64(new + p * PAGE)? {
-                    Ok(v) if v == want => None,
-                    other => self.fail(format!(
-                        "device read after mremap gave {other:?}, shadow {want:#x}"
+                self.holes.push((slot.addr, len));
+                match (self.dev.read64(new + p * PAGE)?, self.dev.read64(addr)?) {
+                    (Ok(v), Ok(0)) if v == want => None,
+                    (at_new, at_old) => self.fail(format!(
+                        "after mremap the device read {at_new:?} at the new address (shadow \
+                         {want:#x}) and {at_old:?} at the old one (must be 0)"
                     )),
                 }
             }
@@ -221,19 +227,22 @@ impl Worker {
             // fork: the child checks the slot through its own context and exits; the parent's
             // next operations must still see the parent's data (COW).
             _ => {
+                // Child statuses: 0 right, 1 wrong value, 2 no context, 3 the read failed.
                 let status = in_child(|| {
                     let Ok(dev) = Context::open() else { return 2 };
                     match dev.read64(addr) {
                         Ok(Ok(v)) if v == want => 0,
-                        _ => 1,
+                        Ok(Ok(_)) => 1,
+                        _ => 3,
                     }
                 })?;
-                if status == 0 {
-                    None
-                } else {
-                    self.fail(format!(
-                        "forked child read {addr:#x} wrong (status {status})"
-                    ))
+                match status {
+                    0 => None,
+                    1 => self.fail(format!("forked child read a wrong value at {addr:#x}")),
+                    2 => self.fail("forked child could not open a context".to_string()),
+                    s => self.fail(format!(
+                        "forked child's read at {addr:#x} failed (status {s})"
+                    )),
                 }
             }
         })
@@ -293,10 +302,13 @@ fn run_process(seed: u64, process: u64, ops: u64, seconds: u64) -> i32 {
                 }
             }
             Ok(Err(e)) => {
-                println!("rmnic-guest: random: process {process}: {e:#}");
+                println!("rmnic-guest: random: process {process}: error: {e:#}");
                 status = 2;
             }
-            Err(_) => status = 3,
+            Err(_) => {
+                println!("rmnic-guest: random: process {process}: a thread panicked");
+                status = 3;
+            }
         }
     }
     let timed_out = stop.load(Ordering::Relaxed);

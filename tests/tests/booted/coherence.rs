@@ -57,6 +57,7 @@ const CHECKS: &[&str] = &[
     "hugetlb-read-write",
     "ksm-merge-then-device-write",
     "compaction-under-device-use",
+    "soft-offline-migration-under-device",
     "large-range-invalidate",
     "asid-pressure",
     "close-with-commands-in-flight",
@@ -77,11 +78,12 @@ pub const COMMAND: [&str; 1] = ["coherence"];
 /// where a boot's budget is 300 s. They run in qemu mode and on direct hosts.
 pub const SLOW_IN_EMULATED_MODE: [&str; 4] = ["oom", "large", "migrate", "asid"];
 /// Their checks.
-const SLOW_CHECKS: [&str; 5] = [
+const SLOW_CHECKS: [&str; 6] = [
     "mrelease-nonblocking-invalidation",
     "oom-kill-with-context",
     "large-range-invalidate",
     "compaction-under-device-use",
+    "soft-offline-migration-under-device",
     "asid-pressure",
 ];
 

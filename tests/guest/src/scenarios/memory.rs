@@ -12,6 +12,8 @@ const PAGE: usize = rmnic_guest::PAGE;
 const HUGE: usize = 2 << 20;
 /// `MADV_COLLAPSE` (Linux 6.1), not in every libc crate release.
 const MADV_COLLAPSE: i32 = 25;
+/// `MADV_SOFT_OFFLINE`: migrate the pages' contents to new frames and retire the old ones.
+const MADV_SOFT_OFFLINE: i32 = 101;
 
 /// Whether `m` starts on a huge page (its first frame is 2 MiB aligned and the 512 frames are
 /// consecutive).
@@ -213,6 +215,40 @@ pub fn migrate(dev: &Context, c: &mut Checks) -> Result<()> {
         "compaction-under-device-use",
         right == PAGES && check.iter().enumerate().all(|(p, v)| *v == p as u64),
         format!("{moved} of {PAGES} frames moved by compaction, {right} read right afterwards"),
+    );
+
+    // A migration the kernel cannot decline: soft offline moves every page's contents to a
+    // new frame (migration entries, an invalidation) and retires the old frame. The device
+    // must read the data from the new frames and its writes must land there.
+    const MOVED: usize = 16;
+    let mut buf = Mapping::new(MOVED * PAGE, false)?;
+    buf.advise(libc::MADV_NOHUGEPAGE)?;
+    for (i, chunk) in buf.bytes_mut().chunks_mut(PAGE).enumerate() {
+        chunk[..8].copy_from_slice(&(0x50f7_0000 + i as u64).to_le_bytes());
+    }
+    for p in 0..MOVED {
+        dev.read64(buf.addr() + (p * PAGE) as u64)?.ok();
+    }
+    let before: Vec<Option<u64>> = (0..MOVED)
+        .map(|p| frame_of(buf.addr() + (p * PAGE) as u64))
+        .collect();
+    buf.advise(MADV_SOFT_OFFLINE)?;
+    let after: Vec<Option<u64>> = (0..MOVED)
+        .map(|p| frame_of(buf.addr() + (p * PAGE) as u64))
+        .collect();
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    let mut right = 0;
+    for p in 0..MOVED {
+        if matches!(dev.read64(buf.addr() + (p * PAGE) as u64)?, Ok(v) if v == 0x50f7_0000 + p as u64)
+        {
+            right += 1;
+        }
+    }
+    let wrote = dev.write64(buf.addr(), 0x5eed)?;
+    c.check(
+        "soft-offline-migration-under-device",
+        moved == MOVED && right == MOVED && wrote.is_ok() && buf.read_u64(0) == 0x5eed,
+        format!("{moved} of {MOVED} frames moved, {right} read right through the device, then write {wrote:?}"),
     );
     Ok(())
 }

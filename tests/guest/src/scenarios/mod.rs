@@ -61,8 +61,10 @@ pub fn poke(addr: u64, value: u64) {
 
 /// Runs `child` in a forked process and returns its exit status (or 128 + signal).
 pub fn in_child(child: impl FnOnce() -> i32) -> Result<i32> {
-    // SAFETY: the child runs `child` and exits with `_exit`; the guest programs are
-    // single-threaded when they fork.
+    // SAFETY: the child runs `child` and exits with `_exit`. The suite's groups fork from a
+    // single thread. `random` forks from one of its threads: glibc keeps malloc usable in the
+    // child, and the child's work (open, ioctl, exit) takes no lock another thread could hold;
+    // it prints nothing (stdout's lock could be held by a sibling).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         bail!("fork failed: {}", std::io::Error::last_os_error());
