@@ -61,9 +61,14 @@ fn drive(socket: &Path) -> Result<Seen, String> {
         let last = match ask(socket, &Request::Stats) {
             Ok(stats) => {
                 let context = stats["contexts"][0]["context"].as_u64();
-                match (context, stats["tlb_entries"].as_u64()) {
-                    (Some(ctx), Some(entries)) if entries > 0 => break (stats, ctx),
-                    _ => format!("no context with TLB entries yet: {stats}"),
+                // Ready once a command has completed, not merely once an entry was dropped in:
+                // the first copy's drop-in comes before its completion.
+                let completed = stats["device"]["STAT_COMMANDS_COMPLETED"].as_u64();
+                match (context, stats["tlb_entries"].as_u64(), completed) {
+                    (Some(ctx), Some(entries), Some(done)) if entries > 0 && done > 0 => {
+                        break (stats, ctx)
+                    }
+                    _ => format!("no context with TLB entries and completions yet: {stats}"),
                 }
             }
             Err(e) => e,
