@@ -8,7 +8,7 @@
 //! buffers, and the device completes a context's commands in order, so slots are reused
 //! round-robin and "submitted - collected < SLOTS" is the only bookkeeping needed.
 
-use crate::device::Hw;
+use crate::hw::Hw;
 use crate::dma::CoherentBuffer;
 use crate::pci;
 use crate::regs::*;

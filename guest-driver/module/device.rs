@@ -5,7 +5,7 @@
 //! kernel APIs go through the wrapper modules.
 
 use core::pin::Pin;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex, SpinLock};
@@ -17,6 +17,7 @@ use kernel::{c_str, fmt, new_mutex, new_spinlock};
 
 use crate::context::{Context, Mirror, DEBUGFS_COUNTERS};
 use crate::counters;
+use crate::hw::Hw;
 use crate::debugfs::Dir;
 use crate::delay;
 use crate::dma::{self, CoherentRing};
@@ -36,74 +37,6 @@ const SCRATCH_PATTERNS: [u32; 3] = [0xA5A5_5A5A, 0x1234_5678, 0];
 const FAULT_ENTRIES: u32 = 256;
 /// How long closing a context waits for the device to acknowledge the disable.
 const DISABLE_WAIT_MS: u32 = 1000;
-
-/// MMIO access to BAR0, revocable: after remove, every access fails with `ENODEV`.
-#[pin_data]
-pub(crate) struct Hw {
-    /// A spinlock, not a mutex: MMIO never sleeps and the notifier may not sleep.
-    #[pin]
-    bar: SpinLock<Option<pci::Bar<BAR0_SIZE>>>,
-    /// Function resets the driver made ([`Hw::reset_function`]); changed under `bar`, so a
-    /// write made "in generation g" ([`Hw::write_in`]) never reaches the device after a reset.
-    generation: AtomicU64,
-}
-
-impl Hw {
-    /// The current reset generation.
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Resets the function (`DEV_CONTROL.FLR`) and starts a new generation; returns it. After
-    /// the write returns the device performs no DMA for anything submitted before, holds no
-    /// TLB entry and every context is FREE (docs/device-spec.md, reset behaviour).
-    pub(crate) fn reset_function(&self) -> Result<u64> {
-        let bar = self.bar.lock();
-        bar.as_ref().ok_or(ENODEV)?.try_write32(REG_DEV_CONTROL, DEV_CONTROL_FLR)?;
-        Ok(self.generation.fetch_add(1, Ordering::AcqRel) + 1)
-    }
-
-    /// Writes a global register only if no reset happened since `generation` (a stale index
-    /// must not reach a device that was reset and reprogrammed meanwhile).
-    pub(crate) fn write_in(&self, generation: u64, offset: usize, value: u32) -> Result {
-        let bar = self.bar.lock();
-        if self.generation() != generation {
-            return Err(EAGAIN);
-        }
-        bar.as_ref().ok_or(ENODEV)?.try_write32(offset, value)
-    }
-
-    /// Reads a global register.
-    pub(crate) fn read(&self, offset: usize) -> Result<u32> {
-        self.bar.lock().as_ref().ok_or(ENODEV)?.try_read32(offset)
-    }
-
-    /// Writes a global register.
-    pub(crate) fn write(&self, offset: usize, value: u32) -> Result {
-        self.bar
-            .lock()
-            .as_ref()
-            .ok_or(ENODEV)?
-            .try_write32(offset, value)
-    }
-
-    fn ctx_offset(ctx: usize, offset: usize) -> Result<usize> {
-        if ctx >= MAX_CONTEXTS || offset >= CTX_BLOCK_SIZE {
-            return Err(EINVAL);
-        }
-        Ok(CTX_BLOCK_BASE + ctx * CTX_BLOCK_SIZE + offset)
-    }
-
-    /// Reads register `offset` of context `ctx`'s block.
-    pub(crate) fn ctx_read(&self, ctx: usize, offset: usize) -> Result<u32> {
-        self.read(Self::ctx_offset(ctx, offset)?)
-    }
-
-    /// Writes register `offset` of context `ctx`'s block.
-    pub(crate) fn ctx_write(&self, ctx: usize, offset: usize, value: u32) -> Result {
-        self.write(Self::ctx_offset(ctx, offset)?, value)
-    }
-}
 
 /// Context table: which device contexts are in use and by which open file.
 struct Contexts {
@@ -526,10 +459,7 @@ impl pci::Driver for RmnicDriver {
         let rmnic = Arc::pin_init(
             try_pin_init!(Rmnic {
                 pdev: pci::DeviceRef::new(dev),
-                hw <- pin_init!(Hw {
-                    bar <- new_spinlock!(Some(bar), "rmnic::Hw::bar"),
-                    generation: AtomicU64::new(0),
-                }),
+                hw <- Hw::new(bar),
                 invq <- invq,
                 faults,
                 fault_tail <- new_mutex!((0, 0), "rmnic::Rmnic::fault_tail"),
@@ -606,7 +536,7 @@ impl pci::Driver for RmnicDriver {
         // stop the interrupt handlers, then revoke MMIO and unmap outside the spinlock.
         let _ = data.rmnic.hw.write(REG_DEV_CONTROL, DEV_CONTROL_FLR);
         drop(data.irqs.take());
-        let bar = data.rmnic.hw.bar.lock().take();
+        let bar = data.rmnic.hw.revoke();
         drop(bar);
         dev.release_regions();
         dev.disable();

@@ -14,7 +14,7 @@ use kernel::sync::SpinLock;
 use kernel::time::{ktime_ms_delta, Ktime};
 
 use crate::delay;
-use crate::device::Hw;
+use crate::hw::Hw;
 use crate::dma::{CoherentBuffer, CoherentRing};
 use crate::pci;
 use crate::regs::*;

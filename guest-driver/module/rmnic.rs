@@ -5,10 +5,11 @@
 //!
 //! Layout: the driver logic holds no `unsafe`: [`device`] (probe, remove, interrupts, file
 //! operations), [`context`] (a context bound to a process: the notifier callback and the miss
-//! path), [`cmdq`] (command rings), [`invq`] (the invalidation queue). The wrappers around the C
-//! APIs Linux 6.12 does not expose to Rust: [`pci`], [`misc`], [`irq`], [`dma`], [`mm`],
-//! [`mmu`] (interval notifier), [`hmm`] (`hmm_range_fault`), [`delay`]. [`uapi`] is the ioctl ABI
-//! shared with user space; [`regs`] the device's register map.
+//! path), [`cmdq`] (command rings), [`invq`] (the invalidation queue), [`hw`] (the BAR0
+//! accessor every part shares), [`counters`] (driver-wide counters). The wrappers around the C
+//! APIs Linux 6.12 does not expose to Rust are in [`kernel_api`]: `pci`, `misc`, `irq`, `dma`,
+//! `mm`, `mmu` (interval notifier), `hmm` (`hmm_range_fault`), `delay`, `debugfs`, `poll`.
+//! [`uapi`] is the ioctl ABI shared with user space; [`regs`] the device's register map.
 
 use kernel::bindings;
 use kernel::c_str;
@@ -17,26 +18,16 @@ use kernel::prelude::*;
 mod cmdq;
 mod context;
 mod counters;
-mod debugfs;
-mod delay;
 mod device;
-#[allow(dead_code, reason = "complete wrapper API")]
-mod dma;
-#[allow(dead_code, reason = "complete wrapper API")]
-mod hmm;
+mod hw;
 mod invq;
-#[allow(dead_code, reason = "complete wrapper API")]
-mod irq;
-mod misc;
-#[allow(dead_code, reason = "complete wrapper API")]
-mod mm;
-#[allow(dead_code, reason = "complete wrapper API")]
-mod mmu;
-mod pci;
-mod poll;
+mod kernel_api;
 #[allow(dead_code, reason = "the register map mirrors the spec")]
 mod regs;
 mod uapi;
+
+// The wrappers keep their short paths (`crate::pci`, ...) for the driver logic.
+use kernel_api::{debugfs, delay, dma, hmm, irq, misc, mm, mmu, pci, poll};
 
 #[cfg(not(CONFIG_MMU_NOTIFIER))]
 compile_error!("rmnic needs CONFIG_MMU_NOTIFIER (select it with CONFIG_RMNIC_TESTBED)");

@@ -13,6 +13,21 @@ use crate::cache::{Entry, InputHash};
 use crate::kernel::{self, Kernel};
 use crate::progress;
 
+/// Copies the module's sources (files and subfolders such as `kernel_api/`) into `to`.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for file in fs::read_dir(from)? {
+        let file = file?;
+        let kind = file.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&file.path(), &to.join(file.file_name()))?;
+        } else if kind.is_file() {
+            fs::copy(file.path(), to.join(file.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Builds `rmnic.ko` unless cached; returns its path.
 pub fn build(repo: &Path, kernel: &Kernel) -> Result<PathBuf> {
     let module_src = repo.join("guest-driver/module");
@@ -32,12 +47,7 @@ pub fn build(repo: &Path, kernel: &Kernel) -> Result<PathBuf> {
     entry.reset()?;
     let build_dir = entry.dir.join("module");
     fs::create_dir_all(&build_dir)?;
-    for file in fs::read_dir(&module_src)? {
-        let file = file?;
-        if file.file_type()?.is_file() {
-            fs::copy(file.path(), build_dir.join(file.file_name()))?;
-        }
-    }
+    copy_tree(&module_src, &build_dir)?;
     let abi_dir = entry.dir.join("abi/src");
     fs::create_dir_all(&abi_dir)?;
     fs::copy(&abi_src, abi_dir.join("abi.rs")).context("Cannot copy the ABI source")?;
