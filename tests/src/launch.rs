@@ -278,7 +278,9 @@ fn boot_recorded(
     if !matches!(verdict, Verdict::Passed | Verdict::GuestFailed) {
         match &outcome {
             Ok(outcome) => save_console(images, guest, verdict, &outcome.console),
-            Err(LaunchError::HostFailed { tail, .. }) => save_console(images, guest, verdict, tail),
+            Err(LaunchError::HostFailed { tail, .. } | LaunchError::Timeout { tail, .. }) => {
+                save_console(images, guest, verdict, tail)
+            }
             Err(_) => {}
         }
     }
