@@ -41,12 +41,14 @@ impl FaultSwitch {
         })
     }
 
-    fn current(&self) -> Arc<dyn FaultInjector> {
-        self.active
+    /// Runs `f` on the current injector under the read lock (no reference count traffic on
+    /// the device's hot paths; injectors never call back into the switch).
+    fn with<R>(&self, f: impl FnOnce(&dyn FaultInjector) -> R) -> R {
+        f(&*self
+            .active
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .injector
-            .clone()
+            .injector)
     }
 
     /// Replaces the faults; `seed` defaults to the current one. On a bad mode nothing changes.
@@ -75,59 +77,59 @@ impl FaultSwitch {
 
 impl FaultInjector for FaultSwitch {
     fn dma(&self, access: &DmaAccess) -> DmaVerdict {
-        self.current().dma(access)
+        self.with(|i| i.dma(access))
     }
 
     fn translated(&self, access: &TranslatedAccess, memory: &GuestRam) {
-        self.current().translated(access, memory);
+        self.with(|i| i.translated(access, memory));
     }
 
     fn dropped_in(&self, dropin: &DropIn, memory: &GuestRam) {
-        self.current().dropped_in(dropin, memory);
+        self.with(|i| i.dropped_in(dropin, memory));
     }
 
     fn evict_on_hit(&self, ctx: u8, va: VirtAddr) -> bool {
-        self.current().evict_on_hit(ctx, va)
+        self.with(|i| i.evict_on_hit(ctx, va))
     }
 
     fn spurious_miss(&self, ctx: u8, va: VirtAddr) -> bool {
-        self.current().spurious_miss(ctx, va)
+        self.with(|i| i.spurious_miss(ctx, va))
     }
 
     fn parity_error(&self, ctx: u8, va: VirtAddr) -> bool {
-        self.current().parity_error(ctx, va)
+        self.with(|i| i.parity_error(ctx, va))
     }
 
     fn ignore_permission(&self, ctx: u8, va: VirtAddr) -> bool {
-        self.current().ignore_permission(ctx, va)
+        self.with(|i| i.ignore_permission(ctx, va))
     }
 
     fn access_delay(&self, ctx: u8) -> Duration {
-        self.current().access_delay(ctx)
+        self.with(|i| i.access_delay(ctx))
     }
 
     fn invalidation(&self, descriptor: &InvalidationDescriptor) -> InvalidationVerdict {
-        self.current().invalidation(descriptor)
+        self.with(|i| i.invalidation(descriptor))
     }
 
     fn stale_dropins(&self, descriptor: &InvalidationDescriptor) -> Vec<DropIn> {
-        self.current().stale_dropins(descriptor)
+        self.with(|i| i.stale_dropins(descriptor))
     }
 
     fn reset_on_command(&self, ctx: u8) -> bool {
-        self.current().reset_on_command(ctx)
+        self.with(|i| i.reset_on_command(ctx))
     }
 
     fn interrupt(&self, vector: u16) -> bool {
-        self.current().interrupt(vector)
+        self.with(|i| i.interrupt(vector))
     }
 
     fn duplicate_interrupt(&self, vector: u16) -> bool {
-        self.current().duplicate_interrupt(vector)
+        self.with(|i| i.duplicate_interrupt(vector))
     }
 
     fn fault_interrupt_delay(&self, ctx: u8) -> Duration {
-        self.current().fault_interrupt_delay(ctx)
+        self.with(|i| i.fault_interrupt_delay(ctx))
     }
 }
 

@@ -594,6 +594,22 @@ impl EventLog {
         self.mask.load(Ordering::Relaxed)
     }
 
+    /// The newest `n` events that pass `keep`, oldest first (walks the ring from its end under
+    /// the lock; copies only what it returns).
+    pub fn newest_matching(&self, n: usize, keep: impl Fn(&Event) -> bool) -> Vec<Event> {
+        let ring = self.lock();
+        let mut found: Vec<Event> = ring
+            .events
+            .iter()
+            .rev()
+            .filter(|e| keep(e))
+            .take(n)
+            .copied()
+            .collect();
+        found.reverse();
+        found
+    }
+
     /// Every event still in the log, oldest first.
     pub fn snapshot(&self) -> Vec<Event> {
         self.lock().events.iter().copied().collect()

@@ -271,7 +271,20 @@ impl Oracle {
         };
         if let Some(wrong) = wrong {
             self.violations.fetch_add(1, Ordering::Relaxed);
-            let recent_events = self.recent_events(access.ctx, access.asid);
+            {
+                // The context's events only for the violations that are kept (taken before
+                // this violation's own event is logged).
+                let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+                if kept.len() < KEPT_VIOLATIONS {
+                    kept.push(Violation {
+                        access: *access,
+                        seen,
+                        wrong,
+                        at: self.started.elapsed(),
+                        recent_events: self.recent_events(access.ctx, access.asid),
+                    });
+                }
+            }
             if let Some(log) = self.events.get() {
                 log.record(EventKind::Violation {
                     ctx: access.ctx,
@@ -281,36 +294,17 @@ impl Oracle {
                     write: access.access & FAULT_ACCESS_WRITE != 0,
                 });
             }
-            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-            if kept.len() < KEPT_VIOLATIONS {
-                kept.push(Violation {
-                    access: *access,
-                    seen,
-                    wrong,
-                    at: self.started.elapsed(),
-                    recent_events,
-                });
-            }
         }
     }
 }
 
 impl Oracle {
-    /// The context's newest events in the device log (a copy of the bounded log, filtered:
-    /// only on the rare violation path).
+    /// The context's newest events in the device log.
     fn recent_events(&self, ctx: u8, asid: u16) -> Vec<Event> {
         let Some(log) = self.events.get() else {
             return Vec::new();
         };
-        let mut mine: Vec<Event> = log
-            .snapshot()
-            .into_iter()
-            .rev()
-            .filter(|e| e.kind.concerns(ctx, asid))
-            .take(VIOLATION_EVENTS)
-            .collect();
-        mine.reverse();
-        mine
+        log.newest_matching(VIOLATION_EVENTS, |e| e.kind.concerns(ctx, asid))
     }
 }
 
