@@ -11,6 +11,10 @@
 use rmnic_device::events::{Event, EventBatch, Recorder};
 use serde_json::{json, Value};
 
+/// Events a host keeps when a trace or the control API may read them (instead of the
+/// device's default few thousand).
+pub const TRACE_EVENTS: usize = 1 << 18;
+
 /// Process id of the device in the trace.
 const PID: u32 = 1;
 /// Track ids: contexts at `CONTEXT_TRACK + ctx`, workers at `WORKER_TRACK + n`.

@@ -45,9 +45,6 @@ struct Cli {
     trace_lean: bool,
 }
 
-/// Events the device keeps when a trace or the control API may read them.
-const TRACE_EVENTS: usize = 1 << 18;
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -62,7 +59,7 @@ fn main() -> ExitCode {
     } else {
         cli.fault.join(",")
     };
-    let seed = cli.seed.unwrap_or_else(clock_seed);
+    let seed = cli.seed.unwrap_or_else(rmnic_device::inject::clock_seed);
     let faults = match FaultSwitch::new(&modes, seed) {
         Ok(faults) => Arc::new(faults),
         Err(e) => {
@@ -82,7 +79,7 @@ fn main() -> ExitCode {
         ..RmnicConfig::default()
     };
     if cli.trace.is_some() || cli.api_socket.is_some() {
-        config.event_log_capacity = TRACE_EVENTS;
+        config.event_log_capacity = rmnic_control::trace::TRACE_EVENTS;
     }
     if cli.trace_lean {
         config.event_mask = rmnic_device::events::EVENT_LEAN;
@@ -157,12 +154,4 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     }
-}
-
-/// A seed from the clock, for runs that name none.
-fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        // CAST: the low 64 bits of nanoseconds are what a seed needs.
-        .map_or(1, |d| d.as_nanos() as u64)
 }

@@ -107,14 +107,6 @@ pub struct Cli {
     pub trace_lean: bool,
 }
 
-/// A seed from the clock, for runs that name none.
-pub fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        // CAST: the low 64 bits of nanoseconds are what a seed needs.
-        .map_or(1, |d| d.as_nanos() as u64)
-}
-
 fn parse_cpus(s: &str) -> Result<u8, String> {
     let n: u64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
     validate_cpus(n).map_err(|e| e.to_string())
@@ -169,7 +161,7 @@ impl Cli {
             } else {
                 self.fault.join(",")
             },
-            seed: self.seed.unwrap_or_else(clock_seed),
+            seed: self.seed.unwrap_or_else(rmnic_device::inject::clock_seed),
             api_socket: self.api_socket,
             trace: self.trace,
             trace_lean: self.trace_lean,

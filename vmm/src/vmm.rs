@@ -173,7 +173,7 @@ impl Vmm {
         };
         if config.trace.is_some() || config.api_socket.is_some() {
             // A trace is read after the fact: keep more than the default few thousand events.
-            device_config.event_log_capacity = TRACE_EVENTS;
+            device_config.event_log_capacity = rmnic_control::trace::TRACE_EVENTS;
         }
         device_config.event_mask = if config.trace_lean {
             EVENT_LEAN
@@ -337,9 +337,6 @@ impl Vmm {
         Ok(oracle_verdict(oracle.as_deref(), violations_fail, reason))
     }
 }
-
-/// Events a device keeps when a trace or the control API may read them (about 5 MiB).
-pub const TRACE_EVENTS: usize = 1 << 18;
 
 /// Prints the oracle's summary and violations; with `--violations fail`, a normal guest exit
 /// becomes [`ExitReason::CoherenceViolations`] when there were any.

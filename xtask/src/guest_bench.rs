@@ -45,26 +45,21 @@ pub fn oracle_cost(images: &Images) -> Result<()> {
     let mut results = vec![[Vec::new(), Vec::new()]; WORKLOADS.len()];
     for round in 0..ROUNDS {
         for (c, check) in ["off", "full"].iter().enumerate() {
-            let (label, mib, rounds, _) = WORKLOADS[0];
-            let mut guest = GuestRun::new(&[
-                "copy-bench",
-                "--label",
-                label,
-                "--mib",
-                mib,
-                "--rounds",
-                rounds,
-            ]);
-            for (label, mib, rounds, _) in &WORKLOADS[1..] {
-                guest = guest.then(&[
-                    "copy-bench",
-                    "--label",
-                    label,
-                    "--mib",
-                    mib,
-                    "--rounds",
-                    rounds,
-                ]);
+            let words =
+                |(label, mib, rounds, _): &(&'static str, &'static str, &'static str, &str)| {
+                    [
+                        "copy-bench",
+                        "--label",
+                        *label,
+                        "--mib",
+                        *mib,
+                        "--rounds",
+                        *rounds,
+                    ]
+                };
+            let mut guest = GuestRun::new(&words(&WORKLOADS[0]));
+            for workload in &WORKLOADS[1..] {
+                guest = guest.then(&words(workload));
             }
             guest.device_args = vec!["--coherence-check".into(), (*check).into()];
             let outcome = rmnic_tests::launch::run_in(HostMode::Qemu, images, &guest)

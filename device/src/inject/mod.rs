@@ -286,6 +286,15 @@ impl FaultInjector for Combined {
 
 pub use self::parse::{injector_named, FAULT_MODES};
 
+/// A seed from the clock, for hosts whose user named none (they print it, so the run can be
+/// replayed with it).
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        // CAST: the low 64 bits of nanoseconds are what a seed needs.
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

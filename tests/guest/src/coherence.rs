@@ -21,12 +21,7 @@ fn delta(after: &ContextStats, before: &ContextStats) -> (u64, u64, u64, u64) {
     )
 }
 
-fn status_of<T>(r: &std::result::Result<T, rmnic_abi::CommandError>) -> u32 {
-    match r {
-        Ok(_) => status::OK,
-        Err(e) => e.status,
-    }
-}
+use crate::scenarios::status_of;
 
 /// Every opcode produces the right data.
 fn ops(dev: &Context, c: &mut Checks) -> Result<()> {
@@ -367,16 +362,7 @@ fn processes(c: &mut Checks) -> Result<()> {
                 let Ok(buf) = Mapping::new(64 * PAGE, false) else {
                     return false;
                 };
-                let cmds: Vec<Command> = (0..64)
-                    .map(|i| Command {
-                        opcode: opcode::FILL,
-                        id: i,
-                        addr0: buf.addr() + i * PAGE as u64,
-                        length: PAGE as u64,
-                        operand0: i,
-                        ..Command::default()
-                    })
-                    .collect();
+                let cmds = crate::scenarios::page_fills(buf.addr(), 64);
                 dev.submit(&cmds).is_ok()
             })
         })

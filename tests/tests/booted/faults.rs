@@ -35,6 +35,17 @@ fn injected(trace: &Path, kind: &str) -> usize {
         .count()
 }
 
+/// Asserts the trace shows every mode of `kinds` injected at least once.
+fn assert_injected(trace: &Path, kinds: &[&str]) {
+    for kind in kinds {
+        assert!(
+            injected(trace, kind) > 0,
+            "no {kind} was injected ({})",
+            trace.display()
+        );
+    }
+}
+
 fn boot(mode: Mode, command: &[&str], faults: &str, tag: &str) -> (Outcome, PathBuf) {
     let mut guest = GuestRun::new(command);
     guest.device_args = vec![
@@ -83,20 +94,17 @@ fn coherence_holds_under_misses_delays_and_interrupt_faults() {
         "{checked} checked, {violations} violations\n{}",
         outcome.tail()
     );
-    for kind in [
-        "SpuriousMiss",
-        "Eviction",
-        "SlowAccess",
-        "SlowFaultInterrupt",
-        "DuplicateInterrupt",
-        "LostInterrupt",
-    ] {
-        assert!(
-            injected(&trace, kind) > 0,
-            "no {kind} was injected ({})",
-            trace.display()
-        );
-    }
+    assert_injected(
+        &trace,
+        &[
+            "SpuriousMiss",
+            "Eviction",
+            "SlowAccess",
+            "SlowFaultInterrupt",
+            "DuplicateInterrupt",
+            "LostInterrupt",
+        ],
+    );
     let _ = std::fs::remove_file(&trace);
 }
 
@@ -123,13 +131,7 @@ fn dma_and_parity_errors_fail_one_command_and_the_context_goes_on() {
         "{}",
         outcome.tail()
     );
-    for kind in ["ParityError", "DataDmaError"] {
-        assert!(
-            injected(&trace, kind) > 0,
-            "no {kind} was injected ({})",
-            trace.display()
-        );
-    }
+    assert_injected(&trace, &["ParityError", "DataDmaError"]);
     let _ = std::fs::remove_file(&trace);
 }
 

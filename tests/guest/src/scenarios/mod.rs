@@ -27,6 +27,21 @@ pub fn status_of<T>(r: &std::result::Result<T, rmnic_abi::CommandError>) -> u32 
     }
 }
 
+/// `n` FILL commands, one per page from `addr` (ids 0..n, each page filled with its index):
+/// a batch to leave in flight.
+pub fn page_fills(addr: u64, n: u64) -> Vec<rmnic_abi::Command> {
+    (0..n)
+        .map(|i| rmnic_abi::Command {
+            opcode: rmnic_abi::opcode::FILL,
+            id: i,
+            addr0: addr + i * rmnic_guest::PAGE as u64,
+            length: rmnic_guest::PAGE as u64,
+            operand0: i,
+            ..rmnic_abi::Command::default()
+        })
+        .collect()
+}
+
 /// `mmap` with the arguments given; the pointer as an address.
 pub fn mmap(addr: u64, len: usize, prot: i32, flags: i32, fd: i32, offset: i64) -> Result<u64> {
     // SAFETY: the caller chooses the flags; with MAP_FIXED it names a range it owns. The

@@ -114,21 +114,11 @@ pub fn leaks(baseline: Baseline, c: &mut Checks) -> Result<()> {
 /// Closing the file (not exiting) with commands in flight: the close aborts them on the
 /// device, frees the context, and the process goes on with a new one.
 pub fn close_in_flight(c: &mut Checks) -> Result<()> {
-    use rmnic_abi::{opcode, Command};
     let buf = Mapping::new(64 * PAGE, false)?;
     let mut closed = 0;
     for _ in 0..20 {
         let dev = Context::open()?;
-        let cmds: Vec<Command> = (0..64u64)
-            .map(|i| Command {
-                opcode: opcode::FILL,
-                id: i,
-                addr0: buf.addr() + i * PAGE as u64,
-                length: PAGE as u64,
-                operand0: i,
-                ..Command::default()
-            })
-            .collect();
+        let cmds = super::page_fills(buf.addr(), 64);
         dev.submit(&cmds)?;
         drop(dev);
         closed += 1;
