@@ -6,10 +6,10 @@
 //! (`include/rmnic.h`) and both Rust sides agree byte for byte.
 
 /// Version of this ABI. Bumped on every incompatible change; reported by [`IOC_VERSION`].
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Driver version as `major << 16 | minor << 8 | patch`.
-pub const DRIVER_VERSION: u32 = 0x00_02_00;
+pub const DRIVER_VERSION: u32 = 0x00_03_00;
 
 /// The ioctl "type" byte of every rmnic ioctl (`'r'`).
 pub const IOC_TYPE: u32 = b'r' as u32;
@@ -115,6 +115,12 @@ pub mod status {
     pub const ALIGNMENT: u32 = 6;
     /// A reserved field or flag is set, a length exceeds 1 GiB, or a range wraps.
     pub const INVALID_ARGUMENT: u32 = 7;
+    /// A segment address names a slot with no valid attachment: never attached, detached,
+    /// or its segment was removed or its exporter is gone (device 1.2).
+    pub const SEGMENT_INVALID: u32 = 8;
+    /// A segment address (or the range from it) lies outside the attached segment (device
+    /// 1.2). A write through a read-only attachment completes [`PERMISSION`].
+    pub const SEGMENT_BOUNDS: u32 = 9;
 }
 
 /// Command flag: raise a completion interrupt (the driver sets it itself when a waiter
@@ -228,3 +234,99 @@ pub const IOC_SUBMIT: u32 = ioc(IOC_READ | IOC_WRITE, 0x02, core::mem::size_of::
 pub const IOC_WAIT: u32 = ioc(IOC_READ | IOC_WRITE, 0x03, core::mem::size_of::<Wait>());
 /// `_IOR('r', 0x04, ContextStats)`: read this context's counters.
 pub const IOC_STATS: u32 = ioc(IOC_READ, 0x04, core::mem::size_of::<ContextStats>());
+
+// ---------------------------------------------------------------------------------------------
+// Segments (ABI 3, device 1.2): XPMEM-style sharing of a range of one process's address space
+// with other processes, without pinning (docs/segments.md).
+// ---------------------------------------------------------------------------------------------
+
+/// Permission bits of a segment ([`SegmentExport::permit_mode`]): the read and write bits of a
+/// file mode, checked against the importer's effective uid and gid as a file's mode would be
+/// (owner bits when the euid is the exporter's, else group bits when the egid is the
+/// exporter's, else the other bits). Root gets no exemption.
+pub mod permit {
+    /// The exporter's user may attach for reading.
+    pub const OWNER_READ: u32 = 0o400;
+    /// The exporter's user may attach for writing.
+    pub const OWNER_WRITE: u32 = 0o200;
+    /// The exporter's group may attach for reading.
+    pub const GROUP_READ: u32 = 0o040;
+    /// The exporter's group may attach for writing.
+    pub const GROUP_WRITE: u32 = 0o020;
+    /// Anyone may attach for reading.
+    pub const OTHER_READ: u32 = 0o004;
+    /// Anyone may attach for writing.
+    pub const OTHER_WRITE: u32 = 0o002;
+    /// Every bit the driver accepts.
+    pub const ALL: u32 = 0o666;
+}
+
+/// Segment flag ([`SegmentExport::flags`], [`SegmentAttach::flags`]): the segment may be
+/// written through (export), or the attachment wants to write (attach).
+pub const SEGMENT_WRITABLE: u32 = 1;
+
+/// Argument of [`IOC_EXPORT`]: make `[va, va + length)` of the caller's address space a
+/// segment other processes can attach.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentExport {
+    /// Start, page aligned.
+    pub va: u64,
+    /// Length in bytes, a non-zero multiple of the page size.
+    pub length: u64,
+    /// [`SEGMENT_WRITABLE`] or 0 (read-only segment).
+    pub flags: u32,
+    /// [`permit`] bits.
+    pub permit_mode: u32,
+    /// Out: the segment id importers name.
+    pub segid: u64,
+}
+
+/// Argument of [`IOC_ATTACH`]: attach segment `segid` to the caller's context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentAttach {
+    /// The segment id the exporter got from [`IOC_EXPORT`].
+    pub segid: u64,
+    /// [`SEGMENT_WRITABLE`] to write through the attachment, or 0 to only read.
+    pub flags: u32,
+    /// Out: the attachment slot commands name (see [`segment_address`]).
+    pub slot: u32,
+    /// Out: the segment's length in bytes.
+    pub length: u64,
+}
+
+/// Command flag: `addr0` is a segment address ([`segment_address`]), not a VA of the caller.
+pub const CMD_FLAG_SEGMENT_ADDR0: u8 = 2;
+/// Command flag: `addr1` is a segment address ([`segment_address`]), not a VA of the caller.
+pub const CMD_FLAG_SEGMENT_ADDR1: u8 = 4;
+
+/// Attachment slots per context.
+pub const MAX_ATTACHMENTS: u32 = 8;
+
+/// Bits of a segment address that hold the offset into the segment.
+pub const SEGMENT_OFFSET_MASK: u64 = (1 << 56) - 1;
+
+/// The segment address of byte `offset` of the segment attached at `slot`: the slot in bits
+/// 63:56, the offset in bits 55:0.
+pub const fn segment_address(slot: u32, offset: u64) -> u64 {
+    ((slot as u64) << 56) | (offset & SEGMENT_OFFSET_MASK)
+}
+
+/// `_IOWR('r', 0x05, SegmentExport)`: export a segment.
+pub const IOC_EXPORT: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x05,
+    core::mem::size_of::<SegmentExport>(),
+);
+/// `_IOW('r', 0x06, u64)`: remove a segment the caller's context exported; importers' next
+/// accesses complete [`status::SEGMENT_INVALID`].
+pub const IOC_REMOVE: u32 = ioc(IOC_WRITE, 0x06, core::mem::size_of::<u64>());
+/// `_IOWR('r', 0x07, SegmentAttach)`: attach a segment.
+pub const IOC_ATTACH: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x07,
+    core::mem::size_of::<SegmentAttach>(),
+);
+/// `_IOW('r', 0x08, u32)`: detach the attachment at a slot.
+pub const IOC_DETACH: u32 = ioc(IOC_WRITE, 0x08, core::mem::size_of::<u32>());
