@@ -24,6 +24,16 @@ pub(crate) static PAGES_DIRTIED: AtomicU64 = AtomicU64::new(0);
 /// Device recoveries (function resets after a hang or a self-reset).
 pub(crate) static RECOVERIES: AtomicU64 = AtomicU64::new(0);
 
+/// Segments exported and not yet removed (by `IOC_REMOVE`, or by the exporter's close or exit).
+pub(crate) static SEGMENTS_LIVE: AtomicU64 = AtomicU64::new(0);
+/// Attachments made and not yet torn down (detach, importer close, or revocation).
+pub(crate) static ATTACHMENTS_LIVE: AtomicU64 = AtomicU64::new(0);
+/// Attachments torn down because their segment went away (removal, exporter close or exit):
+/// one per importer attachment, however many VMAs the segment spans.
+pub(crate) static SEGMENT_REVOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Device misses on segment addresses, resolved in the exporter's address space.
+pub(crate) static SEGMENT_FAULTS: AtomicU64 = AtomicU64::new(0);
+
 /// Adds one.
 pub(crate) fn up(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
@@ -35,7 +45,7 @@ pub(crate) fn down(counter: &AtomicU64) {
 }
 
 /// The debugfs files (`rmnic/driver/`); the owner argument is unused: the counters are static.
-pub(crate) const DEBUGFS: [(&CStr, fn(&()) -> &AtomicU64); 7] = [
+pub(crate) const DEBUGFS: [(&CStr, fn(&()) -> &AtomicU64); 11] = [
     (c_str!("contexts_live"), |_| &CONTEXTS_LIVE),
     (c_str!("notifiers_live"), |_| &NOTIFIERS_LIVE),
     (c_str!("dma_buffers_live"), |_| &DMA_BUFFERS_LIVE),
@@ -43,4 +53,8 @@ pub(crate) const DEBUGFS: [(&CStr, fn(&()) -> &AtomicU64); 7] = [
     (c_str!("nonblocking_deferred"), |_| &NONBLOCKING_DEFERRED),
     (c_str!("pages_dirtied"), |_| &PAGES_DIRTIED),
     (c_str!("recoveries"), |_| &RECOVERIES),
+    (c_str!("segments_live"), |_| &SEGMENTS_LIVE),
+    (c_str!("attachments_live"), |_| &ATTACHMENTS_LIVE),
+    (c_str!("segment_revocations"), |_| &SEGMENT_REVOCATIONS),
+    (c_str!("segment_faults"), |_| &SEGMENT_FAULTS),
 ];
