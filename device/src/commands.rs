@@ -30,6 +30,7 @@ pub const CMD_OFF_OPERAND0: usize = 40;
 pub const CMD_OFF_OPERAND1: usize = 48;
 /// Command flag: raise `VECTOR_COMPLETION` when the command completes.
 pub const CMD_FLAG_INTERRUPT: u8 = 1 << 0;
+pub use crate::segments::{CMD_FLAG_SEGMENT_ADDR0, CMD_FLAG_SEGMENT_ADDR1};
 /// Largest COPY or FILL length: 1 GiB.
 pub const CMD_MAX_LENGTH: u64 = 1 << 30;
 /// Completion field offset: command id (u64).
@@ -105,6 +106,10 @@ pub enum Status {
     Alignment = 6,
     /// A reserved field or flag is set, a length exceeds 1 GiB, or a range wraps.
     InvalidArgument = 7,
+    /// A segment address names a slot with no valid attachment (since 1.2).
+    SegmentInvalid = 8,
+    /// A segment address's range leaves its segment (since 1.2).
+    SegmentBounds = 9,
 }
 
 impl Status {
@@ -190,6 +195,26 @@ pub struct Command {
     pub interrupt: bool,
     /// The operation.
     pub op: Operation,
+    /// Which addresses are segment addresses (spec §19): the command's
+    /// `CMD_FLAG_SEGMENT_ADDR0` / `CMD_FLAG_SEGMENT_ADDR1` bits, as [`SegmentAddressing`].
+    pub segments: SegmentAddressing,
+}
+
+/// Which of a command's addresses name (attachment slot, offset) rather than a VA of the
+/// context's own address space.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentAddressing {
+    /// addr0 (destination, or the 64-bit word) is a segment address.
+    pub addr0: bool,
+    /// addr1 (COPY's source) is a segment address.
+    pub addr1: bool,
+}
+
+impl SegmentAddressing {
+    /// Whether any address is a segment address.
+    pub fn any(self) -> bool {
+        self.addr0 || self.addr1
+    }
 }
 
 /// A command that cannot execute: it completes at once with `status`.
@@ -223,7 +248,21 @@ pub fn decode(bytes: &[u8; COMMAND_SIZE]) -> Result<Command, Rejected> {
     };
     let opcode = Opcode::from_byte(bytes[CMD_OFF_OPCODE]).ok_or(reject(Status::InvalidOpcode))?;
     let reserved_set = bytes[CMD_OFF_RESERVED..CMD_OFF_ID].iter().any(|b| *b != 0);
-    if flags & !CMD_FLAG_INTERRUPT != 0 || reserved_set {
+    let known = CMD_FLAG_INTERRUPT | CMD_FLAG_SEGMENT_ADDR0 | CMD_FLAG_SEGMENT_ADDR1;
+    if flags & !known != 0 || reserved_set {
+        return Err(reject(Status::InvalidArgument));
+    }
+    let segments = SegmentAddressing {
+        addr0: flags & CMD_FLAG_SEGMENT_ADDR0 != 0,
+        addr1: flags & CMD_FLAG_SEGMENT_ADDR1 != 0,
+    };
+    // addr1 is used by COPY only, and NOP and FENCE use no address.
+    let addresses_used = match opcode {
+        Opcode::Nop | Opcode::Fence => (false, false),
+        Opcode::Copy => (true, true),
+        _ => (true, false),
+    };
+    if (segments.addr0 && !addresses_used.0) || (segments.addr1 && !addresses_used.1) {
         return Err(reject(Status::InvalidArgument));
     }
     let addr0 = VirtAddr(u64_at(bytes, CMD_OFF_ADDR0));
@@ -231,7 +270,10 @@ pub fn decode(bytes: &[u8; COMMAND_SIZE]) -> Result<Command, Rejected> {
     let len = u64_at(bytes, CMD_OFF_LENGTH);
     let operand0 = u64_at(bytes, CMD_OFF_OPERAND0);
     let operand1 = u64_at(bytes, CMD_OFF_OPERAND1);
-    let range_ok = |start: VirtAddr| len <= CMD_MAX_LENGTH && start.checked_add(len).is_some();
+    // A segment address's range is checked against its segment when it executes.
+    let range_ok = |start: VirtAddr, segment: bool| {
+        len <= CMD_MAX_LENGTH && (segment || start.checked_add(len).is_some())
+    };
     let aligned = |addr: VirtAddr| {
         if addr.is_aligned(8) {
             Ok(addr)
@@ -243,7 +285,7 @@ pub fn decode(bytes: &[u8; COMMAND_SIZE]) -> Result<Command, Rejected> {
         Opcode::Nop => Operation::Nop,
         Opcode::Fence => Operation::Fence,
         Opcode::Copy => {
-            if !range_ok(addr0) || !range_ok(addr1) {
+            if !range_ok(addr0, segments.addr0) || !range_ok(addr1, segments.addr1) {
                 return Err(reject(Status::InvalidArgument));
             }
             Operation::Copy {
@@ -253,7 +295,7 @@ pub fn decode(bytes: &[u8; COMMAND_SIZE]) -> Result<Command, Rejected> {
             }
         }
         Opcode::Fill => {
-            if !range_ok(addr0) {
+            if !range_ok(addr0, segments.addr0) {
                 return Err(reject(Status::InvalidArgument));
             }
             Operation::Fill {
@@ -283,7 +325,12 @@ pub fn decode(bytes: &[u8; COMMAND_SIZE]) -> Result<Command, Rejected> {
             value: operand0,
         },
     };
-    Ok(Command { id, interrupt, op })
+    Ok(Command {
+        id,
+        interrupt,
+        op,
+        segments,
+    })
 }
 
 /// The fields of a command record, for drivers and tests that build one.
@@ -371,6 +418,8 @@ impl Completion {
             5 => Status::Aborted,
             6 => Status::Alignment,
             7 => Status::InvalidArgument,
+            8 => Status::SegmentInvalid,
+            9 => Status::SegmentBounds,
             _ => return None,
         };
         Some(Self {
@@ -383,7 +432,11 @@ impl Completion {
 }
 
 /// Every named value of this module, for the specification drift test.
-pub const SPEC_CONSTANTS: [(&str, u64); 36] = [
+pub const SPEC_CONSTANTS: [(&str, u64); 40] = [
+    ("CMD_FLAG_SEGMENT_ADDR0", CMD_FLAG_SEGMENT_ADDR0 as u64),
+    ("CMD_FLAG_SEGMENT_ADDR1", CMD_FLAG_SEGMENT_ADDR1 as u64),
+    ("STATUS_SEGMENT_INVALID", Status::SegmentInvalid as u64),
+    ("STATUS_SEGMENT_BOUNDS", Status::SegmentBounds as u64),
     ("COMMAND_SIZE", COMMAND_SIZE as u64),
     ("COMPLETION_SIZE", COMPLETION_SIZE as u64),
     ("CMD_OFF_OPCODE", CMD_OFF_OPCODE as u64),

@@ -17,7 +17,7 @@ use crate::regs::{
     RegisterBlock, CONTEXT_REGISTERS, CQ_AVAIL_LO, CQ_DESC_LO, CQ_MAX_SIZE, CQ_READY, CQ_READY_BIT,
     CQ_SIZE, CQ_USED_LO, CTX_ASID, CTX_ASID_MASK, CTX_CONTROL, CTX_CONTROL_ENABLE,
     CTX_STATE_ACTIVE, CTX_STATE_ERROR, CTX_STATE_FAULTED, CTX_STATE_FREE, CTX_STATUS_ERROR_SHIFT,
-    FAULT_INFO_REASON_SHIFT,
+    FAULT_INFO_REASON_SHIFT, FAULT_INFO_SEGMENT, FAULT_INFO_SLOT_SHIFT,
 };
 
 /// A context's state, as `CTX_STATUS` bits 1:0 report it.
@@ -58,6 +58,11 @@ pub struct PendingFault {
     pub va: VirtAddr,
     /// `FAULT_ACCESS_*` bits.
     pub access: u8,
+    /// The attachment slot when the access went through a segment (`va` is then the
+    /// exporter's).
+    pub segment_slot: Option<u8>,
+    /// What the completion reports if the fault is aborted: `va`, or the segment address.
+    pub reported: u64,
     /// `FAULT_REASON_*`.
     pub reason: u8,
 }
@@ -168,6 +173,9 @@ impl Context {
         self.fault_va = fault.va.0;
         self.fault_info =
             u32::from(fault.access) | (u32::from(fault.reason) << FAULT_INFO_REASON_SHIFT);
+        if let Some(slot) = fault.segment_slot {
+            self.fault_info |= FAULT_INFO_SEGMENT | (u32::from(slot) << FAULT_INFO_SLOT_SHIFT);
+        }
     }
 
     /// Builds the command queue from the `CQ_*` registers: ready bit set, size a power of

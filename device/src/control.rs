@@ -34,6 +34,10 @@ use crate::regs::{
     REG_TLB_GEOMETRY, TLB_GEOMETRY_SETS_SHIFT, TLB_GEOMETRY_WAYS_SHIFT,
 };
 use crate::rmnic::VECTOR_FAULT;
+use crate::segments::{
+    ExportChange, OwnerState, CTX_ATTACH_BASE, EXPORT_ENTRY_SIZE, EXPORT_TABLE_BASE,
+    NUM_ATTACHMENTS,
+};
 use crate::stats::{self, ContextCounter, GlobalCounter, CONTEXT_COUNTERS, GLOBAL_COUNTERS};
 use crate::tlb::{Perms, TlbFill};
 
@@ -44,6 +48,8 @@ pub(crate) enum Window {
     Global,
     /// Context `i`'s block.
     Context(usize),
+    /// Export table entry `i` (spec §19).
+    Export(usize),
 }
 
 impl Window {
@@ -51,6 +57,7 @@ impl Window {
         match self {
             Self::Global => REGISTER_WINDOW_SIZE,
             Self::Context(_) => CTX_BLOCK_SIZE,
+            Self::Export(_) => EXPORT_ENTRY_SIZE,
         }
     }
 
@@ -60,8 +67,17 @@ impl Window {
             Self::Global => offset,
             // CAST: i < NUM_CONTEXTS.
             Self::Context(i) => CTX_BLOCK_BASE + i as u64 * CTX_BLOCK_SIZE + offset,
+            // CAST: i < NUM_EXPORTS.
+            Self::Export(i) => EXPORT_TABLE_BASE + i as u64 * EXPORT_ENTRY_SIZE + offset,
         }
     }
+}
+
+/// The attachment slot whose `CTX_ATTACH` register is at `offset` of a context block.
+fn attachment_slot(offset: u64) -> Option<usize> {
+    let relative = offset.checked_sub(CTX_ATTACH_BASE)?;
+    // CAST: below 4 × NUM_ATTACHMENTS.
+    (relative % 4 == 0 && relative < 4 * NUM_ATTACHMENTS as u64).then_some((relative / 4) as usize)
 }
 
 fn split(value: u64) -> [u32; 2] {
@@ -120,7 +136,11 @@ impl Shared {
             });
             match window {
                 Window::Global => self.write_global(offset, *value),
-                Window::Context(ctx) => self.write_context(ctx, offset, *value),
+                Window::Context(ctx) => match attachment_slot(offset) {
+                    Some(slot) => self.segments_write().write_attachment(ctx, slot, *value),
+                    None => self.write_context(ctx, offset, *value),
+                },
+                Window::Export(index) => self.write_export(index, offset, *value),
             }
         }
         Ok(())
@@ -131,6 +151,7 @@ impl Shared {
         let counters = match window {
             Window::Global => &GLOBAL_COUNTERS[..],
             Window::Context(_) => &CONTEXT_COUNTERS[..],
+            Window::Export(_) => &[][..],
         };
         if let Some((index, false)) = stats::locate(counters, offset) {
             return self.counter(window, index);
@@ -151,11 +172,20 @@ impl Shared {
         match window {
             Window::Global => self.stats.get(index),
             Window::Context(i) => self.ctx_stats.get(i).map_or(0, |s| s.get(index)),
+            Window::Export(_) => 0,
         }
     }
 
     fn read_dword(&self, window: Window, offset: u64) -> u32 {
+        match (window, attachment_slot(offset)) {
+            (Window::Export(index), _) => return self.segments_read().read_export(index, offset),
+            (Window::Context(ctx), Some(slot)) => {
+                return self.segments_read().read_attachment(ctx, slot)
+            }
+            _ => {}
+        }
         let (table, stats_base, counters) = match window {
+            Window::Export(_) => return 0,
             Window::Global => (&GLOBAL_REGISTERS[..], REG_STATS_BASE, &GLOBAL_COUNTERS[..]),
             Window::Context(_) => (
                 &CONTEXT_REGISTERS[..],
@@ -175,6 +205,7 @@ impl Shared {
         match window {
             Window::Global if spec.live => self.live_global(offset),
             Window::Global => lock(&self.global).value(offset),
+            Window::Export(_) => 0,
             Window::Context(i) => {
                 let Some(slot) = self.contexts.get(i) else {
                     return 0;
@@ -320,6 +351,7 @@ impl Shared {
     /// invalidation (`stall-invalidate`) holds none either, and wakes on the announcement.
     pub(crate) fn function_reset(&self) {
         let mut contexts: Vec<MutexGuard<'_, Context>> = self.contexts.iter().map(lock).collect();
+        let mut segments = self.segments_write();
         let mut asids = lock(&self.asids);
         let mut fault_ring = lock(&self.fault_ring);
         let mut invq = lock(&self.invq);
@@ -328,6 +360,7 @@ impl Shared {
         for ctx in &mut contexts {
             ctx.reset();
         }
+        segments.reset();
         asids.clear();
         fault_ring.configure(None);
         invq.configure(None);
@@ -406,6 +439,46 @@ impl Shared {
             }
             Err(code) => self.device_error(code),
         }
+    }
+
+    // --- Segments (spec §19) -------------------------------------------------------------
+
+    /// A write to export table entry `index`. Setting VALID checks the owner context named in
+    /// the value, whose lock comes before the segment table's.
+    fn write_export(&self, index: usize, offset: u64, value: u32) {
+        let owner = self.segments_read().owner_to_check(index, offset, value);
+        let owner_ctx = owner
+            .and_then(|owner| self.contexts.get(usize::from(owner)))
+            .map(lock);
+        let state = owner_ctx.as_ref().map(|ctx| OwnerState {
+            live: ctx.state.live() && ctx.owns_asid,
+            asid: ctx.asid,
+            pt_root: ctx.regs.value64(CTX_PTROOT_LO),
+        });
+        let change = self
+            .segments_write()
+            .write_export(index, offset, value, state);
+        drop(owner_ctx);
+        match change {
+            ExportChange::None => {}
+            ExportChange::Installed(export) => self.events.record(EventKind::Export {
+                // CAST: index < NUM_EXPORTS (64).
+                index: index as u8,
+                owner: export.owner,
+                base: export.base,
+                length: export.length,
+                writable: export.writable,
+            }),
+            ExportChange::Revoked(attachments) => self.record_revocation(index, attachments),
+        }
+    }
+
+    fn record_revocation(&self, index: usize, attachments: usize) {
+        self.events.record(EventKind::ExportRevoked {
+            // CAST: index < NUM_EXPORTS (64).
+            index: index as u8,
+            attachments: u32::try_from(attachments).unwrap_or(u32::MAX),
+        });
     }
 
     // --- Context registers ---------------------------------------------------------------
@@ -496,6 +569,13 @@ impl Shared {
             lock(&self.asids).remove(&ctx.asid);
         }
         lock(&self.fault_ring).cancel(ctx.index);
+        // Its exports go (importers' next accesses complete SEGMENT_INVALID) before its ASID's
+        // entries, and its attachments with them; once this lock is released no access
+        // through them is running.
+        let revoked = self.segments_write().context_disabled(ctx.index);
+        for (index, attachments) in revoked {
+            self.record_revocation(index, attachments);
+        }
         if ctx.owns_asid {
             self.tlb_write()
                 .invalidate_asid(ctx.asid, &mut self.on_removed());
@@ -611,7 +691,7 @@ impl Shared {
     /// RESUME (`abort` None) or ABORT with a status: leaves FAULTED.
     fn resume(&self, ctx: &mut Context, abort: Option<Status>) {
         lock(&self.fault_ring).cancel(ctx.index);
-        let fault_va = ctx.fault.map_or(0, |fault| fault.va.0);
+        let fault_va = ctx.fault.map_or(0, |fault| fault.reported);
         ctx.fault = None;
         ctx.state = ContextState::Active;
         if let Some(status) = abort {

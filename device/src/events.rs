@@ -176,6 +176,26 @@ pub enum EventKind {
         /// Requested page.
         va: VirtAddr,
     },
+    /// An export became valid (spec §19).
+    Export {
+        /// Export table index.
+        index: u8,
+        /// The exporting context.
+        owner: u8,
+        /// First VA.
+        base: u64,
+        /// Length in bytes.
+        length: u64,
+        /// Whether importers may write.
+        writable: bool,
+    },
+    /// An export was revoked (by the driver, or by disabling its owner), with its attachments.
+    ExportRevoked {
+        /// Export table index.
+        index: u8,
+        /// Attachments that went with it.
+        attachments: u32,
+    },
     /// A fill evicted an entry (capacity) — not an invalidation.
     Eviction {
         /// ASID of the evicted entry.
@@ -288,6 +308,7 @@ impl EventKind {
             | Self::Completion { ctx, .. }
             | Self::ContextState { ctx, .. }
             | Self::Violation { ctx, .. } => Some(ctx),
+            Self::Export { owner, .. } => Some(owner),
             Self::FaultInjected { ctx, .. } => ctx,
             _ => None,
         }
@@ -319,6 +340,7 @@ impl EventKind {
             Self::Completion { .. } => EVENT_COMPLETION,
             Self::Interrupt { .. } => EVENT_INTERRUPT,
             Self::ContextState { .. } | Self::DeviceError { .. } | Self::Reset => EVENT_STATE,
+            Self::Export { .. } | Self::ExportRevoked { .. } => EVENT_STATE,
             Self::FaultInjected { .. } => EVENT_INJECTED,
             Self::Violation { .. } => EVENT_VIOLATION,
             Self::Marker { .. } => EVENT_STATE,
@@ -338,6 +360,8 @@ impl EventKind {
             Self::Miss { .. } => "miss",
             Self::Fill { .. } => "drop-in",
             Self::DropInDiscarded { .. } => "drop-in discarded",
+            Self::Export { .. } => "export",
+            Self::ExportRevoked { .. } => "export revoked",
             Self::Eviction { .. } => "eviction",
             Self::Invalidation { dropped: true, .. } => "invalidation dropped",
             Self::Invalidation { .. } => "invalidation",
@@ -399,6 +423,20 @@ impl std::fmt::Display for EventKind {
                 size.bytes()
             ),
             Self::DropInDiscarded { ctx, va } => write!(f, "{name} ctx {ctx} va {va}"),
+            Self::Export {
+                index,
+                owner,
+                base,
+                length,
+                writable,
+            } => write!(
+                f,
+                "{name} #{index} ctx {owner} [{base:#x}, +{length:#x}) {}",
+                if writable { "rw" } else { "ro" }
+            ),
+            Self::ExportRevoked { index, attachments } => {
+                write!(f, "{name} #{index} ({attachments} attachments)")
+            }
             Self::Eviction { asid, va, fill_id } => {
                 write!(f, "{name} asid {asid} va {va} (fill {fill_id})")
             }

@@ -30,6 +30,13 @@ pub const FAULT_REC_ACCESS: usize = 4;
 pub const FAULT_REC_REASON: usize = 5;
 /// Fault record field offset: faulting virtual address (u64).
 pub const FAULT_REC_VA: usize = 8;
+/// Fault record offset: u8 flags (`FAULT_FLAG_*`, since 1.2).
+pub const FAULT_REC_FLAGS: usize = 6;
+/// Fault record offset: u8 attachment slot, when `FAULT_FLAG_SEGMENT` is set (since 1.2).
+pub const FAULT_REC_SLOT: usize = 7;
+/// Fault record flag: the access went through the segment attached at `FAULT_REC_SLOT`;
+/// the VA is in the exporter's address space.
+pub const FAULT_FLAG_SEGMENT: u8 = 1;
 /// Fault record field offset: command id of the stalled command (u64).
 pub const FAULT_REC_COMMAND_ID: usize = 16;
 /// Fault record field offset: sequence (u32), `index + 1`, written last.
@@ -64,6 +71,9 @@ pub struct FaultRecord {
     pub va: VirtAddr,
     /// Id of the stalled command.
     pub command_id: u64,
+    /// The attachment slot when the access went through a segment: `va` is then in the
+    /// exporter's address space (since 1.2).
+    pub segment_slot: Option<u8>,
 }
 
 impl FaultRecord {
@@ -75,6 +85,10 @@ impl FaultRecord {
         bytes[FAULT_REC_ASID..FAULT_REC_ASID + 2].copy_from_slice(&self.asid.to_le_bytes());
         bytes[FAULT_REC_ACCESS] = self.access;
         bytes[FAULT_REC_REASON] = self.reason;
+        if let Some(slot) = self.segment_slot {
+            bytes[FAULT_REC_FLAGS] = FAULT_FLAG_SEGMENT;
+            bytes[FAULT_REC_SLOT] = slot;
+        }
         bytes[FAULT_REC_VA..FAULT_REC_VA + 8].copy_from_slice(&self.va.0.to_le_bytes());
         bytes[FAULT_REC_COMMAND_ID..FAULT_REC_COMMAND_ID + 8]
             .copy_from_slice(&self.command_id.to_le_bytes());
@@ -101,6 +115,8 @@ impl FaultRecord {
                 reason: bytes[FAULT_REC_REASON],
                 va: VirtAddr(u64_at(FAULT_REC_VA)),
                 command_id: u64_at(FAULT_REC_COMMAND_ID),
+                segment_slot: (bytes[FAULT_REC_FLAGS] & FAULT_FLAG_SEGMENT != 0)
+                    .then_some(bytes[FAULT_REC_SLOT]),
             },
             u32::from_le_bytes(sequence),
         )
@@ -266,8 +282,11 @@ impl FaultRing {
 }
 
 /// Every named value of this module, for the specification drift test.
-pub const SPEC_CONSTANTS: [(&str, u64); 16] = [
+pub const SPEC_CONSTANTS: [(&str, u64); 19] = [
     ("FAULT_RECORD_SIZE", FAULT_RECORD_SIZE as u64),
+    ("FAULT_REC_FLAGS", FAULT_REC_FLAGS as u64),
+    ("FAULT_REC_SLOT", FAULT_REC_SLOT as u64),
+    ("FAULT_FLAG_SEGMENT", FAULT_FLAG_SEGMENT as u64),
     ("FAULT_REC_CONTEXT", FAULT_REC_CONTEXT as u64),
     ("FAULT_REC_ASID", FAULT_REC_ASID as u64),
     ("FAULT_REC_ACCESS", FAULT_REC_ACCESS as u64),
@@ -306,6 +325,7 @@ mod tests {
             reason: FAULT_REASON_MISS,
             va: VirtAddr(va),
             command_id: 99,
+            segment_slot: (ctx % 2 == 1).then_some(ctx % 8),
         }
     }
 

@@ -8,7 +8,9 @@
 //!
 //! Layers, bottom up: [`pci::configuration`] and [`pci::msix`] are generic PCI building
 //! blocks; [`regs`] is the BAR0 layout and register blocks as data; [`tlb`], [`commands`],
-//! [`fault_ring`] and [`invalidation`] are the device's structures and guest-memory formats;
+//! [`fault_ring`] and [`invalidation`] are the device's structures and guest-memory formats,
+//! [`segments`] the export table and attachment slots that let one context address another's
+//! memory;
 //! [`engine`] runs commands and invalidations on worker threads through one
 //! translate-and-access path; [`rmnic`] ties them into the function the VMM plugs into its
 //! bus. [`inject`] and [`events`] are the hooks and the trace for verification.
@@ -33,6 +35,7 @@ pub mod oracle;
 pub mod pci;
 pub mod regs;
 pub mod rmnic;
+pub mod segments;
 #[cfg(test)]
 mod spec_doc;
 pub mod stats;

@@ -107,7 +107,7 @@ pub const VERSION_MINOR_SHIFT: u32 = 0;
 /// [`REG_VERSION`] field mask: minor version.
 pub const VERSION_MINOR_MASK: u32 = 0xffff << VERSION_MINOR_SHIFT;
 /// The version of `docs/device-spec.md` the device implements: 1.0.
-pub const RMNIC_SPEC_VERSION: u32 = (1 << VERSION_MAJOR_SHIFT) | (1 << VERSION_MINOR_SHIFT);
+pub const RMNIC_SPEC_VERSION: u32 = (1 << VERSION_MAJOR_SHIFT) | (2 << VERSION_MINOR_SHIFT);
 
 /// [`REG_CAPS`] field: number of contexts.
 pub const CAPS_CONTEXTS_SHIFT: u32 = 0;
@@ -115,6 +115,8 @@ pub const CAPS_CONTEXTS_SHIFT: u32 = 0;
 pub const CAPS_CONTEXTS_MASK: u32 = 0xff << CAPS_CONTEXTS_SHIFT;
 /// [`REG_CAPS`] bit: 2 MiB pages are supported.
 pub const CAPS_HUGE_PAGES: u32 = 1 << 8;
+/// [`REG_CAPS`] bit 9: segments (export table, attachment slots; since 1.2).
+pub const CAPS_SEGMENTS: u32 = 1 << 9;
 /// [`REG_CAPS`] field: number of MSI-X vectors.
 pub const CAPS_VECTORS_SHIFT: u32 = 16;
 /// [`REG_CAPS`] field mask: number of MSI-X vectors.
@@ -122,6 +124,7 @@ pub const CAPS_VECTORS_MASK: u32 = 0xff << CAPS_VECTORS_SHIFT;
 /// [`REG_CAPS`]'s value.
 pub const RMNIC_CAPS: u32 = ((NUM_CONTEXTS as u32) << CAPS_CONTEXTS_SHIFT)
     | CAPS_HUGE_PAGES
+    | CAPS_SEGMENTS
     | ((crate::rmnic::RMNIC_MSIX_VECTORS as u32) << CAPS_VECTORS_SHIFT);
 
 /// [`REG_TLB_GEOMETRY`] field: number of sets.
@@ -244,6 +247,12 @@ pub const FAULT_INFO_ACCESS_MASK: u32 = 0xff;
 pub const FAULT_INFO_REASON_SHIFT: u32 = 8;
 /// [`FAULT_INFO`] field mask: reason.
 pub const FAULT_INFO_REASON_MASK: u32 = 0xff << FAULT_INFO_REASON_SHIFT;
+/// [`FAULT_INFO`] bit 16: the fault is on a segment access (since 1.2).
+pub const FAULT_INFO_SEGMENT: u32 = 1 << 16;
+/// [`FAULT_INFO`] field: the attachment slot of a segment fault (bits 31:24).
+pub const FAULT_INFO_SLOT_SHIFT: u32 = 24;
+/// [`FAULT_INFO`] field mask: the attachment slot.
+pub const FAULT_INFO_SLOT_MASK: u32 = 0xff << FAULT_INFO_SLOT_SHIFT;
 
 /// How the guest may change a register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -560,9 +569,9 @@ mod tests {
     fn blocks_read_their_reset_values() {
         let block = RegisterBlock::new(&GLOBAL_REGISTERS);
         assert_eq!(block.value(REG_ID), RMNIC_ID_MAGIC);
-        assert_eq!(block.value(REG_VERSION), 0x0001_0001);
+        assert_eq!(block.value(REG_VERSION), 0x0001_0002);
         assert_eq!(block.value(REG_SCRATCH), 0);
-        assert_eq!(block.value(REG_CAPS), 0x0004_0140);
+        assert_eq!(block.value(REG_CAPS), 0x0004_0340);
         let context = RegisterBlock::new(&CONTEXT_REGISTERS);
         assert_eq!(context.value(CTX_CONTROL), 0);
     }
@@ -573,10 +582,10 @@ mod tests {
     }
 
     #[test]
-    fn version_fields_decode_to_1_1() {
+    fn version_fields_decode_to_1_2() {
         let major = (RMNIC_SPEC_VERSION & VERSION_MAJOR_MASK) >> VERSION_MAJOR_SHIFT;
         let minor = (RMNIC_SPEC_VERSION & VERSION_MINOR_MASK) >> VERSION_MINOR_SHIFT;
-        assert_eq!((major, minor), (1, 1));
+        assert_eq!((major, minor), (1, 2));
     }
 
     #[test]

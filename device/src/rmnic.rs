@@ -29,6 +29,7 @@ use crate::regs::{
     RegisterError, BAR0_INDEX, BAR0_SIZE, CTX_BLOCK_BASE, CTX_BLOCK_SIZE, MSIX_PBA_OFFSET,
     MSIX_TABLE_OFFSET, MSIX_WINDOW_SIZE, NUM_CONTEXTS, REGISTER_WINDOW_SIZE,
 };
+use crate::segments::{EXPORT_ENTRY_SIZE, EXPORT_TABLE_BASE, NUM_EXPORTS};
 use crate::stats::{ContextCounter, GlobalCounter};
 use crate::tlb::{DeviceTlb, TlbEntry, TlbGeometry};
 
@@ -179,6 +180,8 @@ enum Bar0Window {
     MsixPba(u64),
     /// A context's register block: (context, offset in the block).
     Context(usize, u64),
+    /// An export table entry: (index, offset in the entry).
+    Export(usize, u64),
 }
 
 impl Bar0Window {
@@ -187,6 +190,16 @@ impl Bar0Window {
     fn of(offset: u64) -> Self {
         if offset < REGISTER_WINDOW_SIZE {
             Self::Registers
+        } else if let Some(relative) = offset
+            .checked_sub(EXPORT_TABLE_BASE)
+            // CAST: NUM_EXPORTS is 64.
+            .filter(|relative| *relative < NUM_EXPORTS as u64 * EXPORT_ENTRY_SIZE)
+        {
+            // CAST: relative / EXPORT_ENTRY_SIZE < NUM_EXPORTS.
+            Self::Export(
+                (relative / EXPORT_ENTRY_SIZE) as usize,
+                relative % EXPORT_ENTRY_SIZE,
+            )
         } else if let Some(relative) = offset
             .checked_sub(MSIX_TABLE_OFFSET)
             .filter(|relative| *relative < MSIX_WINDOW_SIZE)
@@ -374,6 +387,10 @@ impl RmnicDevice {
                 self.shared
                     .read_window(Window::Context(ctx), relative, &mut data)
             }
+            Bar0Window::Export(index, relative) => {
+                self.shared
+                    .read_window(Window::Export(index), relative, &mut data)
+            }
             _ => return 0,
         };
         result.map_or(u32::MAX, |()| u32::from_le_bytes(data))
@@ -455,6 +472,10 @@ impl RmnicDevice {
                 self.shared
                     .read_window(Window::Context(ctx), relative, data)?;
             }
+            Bar0Window::Export(index, relative) => {
+                self.shared
+                    .read_window(Window::Export(index), relative, data)?;
+            }
             Bar0Window::Reserved => data.fill(0),
             Bar0Window::MsixTable(relative) => self.msix().read_table(relative, data)?,
             Bar0Window::MsixPba(relative) => self.msix().read_pba(relative, data)?,
@@ -469,6 +490,10 @@ impl RmnicDevice {
             Bar0Window::Context(ctx, relative) => {
                 self.shared
                     .write_window(Window::Context(ctx), relative, data)?;
+            }
+            Bar0Window::Export(index, relative) => {
+                self.shared
+                    .write_window(Window::Export(index), relative, data)?;
             }
             Bar0Window::Reserved => {}
             Bar0Window::MsixTable(relative) => self.msix().write_table(relative, data)?,

@@ -22,6 +22,7 @@ use crate::fault_ring::{
     FAULT_ACCESS_READ, FAULT_ACCESS_WRITE, FAULT_REASON_MISS, FAULT_REASON_PERMISSION,
 };
 use crate::inject::{DmaPurpose, TranslatedAccess};
+use crate::segments::{segment_address, SegmentSpace};
 use crate::stats::{ContextCounter, GlobalCounter};
 use crate::tlb::{Perms, Translation};
 
@@ -46,6 +47,9 @@ pub struct Need {
     pub va: VirtAddr,
     /// `FAULT_ACCESS_*` bits it needs.
     pub access: u8,
+    /// The exporter's address space when `va` was reached through a segment (spec §19);
+    /// None for the context's own.
+    pub segment: Option<SegmentSpace>,
 }
 
 impl Need {
@@ -54,6 +58,7 @@ impl Need {
         Self {
             va,
             access: FAULT_ACCESS_READ,
+            segment: None,
         }
     }
 
@@ -62,6 +67,7 @@ impl Need {
         Self {
             va,
             access: FAULT_ACCESS_WRITE,
+            segment: None,
         }
     }
 
@@ -70,23 +76,51 @@ impl Need {
         Self {
             va,
             access: FAULT_ACCESS_READ | FAULT_ACCESS_WRITE,
+            segment: None,
         }
+    }
+
+    /// The same need, of `va` in the exporter's space `segment` (None: the context's own).
+    pub fn at(self, va: VirtAddr, segment: Option<SegmentSpace>) -> Self {
+        Self {
+            va,
+            segment,
+            ..self
+        }
+    }
+
+    /// Whether the need writes.
+    pub fn writes(self) -> bool {
+        self.access & FAULT_ACCESS_WRITE != 0
     }
 
     fn perms(self) -> Perms {
         Perms::from_bits(self.access)
+    }
+
+    /// The address a completion reports for `va` of this need: `va` itself in the context's
+    /// own space, the segment address in a segment.
+    pub fn reported(self, va: VirtAddr) -> u64 {
+        match self.segment {
+            None => va.0,
+            Some(space) => segment_address(space.slot, va.0.wrapping_sub(space.base)),
+        }
     }
 }
 
 /// A lookup that found no usable translation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Miss {
-    /// The address.
+    /// The address (in the exporter's space for a segment access).
     pub va: VirtAddr,
     /// `FAULT_ACCESS_*` bits the access needed.
     pub access: u8,
     /// `FAULT_REASON_*`.
     pub reason: u8,
+    /// The attachment slot when the address was reached through a segment.
+    pub segment_slot: Option<u8>,
+    /// What a completion reports if the fault is aborted ([`Need::reported`]).
+    pub reported: u64,
 }
 
 /// What an access did.
@@ -104,13 +138,13 @@ pub enum Outcome<R> {
     /// The entry translating `va` was found corrupt (fault injection: `parity-error`) and
     /// dropped; earlier chunks of the access may have moved.
     ParityError {
-        /// The address whose entry was corrupt.
-        va: VirtAddr,
+        /// The address whose entry was corrupt, as a completion reports it.
+        va: u64,
     },
     /// The DMA failed at the translated address of `va`; nothing is known to have moved.
     DmaFailed {
-        /// The address whose translation the failed DMA used.
-        va: VirtAddr,
+        /// The address whose translation the failed DMA used, as a completion reports it.
+        va: u64,
     },
 }
 
@@ -195,7 +229,7 @@ impl<'a> Translator<'a> {
                 };
                 let at = Need { va, ..*need };
                 match tlb
-                    .lookup(self.asid, va)
+                    .lookup(need.segment.map_or(self.asid, |s| s.asid), va)
                     .map(|hit| self.judge(hit, *need, va))
                 {
                     None => stop = Some((Stop::Miss(FAULT_REASON_MISS), at)),
@@ -227,7 +261,9 @@ impl<'a> Translator<'a> {
                         shared
                             .tlb_write()
                             .evict(hit.slot, hit.fill_id, &mut shared.on_removed());
-                        return Outcome::ParityError { va: at.va };
+                        return Outcome::ParityError {
+                            va: at.reported(at.va),
+                        };
                     }
                 }
                 if let Some(value) = last.take() {
@@ -256,16 +292,19 @@ impl<'a> Translator<'a> {
             };
             for (need, hit) in needs.iter().zip(used) {
                 let va = VirtAddr(need.va.0.wrapping_add(done));
+                let (asid, pt_root) = need
+                    .segment
+                    .map_or((self.asid, self.pt_root), |s| (s.asid, s.pt_root));
                 shared.injector.translated(
                     &TranslatedAccess {
                         ctx: self.ctx,
-                        asid: self.asid,
+                        asid,
                         va,
                         gpa: hit.gpa,
                         len: bytes,
                         access: need.access,
                         fill_id: hit.fill_id,
-                        pt_root: self.pt_root,
+                        pt_root,
                     },
                     dma.memory(),
                 );
@@ -273,7 +312,7 @@ impl<'a> Translator<'a> {
                 if log_hits {
                     shared.events.record(EventKind::Hit {
                         ctx: self.ctx,
-                        asid: self.asid,
+                        asid,
                         va,
                         gpa: hit.gpa.0,
                         fill_id: hit.fill_id,
@@ -333,7 +372,7 @@ impl<'a> Translator<'a> {
         }
         shared.events.record(EventKind::Miss {
             ctx: self.ctx,
-            asid: self.asid,
+            asid: need.segment.map_or(self.asid, |s| s.asid),
             va: need.va,
             access: need.access,
             reason,
@@ -342,6 +381,8 @@ impl<'a> Translator<'a> {
             va: need.va,
             access: need.access,
             reason,
+            segment_slot: need.segment.map(|s| s.slot),
+            reported: need.reported(need.va),
         }
     }
 }
@@ -359,9 +400,9 @@ enum Stop {
     Parity(Translation),
 }
 
-/// The VA whose translation a failed DMA used (the first one if it cannot be told), at
-/// offset `done` of the access.
-fn failed_va(error: &DmaError, needs: &[Need], used: &[Translation], done: u64) -> VirtAddr {
+/// The address whose translation a failed DMA used (the first one if it cannot be told), at
+/// offset `done` of the access, as a completion reports it.
+fn failed_va(error: &DmaError, needs: &[Need], used: &[Translation], done: u64) -> u64 {
     let gpa = match error {
         DmaError::OutsideRam { gpa, .. } | DmaError::Injected { gpa, .. } => *gpa,
         DmaError::Misaligned { gpa } => *gpa,
@@ -371,5 +412,7 @@ fn failed_va(error: &DmaError, needs: &[Need], used: &[Translation], done: u64) 
         .zip(needs)
         .find(|(hit, _)| hit.gpa.0 <= gpa && gpa < hit.gpa.0.saturating_add(hit.page_remaining))
         .map_or(needs.first(), |(_, need)| Some(need));
-    need.map_or(VirtAddr(0), |need| VirtAddr(need.va.0.wrapping_add(done)))
+    need.map_or(0, |need| {
+        need.reported(VirtAddr(need.va.0.wrapping_add(done)))
+    })
 }

@@ -7,6 +7,8 @@
 //! waits for an earlier one):
 //!
 //! 1. `contexts[i]` — ascending `i` when several are needed (only reset and device disable);
+//! 1. (b) `segments` — read by accesses through a segment for the whole access, like the TLB;
+//!    written by export and attachment register writes and context disables;
 //! 2. `asids`;
 //! 3. `fault_ring`;
 //! 4. `invq`;
@@ -44,6 +46,7 @@ use crate::regs::{
     REG_DEV_ERROR,
 };
 use crate::rmnic::VECTOR_ERROR;
+use crate::segments::SegmentTable;
 use crate::stats::{ContextCounter, ContextStats, GlobalCounter, GlobalStats};
 use crate::tlb::{DeviceTlb, Removal, TlbEntry};
 
@@ -69,6 +72,8 @@ pub(crate) struct Shared {
     pub(crate) injector: Arc<dyn FaultInjector>,
     /// Lock 1: the contexts.
     pub(crate) contexts: Vec<Mutex<Context>>,
+    /// Lock 1b: the export table and the attachment slots (spec §19).
+    pub(crate) segments: RwLock<SegmentTable>,
     /// Lock 2: ASID → owning context, for the enabled contexts.
     pub(crate) asids: Mutex<HashMap<u16, u8>>,
     /// Lock 3: the fault ring.
@@ -115,6 +120,7 @@ impl Shared {
             contexts: (0..NUM_CONTEXTS)
                 .map(|i| Mutex::new(Context::new(i as u8)))
                 .collect(),
+            segments: RwLock::new(SegmentTable::default()),
             asids: Mutex::new(HashMap::new()),
             fault_ring: Mutex::new(FaultRing::default()),
             invq: Mutex::new(InvalidationQueue::default()),
@@ -177,6 +183,20 @@ impl Shared {
     /// The TLB for changes.
     pub(crate) fn tlb_write(&self) -> RwLockWriteGuard<'_, DeviceTlb> {
         self.tlb
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The segment table for lookups (held by an access through a segment until it ends).
+    pub(crate) fn segments_read(&self) -> RwLockReadGuard<'_, SegmentTable> {
+        self.segments
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The segment table for changes: returns once no access through a segment is running.
+    pub(crate) fn segments_write(&self) -> RwLockWriteGuard<'_, SegmentTable> {
+        self.segments
             .write()
             .unwrap_or_else(|poison| poison.into_inner())
     }

@@ -152,6 +152,7 @@ impl Shared {
                         id: rejected.id,
                         interrupt: rejected.interrupt,
                         op: Operation::Nop,
+                        segments: Default::default(),
                     },
                     progress: 0,
                 };
@@ -219,6 +220,7 @@ impl Shared {
             reason: miss.reason,
             va: miss.va,
             command_id,
+            segment_slot: miss.segment_slot,
         };
         let posted = lock(&self.fault_ring).post(record, &self.dma(DmaPurpose::FaultRecord));
         if posted == Ok(Posted::NoRing) {
@@ -229,7 +231,7 @@ impl Shared {
                 id: command_id,
                 status: Status::FaultUnresolved,
                 result: 0,
-                fault_va: miss.va.0,
+                fault_va: miss.reported,
             };
             if let Err(code) = self.complete(ctx, &inflight, completion) {
                 self.context_error(ctx, code);
@@ -242,6 +244,8 @@ impl Shared {
             va: miss.va,
             access: miss.access,
             reason: miss.reason,
+            segment_slot: miss.segment_slot,
+            reported: miss.reported,
         });
         self.stats.count(GlobalCounter::Faults, 1);
         if let Some(stats) = self.ctx_stats(ctx.index) {

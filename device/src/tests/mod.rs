@@ -8,5 +8,6 @@ mod faults;
 pub(crate) mod harness;
 mod proptests;
 mod registers;
+mod segments;
 mod sequences;
 mod spec;

@@ -42,6 +42,7 @@ fn code_constants() -> BTreeMap<String, u64> {
     for (name, value) in [
         ("CAPS_CONTEXTS_MASK", CAPS_CONTEXTS_MASK),
         ("CAPS_HUGE_PAGES", CAPS_HUGE_PAGES),
+        ("CAPS_SEGMENTS", CAPS_SEGMENTS),
         ("CAPS_VECTORS_MASK", CAPS_VECTORS_MASK),
         ("TLB_GEOMETRY_SETS_MASK", TLB_GEOMETRY_SETS_MASK),
         ("TLB_GEOMETRY_WAYS_MASK", TLB_GEOMETRY_WAYS_MASK),
@@ -69,6 +70,8 @@ fn code_constants() -> BTreeMap<String, u64> {
         ("CTX_CMD_ABORT", CTX_CMD_ABORT),
         ("FAULT_INFO_ACCESS_MASK", FAULT_INFO_ACCESS_MASK),
         ("FAULT_INFO_REASON_MASK", FAULT_INFO_REASON_MASK),
+        ("FAULT_INFO_SEGMENT", FAULT_INFO_SEGMENT),
+        ("FAULT_INFO_SLOT_MASK", FAULT_INFO_SLOT_MASK),
     ] {
         all.push((name, u64::from(value)));
     }
@@ -76,6 +79,7 @@ fn code_constants() -> BTreeMap<String, u64> {
     all.extend(crate::fault_ring::SPEC_CONSTANTS);
     all.extend(crate::invalidation::SPEC_CONSTANTS);
     all.extend(crate::error_code::SPEC_CONSTANTS);
+    all.extend(crate::segments::SPEC_CONSTANTS);
     all.into_iter()
         .map(|(name, value)| (name.to_string(), value))
         .collect()
