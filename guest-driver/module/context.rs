@@ -398,15 +398,67 @@ impl Context {
         }
     }
 
-    /// Answers one device fault at `va` (miss path). Runs in the fault interrupt thread;
-    /// sleeps.
+    /// Answers one device fault of this context at `va` (miss path). Runs in the fault
+    /// interrupt thread; sleeps.
     pub(crate) fn resolve_fault(&self, va: u64, write: bool) {
+        bump(&self.mirror.stats.faults);
+        let filled = self.fill(va, write);
+        self.answer(filled);
+    }
+
+    /// Answers one device fault of this context (the importer) on a segment: the VA is in
+    /// the address space of `owner`, the exporter, which gets the drop-in (its ASID is the
+    /// one the device looked up); this context is then resumed. `[base, base + length)` is
+    /// the segment, which the device already checked the VA against; checked again here.
+    pub(crate) fn resolve_segment_fault(
+        &self,
+        owner: &Context,
+        base: u64,
+        length: u64,
+        va: u64,
+        write: bool,
+    ) {
+        bump(&self.mirror.stats.faults);
+        crate::counters::up(&crate::counters::SEGMENT_FAULTS);
+        let inside = va.checked_sub(base).is_some_and(|offset| offset < length);
+        let filled = if inside {
+            owner.fill(va, write)
+        } else {
+            Err(EFAULT)
+        };
+        self.answer(filled);
+    }
+
+    /// Resumes this context without a fill: its segment fault named a slot the driver already
+    /// revoked or detached, so the device's retry completes the command SEGMENT_INVALID.
+    pub(crate) fn resume(&self) {
+        bump(&self.mirror.stats.faults);
+        self.answer(Ok(()));
+    }
+
+    /// Checks that the caller is the context's process and the context was not lost to a
+    /// device reset (segment ioctls).
+    pub(crate) fn check_usable(&self) -> Result {
+        self.check_caller()?;
+        self.check_lost()
+    }
+
+    /// Resumes this context after a successful fill, or aborts its stalled command with the
+    /// status the error calls for: `EPERM`/`EACCES` → PERMISSION, anything else →
+    /// FAULT_UNRESOLVED.
+    fn answer(&self, filled: Result) {
         let mirror = &self.mirror;
-        bump(&mirror.stats.faults);
-        let status = match self.try_resolve(va, write) {
-            Ok(()) => return,
-            Err(e) if e == EPERM || e == EACCES => uapi::status::PERMISSION,
-            Err(_) => uapi::status::FAULT_UNRESOLVED,
+        let command = match filled {
+            Ok(()) => CTX_CMD_RESUME,
+            Err(e) => {
+                let status = if e == EPERM || e == EACCES {
+                    uapi::status::PERMISSION
+                } else {
+                    uapi::status::FAULT_UNRESOLVED
+                };
+                bump(&mirror.stats.aborts);
+                CTX_CMD_ABORT | (status << CTX_CMD_ABORT_STATUS_SHIFT)
+            }
         };
         // Under the update lock and only while the context is alive: once closed, its device
         // slot may already belong to another process's context.
@@ -414,15 +466,14 @@ impl Context {
         if cov.closed {
             return;
         }
-        bump(&mirror.stats.aborts);
-        let _ = mirror.rmnic.context_command(
-            mirror.index,
-            CTX_CMD_ABORT | (status << CTX_CMD_ABORT_STATUS_SHIFT),
-        );
+        let _ = mirror.rmnic.context_command(mirror.index, command);
         drop(cov);
     }
 
-    fn try_resolve(&self, va: u64, write: bool) -> Result {
+    /// Drops the translation of `va` in this context's address space into the device, under
+    /// this context's ASID (the miss path proper; `answer` then resumes the stalled context,
+    /// which is this one or an importer of its segment).
+    fn fill(&self, va: u64, write: bool) -> Result {
         let mirror = &self.mirror;
         // The address space may be exiting: then there is nothing to map.
         let users = self.mm.mmget_not_zero().ok_or(EFAULT)?;
@@ -492,7 +543,6 @@ impl Context {
             } else {
                 &mirror.stats.dropins_4k
             });
-            mirror.rmnic.context_command(mirror.index, CTX_CMD_RESUME)?;
             return Ok(());
         }
         Err(EBUSY)

@@ -26,7 +26,8 @@ pub(crate) static RECOVERIES: AtomicU64 = AtomicU64::new(0);
 
 /// Segments exported and not yet removed (by `IOC_REMOVE`, or by the exporter's close or exit).
 pub(crate) static SEGMENTS_LIVE: AtomicU64 = AtomicU64::new(0);
-/// Attachments made and not yet torn down (detach, importer close, or revocation).
+/// Attachment slots taken and not yet freed (detach or importer close; a revoked attachment
+/// keeps its slot until then).
 pub(crate) static ATTACHMENTS_LIVE: AtomicU64 = AtomicU64::new(0);
 /// Attachments torn down because their segment went away (removal, exporter close or exit):
 /// one per importer attachment, however many VMAs the segment spans.

@@ -17,7 +17,9 @@ use kernel::{c_str, fmt, new_mutex, new_spinlock};
 
 use crate::context::{Context, Mirror, DEBUGFS_COUNTERS};
 use crate::counters;
+use crate::cred::Credentials;
 use crate::hw::Hw;
+use crate::segment::Segments;
 use crate::debugfs::Dir;
 use crate::delay;
 use crate::dma::{self, CoherentRing};
@@ -69,6 +71,10 @@ pub(crate) struct Rmnic {
 
     #[pin]
     contexts: SpinLock<Contexts>,
+    /// Exported segments and attachments (`segment.rs`). Taken by ioctls and the fault
+    /// thread, never by a notifier; nothing is allocated or dropped under it.
+    #[pin]
+    segments: SpinLock<Segments>,
     pci_vendor: u16,
     pci_device: u16,
     /// `rmnic/` in debugfs (absent when debugfs is).
@@ -253,10 +259,16 @@ impl Rmnic {
         self.hw.ctx_write(index, CTX_CONTROL, CTX_CONTROL_ENABLE)
     }
 
-    /// Tears a context down: no more drop-ins, disable it on the device (which aborts its
-    /// commands, drops its TLB entries and stops touching its rings), then free the slot.
+    /// Tears a context down: its segments revoked and its attachments detached, no more
+    /// drop-ins, disable it on the device (which aborts its commands, drops its TLB entries and
+    /// stops touching its rings), then free the slot.
     fn close_context(&self, ctx: &Arc<Context>) {
         let index = ctx.index();
+        // One device write per exported segment; each export is dropped outside the lock.
+        while let Some(export) = self.segments.lock().revoke_one_of(&self.hw, ctx) {
+            drop(export);
+        }
+        self.segments.lock().detach_all(&self.hw, index);
         ctx.mark_closed();
         if self.hw.ctx_write(index, CTX_CONTROL, 0).is_ok() {
             let mut stopped = false;
@@ -318,6 +330,13 @@ impl Rmnic {
                     self.faults.read::<u8>(at, FAULT_REC_ACCESS),
                     self.faults.read::<u64>(at, FAULT_REC_VA),
                 );
+                let segment = match (
+                    self.faults.read::<u8>(at, FAULT_REC_FLAGS),
+                    self.faults.read::<u8>(at, FAULT_REC_SLOT),
+                ) {
+                    (Ok(flags), Ok(slot)) if flags & FAULT_FLAG_SEGMENT != 0 => Some(slot),
+                    _ => None,
+                };
                 *tail = at.wrapping_add(1);
                 if self.hw.write_in(generation, REG_FAULT_TAIL, *tail).is_err() {
                     // Reset meanwhile: the record belongs to a lost context.
@@ -326,11 +345,24 @@ impl Rmnic {
                 let (Ok(index), Ok(asid), Ok(access), Ok(va)) = record else {
                     continue;
                 };
-                match self.lookup(usize::from(index), asid) {
-                    Some(ctx) => ctx.resolve_fault(va, access & FAULT_ACCESS_WRITE != 0),
+                let write = access & FAULT_ACCESS_WRITE != 0;
+                match (self.lookup(usize::from(index), asid), segment) {
+                    (Some(ctx), None) => ctx.resolve_fault(va, write),
+                    (Some(ctx), Some(slot)) => {
+                        // The registry lock is released before the owner is used (and maybe
+                        // dropped: a closing exporter's last reference).
+                        let target = self.segments.lock().fault_target(usize::from(index), slot);
+                        match target {
+                            Some(t) => {
+                                ctx.resolve_segment_fault(&t.owner, t.base, t.length, va, write)
+                            }
+                            // Revoked or detached: the device completes SEGMENT_INVALID.
+                            None => ctx.resume(),
+                        }
+                    }
                     // The context was closed after the device wrote the record: nothing to
                     // answer, the disable already dropped the stalled command.
-                    None => pr_debug!("fault for closed context {index} asid {asid}\n"),
+                    (None, _) => pr_debug!("fault for closed context {index} asid {asid}\n"),
                 }
             }
         }
@@ -465,6 +497,7 @@ impl pci::Driver for RmnicDriver {
                 fault_tail <- new_mutex!((0, 0), "rmnic::Rmnic::fault_tail"),
                 recovery <- new_mutex!((), "rmnic::Rmnic::recovery"),
 
+                segments <- new_spinlock!(Segments::new()?, "rmnic::Rmnic::segments"),
                 contexts <- new_spinlock!(Contexts {
                     slots: [const { None }; MAX_CONTEXTS],
                     reserved: 0,
@@ -579,6 +612,25 @@ impl misc::FileOps for RmnicDriver {
                 Ok(0)
             }
             uapi::IOC_SUBMIT => submit(ctx, arg),
+            uapi::IOC_EXPORT => export(shared, ctx, arg),
+            uapi::IOC_REMOVE => {
+                let segid: u64 = UserSlice::new(arg, core::mem::size_of::<u64>())
+                    .reader()
+                    .read()?;
+                ctx.check_usable()?;
+                let removed = shared.segments.lock().remove(&shared.hw, ctx, segid)?;
+                drop(removed);
+                Ok(0)
+            }
+            uapi::IOC_ATTACH => attach(shared, ctx, arg),
+            uapi::IOC_DETACH => {
+                let slot: u32 = UserSlice::new(arg, core::mem::size_of::<u32>())
+                    .reader()
+                    .read()?;
+                ctx.check_usable()?;
+                shared.segments.lock().detach(&shared.hw, ctx.index(), slot)?;
+                Ok(0)
+            }
             uapi::IOC_WAIT => wait(ctx, arg),
             uapi::IOC_STATS => {
                 UserSlice::new(arg, core::mem::size_of::<uapi::ContextStats>())
@@ -614,6 +666,48 @@ fn submit(ctx: &Context, arg: usize) -> Result<isize> {
         commands.push(cmd, GFP_KERNEL)?;
     }
     req.queued = ctx.submit(&commands)?;
+    writer.write(&req)?;
+    Ok(0)
+}
+
+/// Segments need device 1.2 (`CAPS_SEGMENTS`).
+fn require_segments(shared: &Rmnic) -> Result {
+    if shared.hw.read(REG_CAPS)? & CAPS_SEGMENTS == 0 {
+        return Err(EOPNOTSUPP);
+    }
+    Ok(())
+}
+
+/// `RMNIC_IOC_EXPORT`: the caller exports a range of its own address space.
+fn export(shared: &Rmnic, ctx: &Arc<Context>, arg: usize) -> Result<isize> {
+    let (mut reader, mut writer) =
+        UserSlice::new(arg, core::mem::size_of::<uapi::SegmentExport>()).reader_writer();
+    let mut req: uapi::SegmentExport = reader.read()?;
+    require_segments(shared)?;
+    ctx.check_usable()?;
+    let creds = Credentials::current();
+    req.segid = shared
+        .segments
+        .lock()
+        .export(&shared.hw, ctx, &req, creds)?;
+    writer.write(&req)?;
+    Ok(0)
+}
+
+/// `RMNIC_IOC_ATTACH`: the caller attaches a segment, if its credentials allow.
+fn attach(shared: &Rmnic, ctx: &Arc<Context>, arg: usize) -> Result<isize> {
+    let (mut reader, mut writer) =
+        UserSlice::new(arg, core::mem::size_of::<uapi::SegmentAttach>()).reader_writer();
+    let mut req: uapi::SegmentAttach = reader.read()?;
+    require_segments(shared)?;
+    ctx.check_usable()?;
+    let creds = Credentials::current();
+    let (slot, length) = shared
+        .segments
+        .lock()
+        .attach(&shared.hw, ctx.index(), &req, creds)?;
+    req.slot = slot;
+    req.length = length;
     writer.write(&req)?;
     Ok(0)
 }

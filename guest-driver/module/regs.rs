@@ -60,6 +60,8 @@ pub(crate) const DEV_STATUS_ENABLED: u32 = 1 << 0;
 
 /// `CAPS[7:0]`: number of contexts.
 pub(crate) const CAPS_CONTEXTS_MASK: u32 = 0xff;
+/// `REG_CAPS` bit 9: segments (export table, attachment slots; device 1.2).
+pub(crate) const CAPS_SEGMENTS: u32 = 1 << 9;
 
 // --- Per-context register blocks.
 /// Offset of context 0's register block.
@@ -144,6 +146,12 @@ pub(crate) const FAULT_REC_ASID: usize = 2;
 pub(crate) const FAULT_REC_ACCESS: usize = 4;
 /// u64 faulting virtual address.
 pub(crate) const FAULT_REC_VA: usize = 8;
+/// Fault record: u8 flags (device 1.2).
+pub(crate) const FAULT_REC_FLAGS: usize = 6;
+/// Fault record: u8 attachment slot of a segment fault.
+pub(crate) const FAULT_REC_SLOT: usize = 7;
+/// Fault record flag: a segment access; the VA is the exporter's.
+pub(crate) const FAULT_FLAG_SEGMENT: u8 = 1;
 /// Fault access bit: write.
 pub(crate) const FAULT_ACCESS_WRITE: u8 = 2;
 
@@ -197,3 +205,35 @@ pub(crate) const SPEC_MAJOR: u32 = 1;
 pub(crate) const PCI_VENDOR_ID: u32 = 0xF1E0;
 /// PCI device ID of the device.
 pub(crate) const PCI_DEVICE_ID: u32 = 0x0001;
+
+// --- Segments (device 1.2, spec §19).
+/// BAR0 offset of export table entry 0.
+pub(crate) const EXPORT_TABLE_BASE: usize = 0x1000;
+/// Bytes per export table entry.
+pub(crate) const EXPORT_ENTRY_SIZE: usize = 0x20;
+/// Export table entries.
+pub(crate) const NUM_EXPORTS: usize = 64;
+/// Export entry: control (valid, writable, owner context, error).
+pub(crate) const EXP_CONTROL: usize = 0x00;
+/// Export entry: base VA, low half.
+pub(crate) const EXP_BASE_LO: usize = 0x08;
+/// Export entry: base VA, high half.
+pub(crate) const EXP_BASE_HI: usize = 0x0c;
+/// Export entry: length, low half.
+pub(crate) const EXP_LENGTH_LO: usize = 0x10;
+/// Export entry: length, high half.
+pub(crate) const EXP_LENGTH_HI: usize = 0x14;
+/// `EXP_CONTROL` bit 0: valid.
+pub(crate) const EXP_CONTROL_VALID: u32 = 1;
+/// `EXP_CONTROL` bit 1: importers may write.
+pub(crate) const EXP_CONTROL_WRITABLE: u32 = 2;
+/// `EXP_CONTROL` bits 15:8: owner context.
+pub(crate) const EXP_CONTROL_OWNER_SHIFT: u32 = 8;
+/// Context block offset of attachment slot 0 (`+ 4 * slot`).
+pub(crate) const CTX_ATTACH_BASE: usize = 0xc0;
+/// Attachment slots per context.
+pub(crate) const NUM_ATTACHMENTS: usize = 8;
+/// `CTX_ATTACH` bit 8: valid.
+pub(crate) const ATTACH_VALID: u32 = 1 << 8;
+/// `CTX_ATTACH` bit 9: writable.
+pub(crate) const ATTACH_WRITABLE: u32 = 1 << 9;

@@ -6,9 +6,11 @@
 //! Layout: the driver logic holds no `unsafe`: [`device`] (probe, remove, interrupts, file
 //! operations), [`context`] (a context bound to a process: the notifier callback and the miss
 //! path), [`cmdq`] (command rings), [`invq`] (the invalidation queue), [`hw`] (the BAR0
-//! accessor every part shares), [`counters`] (driver-wide counters). The wrappers around the C
+//! accessor every part shares), [`counters`] (driver-wide counters), [`segment`] (segments:
+//! exports, attachments, their permission checks and revocation). The wrappers around the C
 //! APIs Linux 6.12 does not expose to Rust are in [`kernel_api`]: `pci`, `misc`, `irq`, `dma`,
-//! `mm`, `mmu` (interval notifier), `hmm` (`hmm_range_fault`), `delay`, `debugfs`, `poll`.
+//! `mm`, `mmu` (interval notifier), `hmm` (`hmm_range_fault`), `delay`, `debugfs`, `poll`,
+//! `cred` (the caller's effective ids).
 //! [`uapi`] is the ioctl ABI shared with user space; [`regs`] the device's register map.
 
 use kernel::bindings;
@@ -21,13 +23,14 @@ mod counters;
 mod device;
 mod hw;
 mod invq;
+mod segment;
 mod kernel_api;
 #[allow(dead_code, reason = "the register map mirrors the spec")]
 mod regs;
 mod uapi;
 
 // The wrappers keep their short paths (`crate::pci`, ...) for the driver logic.
-use kernel_api::{debugfs, delay, dma, hmm, irq, misc, mm, mmu, pci, poll};
+use kernel_api::{cred, debugfs, delay, dma, hmm, irq, misc, mm, mmu, pci, poll};
 
 #[cfg(not(CONFIG_MMU_NOTIFIER))]
 compile_error!("rmnic needs CONFIG_MMU_NOTIFIER (select it with CONFIG_RMNIC_TESTBED)");

@@ -37,3 +37,13 @@ unsafe impl FromBytes for Wait {}
 unsafe impl AsBytes for Wait {}
 // SAFETY: `ContextStats` is `repr(C)`, 80 bytes of integers with no padding.
 unsafe impl AsBytes for ContextStats {}
+// SAFETY: `SegmentExport` is `repr(C)`, 32 bytes of integers (u64, u64, u32, u32, u64) with no
+// padding (checked by rmnic-abi's tests); any byte pattern is a valid value.
+unsafe impl FromBytes for SegmentExport {}
+// SAFETY: as above.
+unsafe impl AsBytes for SegmentExport {}
+// SAFETY: `SegmentAttach` is `repr(C)`, 24 bytes of integers (u64, u32, u32, u64) with no
+// padding; any byte pattern is a valid value.
+unsafe impl FromBytes for SegmentAttach {}
+// SAFETY: as above.
+unsafe impl AsBytes for SegmentAttach {}

@@ -40,7 +40,9 @@ macro_rules! device_constants {
 
 #[test]
 fn every_driver_constant_matches_the_device_model() {
-    use rmnic_device::{commands as c, fault_ring as f, invalidation as i, regs as r};
+    use rmnic_device::{
+        commands as c, fault_ring as f, invalidation as i, regs as r, segments as s,
+    };
     let device: HashMap<&str, u64> = device_constants![
         r::BAR0_SIZE as BAR0_SIZE,
         r::REG_ID as REG_ID,
@@ -66,6 +68,25 @@ fn every_driver_constant_matches_the_device_model() {
         r::DEV_CONTROL_FLR as DEV_CONTROL_FLR,
         r::DEV_STATUS_ENABLED as DEV_STATUS_ENABLED,
         r::CAPS_CONTEXTS_MASK as CAPS_CONTEXTS_MASK,
+        r::CAPS_SEGMENTS as CAPS_SEGMENTS,
+        f::FAULT_REC_FLAGS as FAULT_REC_FLAGS,
+        f::FAULT_REC_SLOT as FAULT_REC_SLOT,
+        f::FAULT_FLAG_SEGMENT as FAULT_FLAG_SEGMENT,
+        s::EXPORT_TABLE_BASE as EXPORT_TABLE_BASE,
+        s::EXPORT_ENTRY_SIZE as EXPORT_ENTRY_SIZE,
+        s::NUM_EXPORTS as NUM_EXPORTS,
+        s::EXP_CONTROL as EXP_CONTROL,
+        s::EXP_BASE_LO as EXP_BASE_LO,
+        s::EXP_BASE_HI as EXP_BASE_HI,
+        s::EXP_LENGTH_LO as EXP_LENGTH_LO,
+        s::EXP_LENGTH_HI as EXP_LENGTH_HI,
+        s::EXP_CONTROL_VALID as EXP_CONTROL_VALID,
+        s::EXP_CONTROL_WRITABLE as EXP_CONTROL_WRITABLE,
+        s::EXP_CONTROL_OWNER_SHIFT as EXP_CONTROL_OWNER_SHIFT,
+        s::CTX_ATTACH_BASE as CTX_ATTACH_BASE,
+        s::NUM_ATTACHMENTS as NUM_ATTACHMENTS,
+        s::ATTACH_VALID as ATTACH_VALID,
+        s::ATTACH_WRITABLE as ATTACH_WRITABLE,
         r::CTX_BLOCK_BASE as CTX_BLOCK_BASE,
         r::CTX_BLOCK_SIZE as CTX_BLOCK_SIZE,
         r::NUM_CONTEXTS as MAX_CONTEXTS,

@@ -296,6 +296,10 @@ pub struct SegmentAttach {
     pub length: u64,
 }
 
+// The kernel copies these to and from user memory byte for byte: no padding anywhere.
+const _: () = assert!(core::mem::size_of::<SegmentExport>() == 32);
+const _: () = assert!(core::mem::size_of::<SegmentAttach>() == 24);
+
 /// Command flag: `addr0` is a segment address ([`segment_address`]), not a VA of the caller.
 pub const CMD_FLAG_SEGMENT_ADDR0: u8 = 2;
 /// Command flag: `addr1` is a segment address ([`segment_address`]), not a VA of the caller.

@@ -6,6 +6,7 @@
 
 #[allow(dead_code, reason = "complete wrapper API")]
 pub(crate) mod debugfs;
+pub(crate) mod cred;
 pub(crate) mod delay;
 #[allow(dead_code, reason = "complete wrapper API")]
 pub(crate) mod dma;
