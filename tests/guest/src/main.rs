@@ -406,14 +406,6 @@ fn copy_bench(mib: usize, rounds: u32, label: &str) -> Result<()> {
     Ok(())
 }
 
-/// `errno` of an ioctl failure, if that is what `e` is.
-fn ioctl_errno(e: &rmnic_abi::Error) -> Option<i32> {
-    match e {
-        rmnic_abi::Error::Ioctl { source, .. } => source.raw_os_error(),
-        _ => None,
-    }
-}
-
 /// See `Command::Recover`.
 fn recover(expect: &str) -> Result<ExitCode> {
     let check = |name: &str, ok: bool, detail: String| {
@@ -448,7 +440,7 @@ fn recover(expect: &str) -> Result<ExitCode> {
             );
         }
         "reset" => {
-            let errno = third.as_ref().err().and_then(ioctl_errno);
+            let errno = third.as_ref().err().and_then(rmnic_abi::Error::errno);
             passed &= check(
                 "recover-in-flight-command-failed",
                 errno == Some(libc::EIO),
@@ -458,7 +450,7 @@ fn recover(expect: &str) -> Result<ExitCode> {
         other => anyhow::bail!("--expect {other}: use stall or reset"),
     }
     let after = a.copy(dst.addr(), src.addr(), len as u64);
-    let errno = after.as_ref().err().and_then(ioctl_errno);
+    let errno = after.as_ref().err().and_then(rmnic_abi::Error::errno);
     passed &= check(
         "recover-old-context-fails-cleanly",
         errno == Some(libc::EIO),
