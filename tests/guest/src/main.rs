@@ -7,6 +7,7 @@ mod coherence;
 mod exit_port;
 mod random;
 mod scenarios;
+mod segments;
 mod stress;
 
 use std::process::ExitCode;
@@ -44,6 +45,10 @@ enum Command {
         #[arg(long)]
         skip: Vec<String>,
     },
+    /// Runs the segment checks: processes export ranges of their memory, others attach them
+    /// through their own contexts and use them in device commands (permissions, bounds,
+    /// slots, exporter munmap/mprotect/fork/exit, removal, leaks).
+    Segments,
     /// The platform reproducer: parallel workers that make the guest exit to the VMM as often
     /// as they can (register or port I/O storms, mprotect toggling next to device operations,
     /// context open/close churn, fork/exit churn) for a fixed time.
@@ -133,6 +138,7 @@ fn main() -> ExitCode {
         Command::Probe { cpus } => probe(cpus),
         Command::Demo => demo().map(|()| ExitCode::SUCCESS),
         Command::Coherence { only, skip } => coherence(&only, &skip),
+        Command::Segments => segments(),
         Command::Stress { seconds, no_device } => {
             start_watchdog();
             stress::run(seconds, !no_device).map(|ok| {
@@ -365,6 +371,22 @@ fn coherence(only: &[String], skip: &[String]) -> Result<ExitCode> {
     let result = coherence::run(&mut checks, only, skip);
     println!(
         "coherence summary: {} checks, {} failed",
+        checks.total, checks.failed
+    );
+    result?;
+    Ok(if checks.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn segments() -> Result<ExitCode> {
+    start_watchdog();
+    let mut checks = Checks::default();
+    let result = segments::run(&mut checks);
+    println!(
+        "segments summary: {} checks, {} failed",
         checks.total, checks.failed
     );
     result?;
