@@ -48,12 +48,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// The errno an ioctl (or `poll`) failed with; `None` for [`Error::Open`] and for errors
-    /// that carry no errno.
+    /// The errno the open, ioctl or `poll` failed with (`None` if the error carries none), so
+    /// callers can tell EACCES from EPERM, ENOENT, ENOSPC, EINVAL.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Self::Ioctl { source, .. } => source.raw_os_error(),
-            Self::Open { .. } => None,
+            Self::Open { source, .. } | Self::Ioctl { source, .. } => source.raw_os_error(),
         }
     }
 }
