@@ -186,31 +186,157 @@ fn c_header_matches_rust_abi() {
     assert!(header.contains("_IOWR('r', 0x02, struct rmnic_submit)"));
     assert!(header.contains("_IOWR('r', 0x03, struct rmnic_wait)"));
     assert!(header.contains("_IOR('r', 0x04, struct rmnic_context_stats)"));
+    assert!(header.contains("_IOWR('r', 0x05, struct rmnic_segment_export)"));
+    assert!(header.contains("_IOW('r', 0x06, __u64)"));
+    assert!(header.contains("_IOWR('r', 0x07, struct rmnic_segment_attach)"));
+    assert!(header.contains("_IOW('r', 0x08, __u32)"));
 }
 
-/// Compiles the C header with the system C compiler and compares what C computes (struct
-/// sizes, ioctl numbers) with the Rust ABI.
+/// C expressions over rmnic.h, each with the value the Rust ABI gives it: struct sizes and
+/// the offsets of fields after the first, ioctl numbers, flags, limits, statuses.
+fn c_expressions() -> Vec<(&'static str, u64)> {
+    use rmnic_abi::abi::{self, opcode, permit, status};
+    use std::mem::{offset_of, size_of};
+    vec![
+        (
+            "sizeof(struct rmnic_version_info)",
+            size_of::<abi::VersionInfo>() as u64,
+        ),
+        (
+            "sizeof(struct rmnic_scratch_probe)",
+            size_of::<abi::ScratchProbe>() as u64,
+        ),
+        (
+            "sizeof(struct rmnic_command)",
+            size_of::<abi::Command>() as u64,
+        ),
+        (
+            "sizeof(struct rmnic_completion)",
+            size_of::<abi::Completion>() as u64,
+        ),
+        (
+            "sizeof(struct rmnic_submit)",
+            size_of::<abi::Submit>() as u64,
+        ),
+        ("sizeof(struct rmnic_wait)", size_of::<abi::Wait>() as u64),
+        (
+            "sizeof(struct rmnic_context_stats)",
+            size_of::<abi::ContextStats>() as u64,
+        ),
+        (
+            "sizeof(struct rmnic_segment_export)",
+            size_of::<abi::SegmentExport>() as u64,
+        ),
+        (
+            "offsetof(struct rmnic_segment_export, length)",
+            offset_of!(abi::SegmentExport, length) as u64,
+        ),
+        (
+            "offsetof(struct rmnic_segment_export, flags)",
+            offset_of!(abi::SegmentExport, flags) as u64,
+        ),
+        (
+            "offsetof(struct rmnic_segment_export, permit_mode)",
+            offset_of!(abi::SegmentExport, permit_mode) as u64,
+        ),
+        (
+            "offsetof(struct rmnic_segment_export, segid)",
+            offset_of!(abi::SegmentExport, segid) as u64,
+        ),
+        (
+            "sizeof(struct rmnic_segment_attach)",
+            size_of::<abi::SegmentAttach>() as u64,
+        ),
+        (
+            "offsetof(struct rmnic_segment_attach, flags)",
+            offset_of!(abi::SegmentAttach, flags) as u64,
+        ),
+        (
+            "offsetof(struct rmnic_segment_attach, slot)",
+            offset_of!(abi::SegmentAttach, slot) as u64,
+        ),
+        (
+            "offsetof(struct rmnic_segment_attach, length)",
+            offset_of!(abi::SegmentAttach, length) as u64,
+        ),
+        ("RMNIC_IOC_VERSION", abi::IOC_VERSION.into()),
+        ("RMNIC_IOC_SCRATCH", abi::IOC_SCRATCH.into()),
+        ("RMNIC_IOC_SUBMIT", abi::IOC_SUBMIT.into()),
+        ("RMNIC_IOC_WAIT", abi::IOC_WAIT.into()),
+        ("RMNIC_IOC_STATS", abi::IOC_STATS.into()),
+        ("RMNIC_IOC_EXPORT", abi::IOC_EXPORT.into()),
+        ("RMNIC_IOC_REMOVE", abi::IOC_REMOVE.into()),
+        ("RMNIC_IOC_ATTACH", abi::IOC_ATTACH.into()),
+        ("RMNIC_IOC_DETACH", abi::IOC_DETACH.into()),
+        ("RMNIC_OP_NOP", opcode::NOP.into()),
+        ("RMNIC_OP_COPY", opcode::COPY.into()),
+        ("RMNIC_OP_FILL", opcode::FILL.into()),
+        ("RMNIC_OP_READ64", opcode::READ64.into()),
+        ("RMNIC_OP_WRITE64", opcode::WRITE64.into()),
+        ("RMNIC_OP_FETCH_ADD", opcode::FETCH_ADD.into()),
+        ("RMNIC_OP_CAS", opcode::CAS.into()),
+        ("RMNIC_OP_SWAP", opcode::SWAP.into()),
+        ("RMNIC_OP_FENCE", opcode::FENCE.into()),
+        ("RMNIC_ST_OK", status::OK.into()),
+        ("RMNIC_ST_FAULT_UNRESOLVED", status::FAULT_UNRESOLVED.into()),
+        ("RMNIC_ST_PERMISSION", status::PERMISSION.into()),
+        ("RMNIC_ST_DEVICE_ERROR", status::DEVICE_ERROR.into()),
+        ("RMNIC_ST_INVALID_OPCODE", status::INVALID_OPCODE.into()),
+        ("RMNIC_ST_ABORTED", status::ABORTED.into()),
+        ("RMNIC_ST_ALIGNMENT", status::ALIGNMENT.into()),
+        ("RMNIC_ST_INVALID_ARGUMENT", status::INVALID_ARGUMENT.into()),
+        ("RMNIC_ST_SEGMENT_INVALID", status::SEGMENT_INVALID.into()),
+        ("RMNIC_ST_SEGMENT_BOUNDS", status::SEGMENT_BOUNDS.into()),
+        ("RMNIC_CMD_FLAG_INTERRUPT", abi::CMD_FLAG_INTERRUPT.into()),
+        (
+            "RMNIC_CMD_FLAG_SEGMENT_ADDR0",
+            abi::CMD_FLAG_SEGMENT_ADDR0.into(),
+        ),
+        (
+            "RMNIC_CMD_FLAG_SEGMENT_ADDR1",
+            abi::CMD_FLAG_SEGMENT_ADDR1.into(),
+        ),
+        ("RMNIC_MAX_BATCH", abi::MAX_BATCH.into()),
+        ("RMNIC_MAX_ATTACHMENTS", abi::MAX_ATTACHMENTS.into()),
+        ("RMNIC_SEGMENT_WRITABLE", abi::SEGMENT_WRITABLE.into()),
+        ("RMNIC_SEGMENT_OFFSET_MASK", abi::SEGMENT_OFFSET_MASK),
+        (
+            "RMNIC_SEGMENT_ADDRESS(5, 0x123)",
+            abi::segment_address(5, 0x123),
+        ),
+        // An offset too large for 56 bits must not spill into the slot.
+        (
+            "RMNIC_SEGMENT_ADDRESS(255, ~0ULL)",
+            abi::segment_address(255, u64::MAX),
+        ),
+        ("RMNIC_PERMIT_OWNER_READ", permit::OWNER_READ.into()),
+        ("RMNIC_PERMIT_OWNER_WRITE", permit::OWNER_WRITE.into()),
+        ("RMNIC_PERMIT_GROUP_READ", permit::GROUP_READ.into()),
+        ("RMNIC_PERMIT_GROUP_WRITE", permit::GROUP_WRITE.into()),
+        ("RMNIC_PERMIT_OTHER_READ", permit::OTHER_READ.into()),
+        ("RMNIC_PERMIT_OTHER_WRITE", permit::OTHER_WRITE.into()),
+        ("RMNIC_PERMIT_ALL", permit::ALL.into()),
+    ]
+}
+
+/// Compiles the C header with the system C compiler and compares what C computes for each of
+/// [`c_expressions`] (struct layouts, ioctl numbers, constants) with the Rust ABI.
 #[test]
 fn c_header_compiles_to_the_same_abi() {
     let include = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-driver/abi/include");
     let dir = std::env::temp_dir().join(format!("rmnic-abi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let src = dir.join("abi.c");
+    let expressions = c_expressions();
+    let prints: String = expressions
+        .iter()
+        .map(|(expr, _)| format!("    printf(\"%llu\\n\", (unsigned long long)({expr}));\n"))
+        .collect();
     std::fs::write(
         &src,
-        r#"#include <stdio.h>
-#include "rmnic.h"
-int main(void) {
-    printf("%zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct rmnic_version_info),
-           sizeof(struct rmnic_scratch_probe), sizeof(struct rmnic_command),
-           sizeof(struct rmnic_completion), sizeof(struct rmnic_submit),
-           sizeof(struct rmnic_wait), sizeof(struct rmnic_context_stats));
-    printf("%lu %lu %lu %lu %lu\n", (unsigned long)RMNIC_IOC_VERSION,
-           (unsigned long)RMNIC_IOC_SCRATCH, (unsigned long)RMNIC_IOC_SUBMIT,
-           (unsigned long)RMNIC_IOC_WAIT, (unsigned long)RMNIC_IOC_STATS);
-    return 0;
-}
-"#,
+        format!(
+            "#include <stddef.h>\n#include <stdio.h>\n#include \"rmnic.h\"\nint main(void) {{\n{prints}    return 0;\n}}\n"
+        ),
     )
     .expect("write C source");
     let exe = dir.join("abi");
@@ -226,24 +352,23 @@ int main(void) {
     let out = std::process::Command::new(&exe).output().expect("run");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let _ = std::fs::remove_dir_all(&dir);
-    use rmnic_abi::abi;
-    use std::mem::size_of;
-    let want = format!(
-        "{} {} {} {} {} {} {}\n{} {} {} {} {}\n",
-        size_of::<abi::VersionInfo>(),
-        size_of::<abi::ScratchProbe>(),
-        size_of::<abi::Command>(),
-        size_of::<abi::Completion>(),
-        size_of::<abi::Submit>(),
-        size_of::<abi::Wait>(),
-        size_of::<abi::ContextStats>(),
-        abi::IOC_VERSION,
-        abi::IOC_SCRATCH,
-        abi::IOC_SUBMIT,
-        abi::IOC_WAIT,
-        abi::IOC_STATS
+    let c_values: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        c_values.len(),
+        expressions.len(),
+        "the C program printed {text:?}"
     );
-    assert_eq!(text, want, "C header and Rust ABI disagree");
+    let disagree: Vec<String> = expressions
+        .iter()
+        .zip(&c_values)
+        .filter(|((_, rust), c)| c.parse::<u64>().ok() != Some(*rust))
+        .map(|((expr, rust), c)| format!("{expr}: C {c}, Rust {rust}"))
+        .collect();
+    assert!(
+        disagree.is_empty(),
+        "C header and Rust ABI disagree:\n{}",
+        disagree.join("\n")
+    );
 }
 
 /// The user ABI passes device commands and completions through unchanged: its opcodes and

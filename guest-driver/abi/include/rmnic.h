@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * rmnic user-space ABI for C programs. Mirrors guest-driver/abi/src/abi.rs, which is the
- * source of truth (the kernel module compiles that file); a test in rmnic-abi keeps the
- * numbers below in step with it.
+ * source of truth (the kernel module compiles that file); tests/tests/abi_consistency.rs
+ * keeps the numbers below in step with it.
  */
 #ifndef RMNIC_UAPI_H
 #define RMNIC_UAPI_H
@@ -10,7 +10,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define RMNIC_ABI_VERSION 2
+#define RMNIC_ABI_VERSION 3
 
 struct rmnic_version_info {
 	__u32 abi_version;
@@ -37,7 +37,8 @@ enum rmnic_opcode {
 enum rmnic_status {
 	RMNIC_ST_OK = 0, RMNIC_ST_FAULT_UNRESOLVED = 1, RMNIC_ST_PERMISSION = 2,
 	RMNIC_ST_DEVICE_ERROR = 3, RMNIC_ST_INVALID_OPCODE = 4, RMNIC_ST_ABORTED = 5,
-	RMNIC_ST_ALIGNMENT = 6, RMNIC_ST_INVALID_ARGUMENT = 7,
+	RMNIC_ST_ALIGNMENT = 6, RMNIC_ST_INVALID_ARGUMENT = 7, RMNIC_ST_SEGMENT_INVALID = 8,
+	RMNIC_ST_SEGMENT_BOUNDS = 9,
 };
 
 #define RMNIC_CMD_FLAG_INTERRUPT 1
@@ -97,5 +98,52 @@ struct rmnic_context_stats {
 #define RMNIC_IOC_SUBMIT _IOWR('r', 0x02, struct rmnic_submit)
 #define RMNIC_IOC_WAIT _IOWR('r', 0x03, struct rmnic_wait)
 #define RMNIC_IOC_STATS _IOR('r', 0x04, struct rmnic_context_stats)
+
+/*
+ * Segments (ABI 3): a process exports a page-aligned range of its address space; other
+ * processes attach it to their own context and name (slot, offset) in commands, with
+ * RMNIC_CMD_FLAG_SEGMENT_ADDR0/1 set for the addresses that are segment addresses.
+ */
+
+/* Permission bits of a segment (the read and write bits of a file mode). */
+#define RMNIC_PERMIT_OWNER_READ 0400
+#define RMNIC_PERMIT_OWNER_WRITE 0200
+#define RMNIC_PERMIT_GROUP_READ 0040
+#define RMNIC_PERMIT_GROUP_WRITE 0020
+#define RMNIC_PERMIT_OTHER_READ 0004
+#define RMNIC_PERMIT_OTHER_WRITE 0002
+#define RMNIC_PERMIT_ALL 0666
+
+/* Export: the segment may be written through. Attach: the attachment wants to write. */
+#define RMNIC_SEGMENT_WRITABLE 1
+
+#define RMNIC_CMD_FLAG_SEGMENT_ADDR0 2	/* addr0 is a segment address */
+#define RMNIC_CMD_FLAG_SEGMENT_ADDR1 4	/* addr1 is a segment address */
+#define RMNIC_MAX_ATTACHMENTS 8
+
+/* A segment address: the attachment slot in bits 63:56, the offset in bits 55:0. */
+#define RMNIC_SEGMENT_OFFSET_MASK ((((__u64)1) << 56) - 1)
+#define RMNIC_SEGMENT_ADDRESS(slot, offset) \
+	((((__u64)(slot)) << 56) | (((__u64)(offset)) & RMNIC_SEGMENT_OFFSET_MASK))
+
+struct rmnic_segment_export {
+	__u64 va;	/* page aligned */
+	__u64 length;	/* non-zero multiple of the page size */
+	__u32 flags;	/* RMNIC_SEGMENT_WRITABLE or 0 */
+	__u32 permit_mode;	/* RMNIC_PERMIT_* */
+	__u64 segid;	/* out */
+};
+
+struct rmnic_segment_attach {
+	__u64 segid;
+	__u32 flags;	/* RMNIC_SEGMENT_WRITABLE or 0 */
+	__u32 slot;	/* out */
+	__u64 length;	/* out: the segment's length */
+};
+
+#define RMNIC_IOC_EXPORT _IOWR('r', 0x05, struct rmnic_segment_export)
+#define RMNIC_IOC_REMOVE _IOW('r', 0x06, __u64)	/* argument: pointer to the segid */
+#define RMNIC_IOC_ATTACH _IOWR('r', 0x07, struct rmnic_segment_attach)
+#define RMNIC_IOC_DETACH _IOW('r', 0x08, __u32)	/* argument: pointer to the slot */
 
 #endif /* RMNIC_UAPI_H */

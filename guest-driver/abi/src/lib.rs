@@ -2,14 +2,16 @@
 //! the kernel module compiles) plus a safe API over the ioctls: open a context
 //! ([`Context::open`]), run device operations on this process's memory ([`Context::copy`],
 //! [`Context::fill`], [`Context::fetch_add`], ... or batches with [`Context::submit`] and
-//! [`Context::wait`]), read counters ([`Context::stats`]).
+//! [`Context::wait`]), read counters ([`Context::stats`]), share memory with other processes
+//! as segments ([`Context::export`], [`Context::attach`], then the `_seg` operations or
+//! [`command`] with [`Address::Segment`]).
 
 #[path = "abi.rs"]
 pub mod abi;
 
 pub use abi::{
-    opcode, status, Command, Completion, ContextStats, ScratchProbe, VersionInfo, ABI_VERSION,
-    DRIVER_VERSION, MAX_BATCH,
+    opcode, permit, segment_address, status, Command, Completion, ContextStats, ScratchProbe,
+    VersionInfo, ABI_VERSION, DRIVER_VERSION, MAX_ATTACHMENTS, MAX_BATCH, SEGMENT_OFFSET_MASK,
 };
 
 use std::fs::{File, OpenOptions};
@@ -45,6 +47,16 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The errno the open, ioctl or `poll` failed with (`None` if the error carries none), so
+    /// callers can tell EACCES from EPERM, ENOENT, ENOSPC, EINVAL.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Open { source, .. } | Self::Ioctl { source, .. } => source.raw_os_error(),
+        }
+    }
+}
+
 /// A device context: an open file of the rmnic device, bound to the opening process's address
 /// space. Commands name that process's virtual addresses; the driver keeps the device TLB
 /// coherent with its page tables.
@@ -66,12 +78,16 @@ pub struct CommandError {
 }
 
 impl CommandError {
-    /// The errno user space conventionally maps this status to (EFAULT for an unmapped
-    /// address, EPERM for a permission fault, EIO otherwise).
+    /// The errno user space conventionally maps this status to: EFAULT for an address with
+    /// nothing behind it (unmapped, or beyond the end of an attached segment), EPERM for a
+    /// permission fault, ENXIO ("no such device or address") for a segment address whose slot
+    /// holds no valid attachment (never attached, detached, segment removed, exporter gone),
+    /// EINVAL for a malformed command, ECANCELED for an aborted one, EIO otherwise.
     pub fn errno(&self) -> i32 {
         match self.status {
-            status::FAULT_UNRESOLVED => libc::EFAULT,
+            status::FAULT_UNRESOLVED | status::SEGMENT_BOUNDS => libc::EFAULT,
             status::PERMISSION => libc::EPERM,
+            status::SEGMENT_INVALID => libc::ENXIO,
             status::ALIGNMENT | status::INVALID_OPCODE | status::INVALID_ARGUMENT => libc::EINVAL,
             status::ABORTED => libc::ECANCELED,
             _ => libc::EIO,
@@ -90,7 +106,69 @@ pub fn status_name(status: u32) -> &'static str {
         status::ABORTED => "aborted",
         status::ALIGNMENT => "misaligned",
         status::INVALID_ARGUMENT => "invalid argument",
+        status::SEGMENT_INVALID => "no valid segment attachment",
+        status::SEGMENT_BOUNDS => "beyond the segment",
         _ => "unknown status",
+    }
+}
+
+/// An address a command names: a virtual address of the calling process, or a segment address
+/// ([`segment_address`], [`Attachment::address`]) resolved in the exporter's address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// A virtual address of the process that owns the context.
+    Local(u64),
+    /// A segment address: attachment slot in bits 63:56, offset into the segment below.
+    Segment(u64),
+}
+
+impl Address {
+    /// The value that goes in the command's address field.
+    pub fn value(self) -> u64 {
+        match self {
+            Self::Local(va) | Self::Segment(va) => va,
+        }
+    }
+
+    fn is_segment(self) -> bool {
+        matches!(self, Self::Segment(_))
+    }
+}
+
+/// A command of `opcode` on `addr0` (and `addr1`, the source of a COPY; otherwise unused)
+/// with the segment flags the two addresses need. Length and operands are left zero for the
+/// caller to set (`Command { length, ..command(...) }`); the id is zero.
+pub fn command(opcode: u8, addr0: Address, addr1: Address) -> Command {
+    let mut flags = 0;
+    if addr0.is_segment() {
+        flags |= abi::CMD_FLAG_SEGMENT_ADDR0;
+    }
+    if addr1.is_segment() {
+        flags |= abi::CMD_FLAG_SEGMENT_ADDR1;
+    }
+    Command {
+        opcode,
+        flags,
+        addr0: addr0.value(),
+        addr1: addr1.value(),
+        ..Command::default()
+    }
+}
+
+/// A segment attached to a context ([`Context::attach`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// The attachment slot (below [`MAX_ATTACHMENTS`]).
+    pub slot: u32,
+    /// The segment's length in bytes.
+    pub length: u64,
+}
+
+impl Attachment {
+    /// The segment address of byte `offset` of the segment (not checked against its length:
+    /// the device answers [`status::SEGMENT_BOUNDS`]).
+    pub fn address(&self, offset: u64) -> u64 {
+        segment_address(self.slot, offset)
     }
 }
 
@@ -210,14 +288,7 @@ impl Context {
 
     /// Device COPY of `len` bytes from `src` to `dst` (addresses in this process).
     pub fn copy(&self, dst: u64, src: u64, len: u64) -> Result<Result<(), CommandError>, Error> {
-        let cmd = Command {
-            opcode: opcode::COPY,
-            addr0: dst,
-            addr1: src,
-            length: len,
-            ..Command::default()
-        };
-        Ok(self.execute(cmd)?.map(|_| ()))
+        self.copy_between(Address::Local(dst), Address::Local(src), len)
     }
 
     /// Device FILL of `len` bytes at `dst` with `pattern`.
@@ -227,29 +298,24 @@ impl Context {
         len: u64,
         pattern: u64,
     ) -> Result<Result<(), CommandError>, Error> {
-        let cmd = Command {
-            opcode: opcode::FILL,
-            addr0: dst,
-            length: len,
-            operand0: pattern,
-            ..Command::default()
-        };
-        Ok(self.execute(cmd)?.map(|_| ()))
+        self.fill_at(Address::Local(dst), len, pattern)
     }
 
     /// Device 64-bit read at `addr`.
     pub fn read64(&self, addr: u64) -> Result<Result<u64, CommandError>, Error> {
-        self.word_op(opcode::READ64, addr, 0, 0)
+        self.word_op(opcode::READ64, Address::Local(addr), 0, 0)
     }
 
     /// Device 64-bit write of `value` at `addr`.
     pub fn write64(&self, addr: u64, value: u64) -> Result<Result<(), CommandError>, Error> {
-        Ok(self.word_op(opcode::WRITE64, addr, value, 0)?.map(|_| ()))
+        Ok(self
+            .word_op(opcode::WRITE64, Address::Local(addr), value, 0)?
+            .map(|_| ()))
     }
 
     /// Device atomic fetch-and-add; returns the old value.
     pub fn fetch_add(&self, addr: u64, addend: u64) -> Result<Result<u64, CommandError>, Error> {
-        self.word_op(opcode::FETCH_ADD, addr, addend, 0)
+        self.word_op(opcode::FETCH_ADD, Address::Local(addr), addend, 0)
     }
 
     /// Device atomic compare-and-swap; returns the old value.
@@ -259,32 +325,177 @@ impl Context {
         expect: u64,
         new: u64,
     ) -> Result<Result<u64, CommandError>, Error> {
-        self.word_op(opcode::CAS, addr, expect, new)
+        self.word_op(opcode::CAS, Address::Local(addr), expect, new)
     }
 
     /// Device atomic swap; returns the old value.
     pub fn swap(&self, addr: u64, value: u64) -> Result<Result<u64, CommandError>, Error> {
-        self.word_op(opcode::SWAP, addr, value, 0)
+        self.word_op(opcode::SWAP, Address::Local(addr), value, 0)
     }
 
     /// Device fence: completes after every earlier command of this context.
     pub fn fence(&self) -> Result<Result<(), CommandError>, Error> {
-        Ok(self.word_op(opcode::FENCE, 0, 0, 0)?.map(|_| ()))
+        Ok(self
+            .word_op(opcode::FENCE, Address::Local(0), 0, 0)?
+            .map(|_| ()))
     }
 
-    fn word_op(
+    /// Exports `[va, va + length)` of this process as a segment other contexts can attach
+    /// with the [`permit`] bits `permit_mode`; `writable: false` makes a read-only segment.
+    /// Returns the segment id. The driver checks the arguments (EINVAL: unaligned, empty,
+    /// wrapping or beyond user space, bad mode bits; ENOSPC: the device's export table is
+    /// full).
+    pub fn export(
+        &self,
+        va: u64,
+        length: u64,
+        writable: bool,
+        permit_mode: u32,
+    ) -> Result<u64, Error> {
+        let mut arg = abi::SegmentExport {
+            va,
+            length,
+            flags: if writable { abi::SEGMENT_WRITABLE } else { 0 },
+            permit_mode,
+            segid: 0,
+        };
+        self.ioctl("RMNIC_IOC_EXPORT", abi::IOC_EXPORT, &mut arg)?;
+        Ok(arg.segid)
+    }
+
+    /// Removes segment `segid`, which this context exported (else ENOENT); importers' next
+    /// accesses through it complete [`status::SEGMENT_INVALID`].
+    pub fn remove_segment(&self, segid: u64) -> Result<(), Error> {
+        let mut arg = segid;
+        self.ioctl("RMNIC_IOC_REMOVE", abi::IOC_REMOVE, &mut arg)
+    }
+
+    /// Attaches segment `segid` to this context, for reading and, with `writable`, writing.
+    /// Errors: ENOENT (no such segment), EACCES (the segment's mode refuses this process's
+    /// credentials), EPERM (`writable` on a read-only segment), ENOSPC (every slot in use).
+    pub fn attach(&self, segid: u64, writable: bool) -> Result<Attachment, Error> {
+        let mut arg = abi::SegmentAttach {
+            segid,
+            flags: if writable { abi::SEGMENT_WRITABLE } else { 0 },
+            ..abi::SegmentAttach::default()
+        };
+        self.ioctl("RMNIC_IOC_ATTACH", abi::IOC_ATTACH, &mut arg)?;
+        Ok(Attachment {
+            slot: arg.slot,
+            length: arg.length,
+        })
+    }
+
+    /// Detaches the attachment at `slot` (EINVAL: no such slot; ENOENT: the slot is empty).
+    /// A slot whose segment was revoked stays occupied until detached.
+    pub fn detach(&self, slot: u32) -> Result<(), Error> {
+        let mut arg = slot;
+        self.ioctl("RMNIC_IOC_DETACH", abi::IOC_DETACH, &mut arg)
+    }
+
+    /// Device COPY of `len` bytes from segment address `src` to `dst` in this process.
+    pub fn copy_from_segment(
+        &self,
+        dst: u64,
+        src: u64,
+        len: u64,
+    ) -> Result<Result<(), CommandError>, Error> {
+        self.copy_between(Address::Local(dst), Address::Segment(src), len)
+    }
+
+    /// Device COPY of `len` bytes from `src` in this process to segment address `dst`.
+    pub fn copy_to_segment(
+        &self,
+        dst: u64,
+        src: u64,
+        len: u64,
+    ) -> Result<Result<(), CommandError>, Error> {
+        self.copy_between(Address::Segment(dst), Address::Local(src), len)
+    }
+
+    /// Device FILL of `len` bytes at segment address `dst` with `pattern`.
+    pub fn fill_seg(
+        &self,
+        dst: u64,
+        len: u64,
+        pattern: u64,
+    ) -> Result<Result<(), CommandError>, Error> {
+        self.fill_at(Address::Segment(dst), len, pattern)
+    }
+
+    /// Device 64-bit read at segment address `addr`.
+    pub fn read64_seg(&self, addr: u64) -> Result<Result<u64, CommandError>, Error> {
+        self.word_op(opcode::READ64, Address::Segment(addr), 0, 0)
+    }
+
+    /// Device 64-bit write of `value` at segment address `addr`.
+    pub fn write64_seg(&self, addr: u64, value: u64) -> Result<Result<(), CommandError>, Error> {
+        Ok(self
+            .word_op(opcode::WRITE64, Address::Segment(addr), value, 0)?
+            .map(|_| ()))
+    }
+
+    /// Device atomic fetch-and-add at segment address `addr`; returns the old value.
+    pub fn fetch_add_seg(
+        &self,
+        addr: u64,
+        addend: u64,
+    ) -> Result<Result<u64, CommandError>, Error> {
+        self.word_op(opcode::FETCH_ADD, Address::Segment(addr), addend, 0)
+    }
+
+    /// Device atomic compare-and-swap at segment address `addr`; returns the old value.
+    pub fn cas_seg(
+        &self,
+        addr: u64,
+        expect: u64,
+        new: u64,
+    ) -> Result<Result<u64, CommandError>, Error> {
+        self.word_op(opcode::CAS, Address::Segment(addr), expect, new)
+    }
+
+    /// Device COPY of `len` bytes between any two addresses.
+    pub fn copy_between(
+        &self,
+        dst: Address,
+        src: Address,
+        len: u64,
+    ) -> Result<Result<(), CommandError>, Error> {
+        let cmd = Command {
+            length: len,
+            ..command(opcode::COPY, dst, src)
+        };
+        Ok(self.execute(cmd)?.map(|_| ()))
+    }
+
+    /// Device FILL of `len` bytes at any address with `pattern`.
+    pub fn fill_at(
+        &self,
+        dst: Address,
+        len: u64,
+        pattern: u64,
+    ) -> Result<Result<(), CommandError>, Error> {
+        let cmd = Command {
+            length: len,
+            operand0: pattern,
+            ..command(opcode::FILL, dst, Address::Local(0))
+        };
+        Ok(self.execute(cmd)?.map(|_| ()))
+    }
+
+    /// A one-word command (READ64, WRITE64, the atomics, FENCE) at any address; returns the
+    /// completion's result.
+    pub fn word_op(
         &self,
         op: u8,
-        addr: u64,
+        addr: Address,
         operand0: u64,
         operand1: u64,
     ) -> Result<Result<u64, CommandError>, Error> {
         let cmd = Command {
-            opcode: op,
-            addr0: addr,
             operand0,
             operand1,
-            ..Command::default()
+            ..command(op, addr, Address::Local(0))
         };
         Ok(self.execute(cmd)?.map(|c| c.result))
     }
@@ -330,5 +541,60 @@ mod tests {
         assert_eq!(abi::IOC_WAIT, 0xc018_7203);
         assert_eq!(std::mem::size_of::<abi::ContextStats>(), 80);
         assert_eq!(abi::IOC_STATS, 0x8050_7204);
+        // _IOWR('r', 5, 32), _IOW('r', 6, 8), _IOWR('r', 7, 24), _IOW('r', 8, 4).
+        assert_eq!(std::mem::size_of::<abi::SegmentExport>(), 32);
+        assert_eq!(abi::IOC_EXPORT, 0xc020_7205);
+        assert_eq!(abi::IOC_REMOVE, 0x4008_7206);
+        assert_eq!(std::mem::size_of::<abi::SegmentAttach>(), 24);
+        assert_eq!(abi::IOC_ATTACH, 0xc018_7207);
+        assert_eq!(abi::IOC_DETACH, 0x4004_7208);
+    }
+
+    #[test]
+    fn command_sets_the_segment_flag_of_each_segment_address() {
+        use super::{command, opcode, Address};
+        let both = command(
+            opcode::COPY,
+            Address::Segment(abi::segment_address(2, 8)),
+            Address::Segment(abi::segment_address(3, 16)),
+        );
+        assert_eq!(
+            both.flags,
+            abi::CMD_FLAG_SEGMENT_ADDR0 | abi::CMD_FLAG_SEGMENT_ADDR1
+        );
+        assert_eq!((both.addr0, both.addr1), (2 << 56 | 8, 3 << 56 | 16));
+        let from_segment = command(
+            opcode::COPY,
+            Address::Local(0x1000),
+            Address::Segment(abi::segment_address(1, 0)),
+        );
+        assert_eq!(from_segment.flags, abi::CMD_FLAG_SEGMENT_ADDR1);
+        let local = command(opcode::READ64, Address::Local(0x2000), Address::Local(0));
+        assert_eq!(local.flags, 0);
+    }
+
+    #[test]
+    fn attachment_address_puts_the_slot_above_the_offset() {
+        let att = super::Attachment {
+            slot: 7,
+            length: 4096,
+        };
+        assert_eq!(att.address(0x123), 0x0700_0000_0000_0123);
+        // The offset is masked to 56 bits: it cannot spill into the slot.
+        assert_eq!(att.address(u64::MAX) >> 56, 7);
+    }
+
+    #[test]
+    fn segment_statuses_have_names_and_errnos() {
+        use super::{status, status_name, CommandError};
+        let err = |status| CommandError {
+            id: 0,
+            status,
+            fault_va: 0,
+        };
+        assert_eq!(err(status::SEGMENT_INVALID).errno(), libc::ENXIO);
+        assert_eq!(err(status::SEGMENT_BOUNDS).errno(), libc::EFAULT);
+        assert_ne!(status_name(status::SEGMENT_INVALID), "unknown status");
+        assert_ne!(status_name(status::SEGMENT_BOUNDS), "unknown status");
     }
 }

@@ -7,6 +7,7 @@ mod coherence;
 mod exit_port;
 mod random;
 mod scenarios;
+mod segments;
 mod stress;
 
 use std::process::ExitCode;
@@ -44,6 +45,10 @@ enum Command {
         #[arg(long)]
         skip: Vec<String>,
     },
+    /// Runs the segment checks: processes export ranges of their memory, others attach them
+    /// through their own contexts and use them in device commands (permissions, bounds,
+    /// slots, exporter munmap/mprotect/fork/exit, removal, leaks).
+    Segments,
     /// The platform reproducer: parallel workers that make the guest exit to the VMM as often
     /// as they can (register or port I/O storms, mprotect toggling next to device operations,
     /// context open/close churn, fork/exit churn) for a fixed time.
@@ -133,6 +138,7 @@ fn main() -> ExitCode {
         Command::Probe { cpus } => probe(cpus),
         Command::Demo => demo().map(|()| ExitCode::SUCCESS),
         Command::Coherence { only, skip } => coherence(&only, &skip),
+        Command::Segments => segments(),
         Command::Stress { seconds, no_device } => {
             start_watchdog();
             stress::run(seconds, !no_device).map(|ok| {
@@ -375,6 +381,22 @@ fn coherence(only: &[String], skip: &[String]) -> Result<ExitCode> {
     })
 }
 
+fn segments() -> Result<ExitCode> {
+    start_watchdog();
+    let mut checks = Checks::default();
+    let result = segments::run(&mut checks);
+    println!(
+        "segments summary: {} checks, {} failed",
+        checks.total, checks.failed
+    );
+    result?;
+    Ok(if checks.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 /// See `Command::CopyBench`.
 fn copy_bench(mib: usize, rounds: u32, label: &str) -> Result<()> {
     let len = mib << 20;
@@ -404,14 +426,6 @@ fn copy_bench(mib: usize, rounds: u32, label: &str) -> Result<()> {
         first.as_secs_f64() * 1000.0
     );
     Ok(())
-}
-
-/// `errno` of an ioctl failure, if that is what `e` is.
-fn ioctl_errno(e: &rmnic_abi::Error) -> Option<i32> {
-    match e {
-        rmnic_abi::Error::Ioctl { source, .. } => source.raw_os_error(),
-        _ => None,
-    }
 }
 
 /// See `Command::Recover`.
@@ -448,7 +462,7 @@ fn recover(expect: &str) -> Result<ExitCode> {
             );
         }
         "reset" => {
-            let errno = third.as_ref().err().and_then(ioctl_errno);
+            let errno = third.as_ref().err().and_then(rmnic_abi::Error::errno);
             passed &= check(
                 "recover-in-flight-command-failed",
                 errno == Some(libc::EIO),
@@ -458,7 +472,7 @@ fn recover(expect: &str) -> Result<ExitCode> {
         other => anyhow::bail!("--expect {other}: use stall or reset"),
     }
     let after = a.copy(dst.addr(), src.addr(), len as u64);
-    let errno = after.as_ref().err().and_then(ioctl_errno);
+    let errno = after.as_ref().err().and_then(rmnic_abi::Error::errno);
     passed &= check(
         "recover-old-context-fails-cleanly",
         errno == Some(libc::EIO),

@@ -119,7 +119,10 @@ fn check(mode: Mode) {
     check_outcome(shared_boot(mode), CHECKS, &command_for(host));
 }
 
-fn check_outcome(outcome: &Outcome, expected: &[&str], command: &[&str]) {
+/// Asserts that every check in `expected` reported ok, the console carries no kernel
+/// complaint, the oracle checked accesses and found no violation, and `command` and the boot
+/// exited 0.
+pub fn check_outcome(outcome: &Outcome, expected: &[&str], command: &[&str]) {
     let lines: Vec<&str> = outcome.lines_with("CHECK ").collect();
     let mut problems = Vec::new();
     for name in expected {

@@ -16,6 +16,7 @@ mod failure;
 mod faults;
 mod oracle;
 mod probe;
+mod segments;
 mod suite;
 
 use std::sync::OnceLock;
