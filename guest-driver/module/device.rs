@@ -670,10 +670,10 @@ fn submit(ctx: &Context, arg: usize) -> Result<isize> {
     Ok(0)
 }
 
-/// Segments need device 1.2 (`CAPS_SEGMENTS`).
+/// Segments need device 1.2 (`CAPS_SEGMENTS`); without it the ioctls do not exist (ENOTTY).
 fn require_segments(shared: &Rmnic) -> Result {
     if shared.hw.read(REG_CAPS)? & CAPS_SEGMENTS == 0 {
-        return Err(EOPNOTSUPP);
+        return Err(ENOTTY);
     }
     Ok(())
 }

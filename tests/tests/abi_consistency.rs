@@ -404,6 +404,16 @@ fn user_abi_opcodes_and_statuses_are_the_devices() {
             "STATUS_INVALID_ARGUMENT",
             u64::from(status::INVALID_ARGUMENT),
         ),
+        ("STATUS_SEGMENT_INVALID", u64::from(status::SEGMENT_INVALID)),
+        ("STATUS_SEGMENT_BOUNDS", u64::from(status::SEGMENT_BOUNDS)),
+        (
+            "CMD_FLAG_SEGMENT_ADDR0",
+            u64::from(rmnic_abi::abi::CMD_FLAG_SEGMENT_ADDR0),
+        ),
+        (
+            "CMD_FLAG_SEGMENT_ADDR1",
+            u64::from(rmnic_abi::abi::CMD_FLAG_SEGMENT_ADDR1),
+        ),
         (
             "COMMAND_SIZE",
             std::mem::size_of::<rmnic_abi::Command>() as u64,
