@@ -48,7 +48,13 @@ enum Command {
     /// Runs the segment checks: processes export ranges of their memory, others attach them
     /// through their own contexts and use them in device commands (permissions, bounds,
     /// slots, exporter munmap/mprotect/fork/exit, removal, leaks).
-    Segments,
+    Segments {
+        /// Run only these scenarios (access, read-only, credentials, limits, munmap,
+        /// mprotect, fork, remove, exporter-exit, exporter-close, importer-exit); the leak
+        /// check runs always.
+        #[arg(long)]
+        only: Vec<String>,
+    },
     /// The platform reproducer: parallel workers that make the guest exit to the VMM as often
     /// as they can (register or port I/O storms, mprotect toggling next to device operations,
     /// context open/close churn, fork/exit churn) for a fixed time.
@@ -138,7 +144,7 @@ fn main() -> ExitCode {
         Command::Probe { cpus } => probe(cpus),
         Command::Demo => demo().map(|()| ExitCode::SUCCESS),
         Command::Coherence { only, skip } => coherence(&only, &skip),
-        Command::Segments => segments(),
+        Command::Segments { only } => segments(&only),
         Command::Stress { seconds, no_device } => {
             start_watchdog();
             stress::run(seconds, !no_device).map(|ok| {
@@ -381,10 +387,10 @@ fn coherence(only: &[String], skip: &[String]) -> Result<ExitCode> {
     })
 }
 
-fn segments() -> Result<ExitCode> {
+fn segments(only: &[String]) -> Result<ExitCode> {
     start_watchdog();
     let mut checks = Checks::default();
-    let result = segments::run(&mut checks);
+    let result = segments::run(only, &mut checks);
     println!(
         "segments summary: {} checks, {} failed",
         checks.total, checks.failed

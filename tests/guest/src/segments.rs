@@ -61,10 +61,23 @@ const SCENARIOS: [(&str, Scenario); 11] = [
     ("importer-exit", importer_exit),
 ];
 
-/// Runs every scenario, then the leak check.
-pub fn run(c: &mut Checks) -> Result<()> {
+/// Runs every scenario (or those named in `only`), then the leak check.
+pub fn run(only: &[String], c: &mut Checks) -> Result<()> {
+    if let Some(unknown) = only
+        .iter()
+        .find(|name| !SCENARIOS.iter().any(|(known, _)| known == name))
+    {
+        let known: Vec<&str> = SCENARIOS.iter().map(|(name, _)| *name).collect();
+        anyhow::bail!(
+            "no segment scenario {unknown:?}; scenarios: {}",
+            known.join(", ")
+        );
+    }
     let baseline = live_counters()?;
     for (name, scenario) in SCENARIOS {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
         println!("rmnic-guest: segments: {name}");
         if let Err(e) = scenario(c) {
             c.check(

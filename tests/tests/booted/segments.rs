@@ -97,3 +97,41 @@ fn the_expected_checks_are_the_programs() {
     expected.sort_unstable();
     assert_eq!(in_program, expected, "{path} and this test's CHECKS differ");
 }
+
+/// The oracle checks importers' accesses against the *exporter's* page tables: with the
+/// device dropping the exporter's invalidations (a planted bug), the importer's reads after
+/// the exporter's munmap and mprotect go through stale entries, and the run must fail with
+/// violations named.
+#[test]
+fn a_dropped_exporter_invalidation_is_caught_on_the_importers_access() {
+    let mut guest = GuestRun::new(&["segments", "--only", "munmap", "--only", "mprotect"]);
+    guest.device_args = vec![
+        "--fault".into(),
+        "drop-invalidate".into(),
+        "--seed".into(),
+        "1".into(),
+    ];
+    let outcome =
+        run_in(Mode::Qemu.host(), &images(), &guest).unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let failed = outcome
+        .lines_with("CHECK segment-")
+        .filter(|l| l.contains(" FAILED "))
+        .count();
+    assert!(
+        failed > 0 && outcome.status != 0,
+        "the segment checks passed under drop-invalidate\n{}",
+        outcome.tail()
+    );
+    let violations = outcome
+        .lines_with("rmnic-device-server: oracle")
+        .find_map(|line| {
+            line.split(", ")
+                .find_map(|part| part.strip_suffix(" violations"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        });
+    assert!(
+        violations.is_some_and(|v| v > 0) && outcome.console.contains("coherence violation at"),
+        "no violation named under drop-invalidate (oracle summary: {violations:?})\n{}",
+        outcome.tail()
+    );
+}
