@@ -10,7 +10,7 @@
 //! acknowledgements: once [`GrantDirectory::revoke_range`] returns, no access naming a
 //! revoked page passes, whatever the peer still caches. (The device must also let accesses
 //! already past `check` finish before the exporter's invalidation completes, as it does for
-//! local segment accesses: `docs/fabric.md`, "Integration".)
+//! local segment accesses: `docs/fabric.md`, "Ordering".)
 //!
 //! Pure data, no locking: the device owns one directory behind its segment lock.
 //!
@@ -206,10 +206,11 @@ impl GrantDirectory {
         }
     }
 
-    /// Records that `peer` may access the page `grant` describes. Call it before the
-    /// `TranslateReply` carrying the grant is queued on the link, under the same lock as
-    /// [`revoke_range`](Self::revoke_range), so a later invalidation both revokes it here
-    /// and follows the reply on the link. A grant overlapping earlier ones of the peer
+    /// Records that `peer` may access the page `grant` describes. The TLB lookup that
+    /// produced the gpa, this call and queueing the `TranslateReply` happen under one hold of
+    /// the lock the invalidation path takes for [`revoke_range`](Self::revoke_range), so a
+    /// later invalidation both revokes the grant here and follows the reply on the link
+    /// (`docs/fabric.md`, "Ordering", rule 3). A grant overlapping earlier ones of the peer
     /// replaces them.
     ///
     /// Errors: `Fenced`; `Revoked` (export closed, other generation, peer not attached);

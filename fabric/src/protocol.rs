@@ -11,6 +11,8 @@
 //! frame's own length (a byte string is copied out of the frame after postcard has checked
 //! that the frame holds it; see `tests/allocation_bound.rs`).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -19,7 +21,8 @@ pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Most bytes one [`Op::Read`] or [`Op::Write`] moves, and most bytes of
 /// [`AccessDone::data`]: the device's `ACCESS_MAX_BYTES` (`device/src/engine/access.rs`), so
-/// one device access step is at most one `Access` on the wire.
+/// a device access step needs one `Access` per page it touches (an `Access` stays in one
+/// grant), never more.
 pub const ACCESS_MAX_BYTES: u32 = 64 * 1024;
 
 /// Bytes of a frame's length header.
@@ -35,6 +38,20 @@ pub const MAX_FRAME_DEFAULT: u32 = ACCESS_MAX_BYTES + 256;
 pub const PAGE_4K: u64 = 4 * 1024;
 /// Bytes of a large page grant ([`PageSize::Size2M`]).
 pub const PAGE_2M: u64 = 2 * 1024 * 1024;
+
+/// How long each end waits for the other's `Hello` (`docs/fabric.md`, "Timeouts").
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an importer waits for an `AttachReply`.
+pub const ATTACH_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an importer waits for a `TranslateReply` (the exporter's driver may have to
+/// resolve the page first); then the command's step completes `FAULT_UNRESOLVED`.
+pub const TRANSLATE_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an importer waits for an `AccessReply`; then the outcome is unknown and the
+/// importer breaks the link.
+pub const ACCESS_REPLY_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long an exporter waits for an `InvalidateAck` before it fences the importer: the
+/// fencing bound, and so the most a remote importer adds to an exporter's invalidation.
+pub const INVALIDATE_ACK_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// A node of the fabric: one device in one VMM process, named by its VMM's configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -221,6 +238,36 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// Checks an exporter's grant against the `Translate` it answers (`offset`, `write`) and
+    /// the attachment: what an importer does before caching it. The page is aligned to its
+    /// size (offset and gpa), holds `offset`, lies inside the segment, and is writable if
+    /// writing was asked, and only if the attachment is.
+    pub fn check_reply(
+        &self,
+        offset: u64,
+        write: bool,
+        attachment: &AttachGrant,
+    ) -> Result<(), ReplyError> {
+        let size = self.size.bytes();
+        if self.page_offset % size != 0 || self.gpa.0 % size != 0 {
+            return Err(ReplyError::GrantMisaligned);
+        }
+        if self.gpa_of(offset).is_none() {
+            return Err(ReplyError::GrantMissesOffset { offset });
+        }
+        if self
+            .page_offset
+            .checked_add(size)
+            .is_none_or(|end| end > attachment.length)
+        {
+            return Err(ReplyError::GrantOutsideSegment);
+        }
+        if (write && !self.writable) || (self.writable && !attachment.writable) {
+            return Err(ReplyError::GrantPermission);
+        }
+        Ok(())
+    }
+
     /// The gpa of segment offset `offset`, if the grant covers it.
     pub fn gpa_of(&self, offset: u64) -> Option<Gpa> {
         let delta = offset.checked_sub(self.page_offset)?;
@@ -460,6 +507,21 @@ pub enum ReplyError {
         /// Bytes the request asked for.
         want: usize,
     },
+    /// A grant whose offset or gpa is not aligned to its page size.
+    #[error("Grant not aligned to its page size")]
+    GrantMisaligned,
+    /// A grant whose page does not hold the offset asked.
+    #[error("Grant does not hold offset {offset:#x}")]
+    GrantMissesOffset {
+        /// The offset the `Translate` asked.
+        offset: u64,
+    },
+    /// A grant whose page reaches past the segment.
+    #[error("Grant reaches past the segment")]
+    GrantOutsideSegment,
+    /// A read-only grant for a write, or a writable one through a read-only attachment.
+    #[error("Grant permission does not match the request and attachment")]
+    GrantPermission,
 }
 
 impl Message {
@@ -1049,6 +1111,67 @@ mod tests {
     }
 
     #[test]
+    fn an_importer_refuses_a_grant_that_does_not_answer_its_translate() {
+        let attachment = AttachGrant {
+            export: 0,
+            generation: 1,
+            length: 0x10_0000,
+            writable: false,
+        };
+        let good = Grant {
+            page_offset: 0x5000,
+            gpa: Gpa(0x9_0000),
+            size: PageSize::Size4K,
+            writable: false,
+        };
+        assert_eq!(good.check_reply(0x5008, false, &attachment), Ok(()));
+        assert_eq!(
+            good.check_reply(0x6000, false, &attachment),
+            Err(ReplyError::GrantMissesOffset { offset: 0x6000 })
+        );
+        assert_eq!(
+            good.check_reply(0x5008, true, &attachment),
+            Err(ReplyError::GrantPermission)
+        );
+        let writable = Grant {
+            writable: true,
+            ..good
+        };
+        assert_eq!(
+            writable.check_reply(0x5008, false, &attachment),
+            Err(ReplyError::GrantPermission),
+            "writable through a read-only attachment"
+        );
+        let misaligned = Grant {
+            gpa: Gpa(0x9_0800),
+            ..good
+        };
+        assert_eq!(
+            misaligned.check_reply(0x5008, false, &attachment),
+            Err(ReplyError::GrantMisaligned)
+        );
+        let large = Grant {
+            page_offset: 0,
+            gpa: Gpa(0x4000_0000),
+            size: PageSize::Size2M,
+            writable: false,
+        };
+        assert_eq!(
+            large.check_reply(0x5008, false, &attachment),
+            Err(ReplyError::GrantOutsideSegment),
+            "a 2 MiB page of a 1 MiB segment"
+        );
+        let top = Grant {
+            page_offset: u64::MAX - 0xfff,
+            ..good
+        };
+        assert_eq!(
+            top.check_reply(u64::MAX, false, &attachment),
+            Err(ReplyError::GrantOutsideSegment)
+        );
+    }
+
+    #[test]
     fn grant_gpa_of_covers_exactly_its_page() {
         let g = Grant {
             page_offset: 0x20_0000,
@@ -1067,6 +1190,27 @@ mod tests {
             writable: false,
         };
         assert_eq!(top.gpa_of(100), None, "a wrapping gpa is no gpa");
+    }
+
+    /// The constants table of `docs/fabric.md` equals the code.
+    #[test]
+    fn specification_constants_match_the_code() {
+        let doc = include_str!("../../docs/fabric.md");
+        let ms = |d: Duration| format!("{} ms", d.as_millis());
+        let rows = [
+            ("PROTOCOL_VERSION", PROTOCOL_VERSION.to_string()),
+            ("ACCESS_MAX_BYTES", ACCESS_MAX_BYTES.to_string()),
+            ("MAX_FRAME_DEFAULT", MAX_FRAME_DEFAULT.to_string()),
+            ("HANDSHAKE_TIMEOUT", ms(HANDSHAKE_TIMEOUT)),
+            ("ATTACH_REPLY_TIMEOUT", ms(ATTACH_REPLY_TIMEOUT)),
+            ("TRANSLATE_REPLY_TIMEOUT", ms(TRANSLATE_REPLY_TIMEOUT)),
+            ("ACCESS_REPLY_TIMEOUT", ms(ACCESS_REPLY_TIMEOUT)),
+            ("INVALIDATE_ACK_TIMEOUT", ms(INVALIDATE_ACK_TIMEOUT)),
+        ];
+        for (name, value) in rows {
+            let row = format!("| `{name}` | {value} |");
+            assert!(doc.contains(&row), "docs/fabric.md lacks the row {row}");
+        }
     }
 
     #[test]
