@@ -110,6 +110,8 @@ pub enum Status {
     SegmentInvalid = 8,
     /// A segment address's range leaves its segment (since 1.2).
     SegmentBounds = 9,
+    /// A remote segment's node did not answer, or answered nonsense (since 1.3).
+    RemoteUnreachable = 10,
 }
 
 impl Status {
@@ -420,6 +422,7 @@ impl Completion {
             7 => Status::InvalidArgument,
             8 => Status::SegmentInvalid,
             9 => Status::SegmentBounds,
+            10 => Status::RemoteUnreachable,
             _ => return None,
         };
         Some(Self {
@@ -432,7 +435,11 @@ impl Completion {
 }
 
 /// Every named value of this module, for the specification drift test.
-pub const SPEC_CONSTANTS: [(&str, u64); 40] = [
+pub const SPEC_CONSTANTS: [(&str, u64); 41] = [
+    (
+        "STATUS_REMOTE_UNREACHABLE",
+        Status::RemoteUnreachable as u64,
+    ),
     ("CMD_FLAG_SEGMENT_ADDR0", CMD_FLAG_SEGMENT_ADDR0 as u64),
     ("CMD_FLAG_SEGMENT_ADDR1", CMD_FLAG_SEGMENT_ADDR1 as u64),
     ("STATUS_SEGMENT_INVALID", Status::SegmentInvalid as u64),

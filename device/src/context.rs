@@ -78,6 +78,8 @@ pub struct InFlight {
     pub command: Command,
     /// Bytes done (COPY, FILL): execution resumes there after a fault.
     pub progress: u64,
+    /// Steps retried in a row after a stale remote grant (spec §20).
+    pub remote_retries: u8,
 }
 
 /// One context.

@@ -17,6 +17,7 @@ use crate::engine::scheduler::Job;
 use crate::engine::{lock, Shared};
 use crate::error_code::ErrorCode;
 use crate::events::{EventKind, EVENT_MMIO_READ};
+use crate::fabric::{REMOTE_ANSWER_STATUS_SHIFT, REMOTE_ANSWER_TAG_MASK};
 use crate::fault_ring::FaultRingConfig;
 use crate::inject::{DmaPurpose, DropIn};
 use crate::invalidation::InvqConfig;
@@ -30,13 +31,14 @@ use crate::regs::{
     FAULT_INFO, FAULT_VA_HI, FAULT_VA_LO, GLOBAL_REGISTERS, REGISTER_WINDOW_SIZE, REG_DEV_CONTROL,
     REG_DEV_ERROR, REG_DEV_STATUS, REG_FAULT_BASE_LO, REG_FAULT_HEAD, REG_FAULT_SIZE,
     REG_FAULT_TAIL, REG_INVQ_BASE_LO, REG_INVQ_DONE_ADDR_LO, REG_INVQ_DONE_SEQ_HI,
-    REG_INVQ_DONE_SEQ_LO, REG_INVQ_HEAD, REG_INVQ_SIZE, REG_INVQ_TAIL, REG_SCRATCH, REG_STATS_BASE,
-    REG_TLB_GEOMETRY, TLB_GEOMETRY_SETS_SHIFT, TLB_GEOMETRY_WAYS_SHIFT,
+    REG_INVQ_DONE_SEQ_LO, REG_INVQ_HEAD, REG_INVQ_SIZE, REG_INVQ_TAIL, REG_REMOTE_ANSWER,
+    REG_SCRATCH, REG_STATS_BASE, REG_TLB_GEOMETRY, TLB_GEOMETRY_SETS_SHIFT,
+    TLB_GEOMETRY_WAYS_SHIFT,
 };
 use crate::rmnic::VECTOR_FAULT;
 use crate::segments::{
-    ExportChange, OwnerState, CTX_ATTACH_BASE, EXPORT_ENTRY_SIZE, EXPORT_TABLE_BASE,
-    NUM_ATTACHMENTS,
+    ExportChange, OwnerState, CTX_ATTACH_BASE, CTX_RKEY_LO, CTX_RLENGTH_HI, EXPORT_ENTRY_SIZE,
+    EXPORT_TABLE_BASE, NUM_ATTACHMENTS,
 };
 use crate::stats::{self, ContextCounter, GlobalCounter, CONTEXT_COUNTERS, GLOBAL_COUNTERS};
 use crate::tlb::{Perms, TlbFill};
@@ -137,7 +139,10 @@ impl Shared {
             match window {
                 Window::Global => self.write_global(offset, *value),
                 Window::Context(ctx) => match attachment_slot(offset) {
-                    Some(slot) => self.segments_write().write_attachment(ctx, slot, *value),
+                    Some(slot) => self.write_attachment(ctx, slot, *value),
+                    None if (CTX_RKEY_LO..=CTX_RLENGTH_HI).contains(&offset) => {
+                        self.segments_write().write_remote_key(ctx, offset, *value)
+                    }
                     None => self.write_context(ctx, offset, *value),
                 },
                 Window::Export(index) => self.write_export(index, offset, *value),
@@ -181,6 +186,9 @@ impl Shared {
             (Window::Export(index), _) => return self.segments_read().read_export(index, offset),
             (Window::Context(ctx), Some(slot)) => {
                 return self.segments_read().read_attachment(ctx, slot)
+            }
+            (Window::Context(ctx), None) if (CTX_RKEY_LO..=CTX_RLENGTH_HI).contains(&offset) => {
+                return self.segments_read().read_remote_key(ctx, offset)
             }
             _ => {}
         }
@@ -260,6 +268,12 @@ impl Shared {
             REG_DEV_ERROR => self.write_dev_error(value),
             REG_FAULT_TAIL => self.write_fault_tail(value),
             REG_INVQ_TAIL => self.write_invq_tail(value),
+            REG_REMOTE_ANSWER => {
+                // CAST: masked fields of 16 and 8 bits.
+                let tag = (value & REMOTE_ANSWER_TAG_MASK) as u16;
+                let status = (value >> REMOTE_ANSWER_STATUS_SHIFT) as u8;
+                self.fabric.answer(tag, status);
+            }
             REG_SCRATCH => {
                 // The scratch register has no effect, so software uses it to mark its phases
                 // in traces: a marker event survives when MMIO writes are not logged.
@@ -355,11 +369,14 @@ impl Shared {
         let mut asids = lock(&self.asids);
         let mut fault_ring = lock(&self.fault_ring);
         let mut invq = lock(&self.invq);
+        let mut exporter = self.fabric.exporter_write();
         let mut global = lock(&self.global);
         let mut tlb = self.tlb_write();
         for ctx in &mut contexts {
             ctx.reset();
         }
+        *exporter = crate::fabric::ExporterState::default();
+        self.fabric.reset_leaves();
         segments.reset();
         asids.clear();
         fault_ring.configure(None);
@@ -461,15 +478,35 @@ impl Shared {
         drop(owner_ctx);
         match change {
             ExportChange::None => {}
-            ExportChange::Installed(export) => self.events.record(EventKind::Export {
-                // CAST: index < NUM_EXPORTS (64).
-                index: index as u8,
-                owner: export.owner,
-                base: export.base,
-                length: export.length,
-                writable: export.writable,
-            }),
-            ExportChange::Revoked(attachments) => self.record_revocation(index, attachments),
+            ExportChange::Installed(export) => {
+                self.events.record(EventKind::Export {
+                    // CAST: index < NUM_EXPORTS (64).
+                    index: index as u8,
+                    owner: export.owner,
+                    base: export.base,
+                    length: export.length,
+                    writable: export.writable,
+                });
+                self.fabric_export_installed(index, &export);
+            }
+            ExportChange::Revoked(attachments) => {
+                self.record_revocation(index, attachments);
+                self.fabric_export_revoked(index);
+            }
+        }
+    }
+
+    /// A write to `CTX_ATTACH` of `slot` in context `ctx`. A remote attachment asks the
+    /// fabric's other node first, with no lock held during the round trip.
+    fn write_attachment(&self, ctx: usize, slot: usize, value: u32) {
+        let request = self.segments_read().remote_attach_request(ctx, slot, value);
+        match request {
+            Some((key, write)) => {
+                let granted = self.remote_attach(key, write);
+                self.segments_write()
+                    .attach_remote(ctx, slot, value, granted);
+            }
+            None => self.segments_write().write_attachment(ctx, slot, value),
         }
     }
 
@@ -575,6 +612,7 @@ impl Shared {
         let revoked = self.segments_write().context_disabled(ctx.index);
         for (index, attachments) in revoked {
             self.record_revocation(index, attachments);
+            self.fabric_export_revoked(index);
         }
         if ctx.owns_asid {
             self.tlb_write()

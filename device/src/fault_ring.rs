@@ -37,6 +37,10 @@ pub const FAULT_REC_SLOT: usize = 7;
 /// Fault record flag: the access went through the segment attached at `FAULT_REC_SLOT`;
 /// the VA is in the exporter's address space.
 pub const FAULT_FLAG_SEGMENT: u8 = 1;
+/// Fault record flag: a miss of the fabric's other node on a remote export (since 1.3): no
+/// context stalls; the driver resolves the VA in the exporter context's address space, drops
+/// it in, and answers `REG_REMOTE_ANSWER` with the tag in `FAULT_REC_COMMAND_ID`.
+pub const FAULT_FLAG_REMOTE: u8 = 2;
 /// Fault record field offset: command id of the stalled command (u64).
 pub const FAULT_REC_COMMAND_ID: usize = 16;
 /// Fault record field offset: sequence (u32), `index + 1`, written last.
@@ -72,8 +76,11 @@ pub struct FaultRecord {
     /// Id of the stalled command.
     pub command_id: u64,
     /// The attachment slot when the access went through a segment: `va` is then in the
-    /// exporter's address space (since 1.2).
+    /// exporter's address space (since 1.2). For a remote fault, the export index.
     pub segment_slot: Option<u8>,
+    /// A remote fault (since 1.3): no context stalls; `ctx` and `asid` are the exporter's,
+    /// `command_id` is the tag the driver answers in `REG_REMOTE_ANSWER`.
+    pub remote: bool,
 }
 
 impl FaultRecord {
@@ -88,6 +95,9 @@ impl FaultRecord {
         if let Some(slot) = self.segment_slot {
             bytes[FAULT_REC_FLAGS] = FAULT_FLAG_SEGMENT;
             bytes[FAULT_REC_SLOT] = slot;
+        }
+        if self.remote {
+            bytes[FAULT_REC_FLAGS] |= FAULT_FLAG_REMOTE;
         }
         bytes[FAULT_REC_VA..FAULT_REC_VA + 8].copy_from_slice(&self.va.0.to_le_bytes());
         bytes[FAULT_REC_COMMAND_ID..FAULT_REC_COMMAND_ID + 8]
@@ -117,6 +127,7 @@ impl FaultRecord {
                 command_id: u64_at(FAULT_REC_COMMAND_ID),
                 segment_slot: (bytes[FAULT_REC_FLAGS] & FAULT_FLAG_SEGMENT != 0)
                     .then_some(bytes[FAULT_REC_SLOT]),
+                remote: bytes[FAULT_REC_FLAGS] & FAULT_FLAG_REMOTE != 0,
             },
             u32::from_le_bytes(sequence),
         )
@@ -275,14 +286,17 @@ impl FaultRing {
         Ok(written)
     }
 
-    /// Drops the waiting record of `ctx`, if any (its fault was resolved or aborted).
+    /// Drops the waiting record of `ctx`, if any (its fault was resolved or aborted). Remote
+    /// fault records name the exporting context but do not stall it: they stay.
     pub fn cancel(&mut self, ctx: u8) {
-        self.waiting.retain(|record| record.ctx != ctx);
+        self.waiting
+            .retain(|record| record.ctx != ctx || record.remote);
     }
 }
 
 /// Every named value of this module, for the specification drift test.
-pub const SPEC_CONSTANTS: [(&str, u64); 19] = [
+pub const SPEC_CONSTANTS: [(&str, u64); 20] = [
+    ("FAULT_FLAG_REMOTE", FAULT_FLAG_REMOTE as u64),
     ("FAULT_RECORD_SIZE", FAULT_RECORD_SIZE as u64),
     ("FAULT_REC_FLAGS", FAULT_REC_FLAGS as u64),
     ("FAULT_REC_SLOT", FAULT_REC_SLOT as u64),
@@ -326,6 +340,7 @@ mod tests {
             va: VirtAddr(va),
             command_id: 99,
             segment_slot: (ctx % 2 == 1).then_some(ctx % 8),
+            remote: ctx == 2,
         }
     }
 

@@ -10,7 +10,7 @@
 //! blocks; [`regs`] is the BAR0 layout and register blocks as data; [`tlb`], [`commands`],
 //! [`fault_ring`] and [`invalidation`] are the device's structures and guest-memory formats,
 //! [`segments`] the export table and attachment slots that let one context address another's
-//! memory;
+//! memory, and [`fabric`] the same across two devices joined by a link;
 //! [`engine`] runs commands and invalidations on worker threads through one
 //! translate-and-access path; [`rmnic`] ties them into the function the VMM plugs into its
 //! bus. [`inject`] and [`events`] are the hooks and the trace for verification.
@@ -25,6 +25,7 @@ mod control;
 pub mod engine;
 pub mod error_code;
 pub mod events;
+pub mod fabric;
 pub mod fault_ring;
 pub mod inject;
 pub mod inspect;

@@ -93,6 +93,9 @@ pub const REG_INVQ_DONE_ADDR_HI: u64 = 0x07c;
 pub const REG_INVQ_DONE_SEQ_LO: u64 = 0x080;
 /// Last completed sequence number, high half.
 pub const REG_INVQ_DONE_SEQ_HI: u64 = 0x084;
+/// Remote fault answer (since 1.3, spec §20): bits 15:0 the record's tag, bits 23:16 the
+/// status (`REMOTE_ANSWER_*`).
+pub const REG_REMOTE_ANSWER: u64 = 0x090;
 /// First global statistics counter (64-bit counters, see `stats::GLOBAL_COUNTERS`).
 pub const REG_STATS_BASE: u64 = 0x100;
 
@@ -107,7 +110,7 @@ pub const VERSION_MINOR_SHIFT: u32 = 0;
 /// [`REG_VERSION`] field mask: minor version.
 pub const VERSION_MINOR_MASK: u32 = 0xffff << VERSION_MINOR_SHIFT;
 /// The version of `docs/device-spec.md` the device implements: 1.0.
-pub const RMNIC_SPEC_VERSION: u32 = (1 << VERSION_MAJOR_SHIFT) | (2 << VERSION_MINOR_SHIFT);
+pub const RMNIC_SPEC_VERSION: u32 = (1 << VERSION_MAJOR_SHIFT) | (3 << VERSION_MINOR_SHIFT);
 
 /// [`REG_CAPS`] field: number of contexts.
 pub const CAPS_CONTEXTS_SHIFT: u32 = 0;
@@ -337,7 +340,7 @@ use Access::{ReadOnly as RO, ReadWrite as RW, ReadWriteLocked as RWL, WriteOneTo
 
 /// The global registers, sorted by offset.
 #[rustfmt::skip]
-pub const GLOBAL_REGISTERS: [RegisterSpec; 22] = [
+pub const GLOBAL_REGISTERS: [RegisterSpec; 23] = [
     reg(REG_ID, "REG_ID", RMNIC_ID_MAGIC, RO, 0, "Identification: \"RMNC\""),
     reg(REG_VERSION, "REG_VERSION", RMNIC_SPEC_VERSION, RO, 0, "Specification version"),
     reg(REG_SCRATCH, "REG_SCRATCH", 0, RW, 0xffff_ffff, "Scratch"),
@@ -360,6 +363,7 @@ pub const GLOBAL_REGISTERS: [RegisterSpec; 22] = [
     reg(REG_INVQ_DONE_ADDR_HI, "REG_INVQ_DONE_ADDR_HI", 0, RWL, 0xffff_ffff, "Done word high"),
     live(REG_INVQ_DONE_SEQ_LO, "REG_INVQ_DONE_SEQ_LO", 0, "Last done sequence low"),
     live(REG_INVQ_DONE_SEQ_HI, "REG_INVQ_DONE_SEQ_HI", 0, "Last done sequence high"),
+    reg(REG_REMOTE_ANSWER, "REG_REMOTE_ANSWER", 0, Access::WriteOnly, 0x00ff_ffff, "Remote fault answer"),
 ];
 
 /// The per-context registers, sorted by block offset.
@@ -569,7 +573,7 @@ mod tests {
     fn blocks_read_their_reset_values() {
         let block = RegisterBlock::new(&GLOBAL_REGISTERS);
         assert_eq!(block.value(REG_ID), RMNIC_ID_MAGIC);
-        assert_eq!(block.value(REG_VERSION), 0x0001_0002);
+        assert_eq!(block.value(REG_VERSION), 0x0001_0003);
         assert_eq!(block.value(REG_SCRATCH), 0);
         assert_eq!(block.value(REG_CAPS), 0x0004_0340);
         let context = RegisterBlock::new(&CONTEXT_REGISTERS);
@@ -582,10 +586,10 @@ mod tests {
     }
 
     #[test]
-    fn version_fields_decode_to_1_2() {
+    fn version_fields_decode_to_1_3() {
         let major = (RMNIC_SPEC_VERSION & VERSION_MAJOR_MASK) >> VERSION_MAJOR_SHIFT;
         let minor = (RMNIC_SPEC_VERSION & VERSION_MINOR_MASK) >> VERSION_MINOR_SHIFT;
-        assert_eq!((major, minor), (1, 2));
+        assert_eq!((major, minor), (1, 3));
     }
 
     #[test]

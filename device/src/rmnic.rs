@@ -226,6 +226,36 @@ impl Bar0Window {
     }
 }
 
+/// A device's fabric side, as the host's link threads reach it (spec §20): cheap to clone,
+/// usable from any thread.
+#[derive(Clone, Debug)]
+pub struct FabricEndpoint(Arc<Shared>);
+
+impl FabricEndpoint {
+    /// Answers a message the fabric's other node `peer` sent (a request, an invalidation, a
+    /// revocation); None when it needs no answer. May block: a `Translate` that misses waits
+    /// for this device's driver (at most about a second), so the host must not call it on the
+    /// thread that delivers replies to this device's own requests.
+    pub fn serve(
+        &self,
+        peer: rmnic_fabric::protocol::NodeId,
+        message: rmnic_fabric::protocol::Message,
+    ) -> Option<rmnic_fabric::protocol::Message> {
+        use rmnic_fabric::protocol::Message;
+        match message {
+            Message::Invalidate { .. } | Message::Revoke { .. } => {
+                self.0.serve_as_importer(peer, message)
+            }
+            other => self.0.serve_as_exporter(peer, other),
+        }
+    }
+
+    /// Cached grants of the other node (for tests and inspection).
+    pub fn remote_tlb_entries(&self) -> usize {
+        self.0.fabric.remote_tlb().len()
+    }
+}
+
 /// The rmnic PCI function.
 ///
 /// Dropping it stops and joins its worker threads (after the step each is in, at most one
@@ -394,6 +424,17 @@ impl RmnicDevice {
             _ => return 0,
         };
         result.map_or(u32::MAX, |()| u32::from_le_bytes(data))
+    }
+
+    /// Connects the fabric link (spec §20): remote attachments and forwarded invalidations go
+    /// through `port` from now on. None disconnects.
+    pub fn connect_fabric(&self, port: Option<Arc<dyn crate::fabric::FabricPort>>) {
+        self.shared.fabric.set_port(port);
+    }
+
+    /// The handle the host's link threads answer the peer's messages with.
+    pub fn fabric_endpoint(&self) -> FabricEndpoint {
+        FabricEndpoint(self.shared.clone())
     }
 
     /// The event log; a trace exporter may keep the handle and read it from any thread.

@@ -34,10 +34,17 @@ pub const EXP_BASE_HI: u64 = 0x0c;
 pub const EXP_LENGTH_LO: u64 = 0x10;
 /// Export entry offset: length, high half.
 pub const EXP_LENGTH_HI: u64 = 0x14;
+/// Export entry offset: the 64-bit key remote importers name, low half (since 1.3).
+pub const EXP_KEY_LO: u64 = 0x18;
+/// Export entry offset: key, high half.
+pub const EXP_KEY_HI: u64 = 0x1c;
 /// `EXP_CONTROL` bit 0: the export is valid.
 pub const EXP_CONTROL_VALID: u32 = 1 << 0;
 /// `EXP_CONTROL` bit 1: importers may write through it.
 pub const EXP_CONTROL_WRITABLE: u32 = 1 << 1;
+/// `EXP_CONTROL` bit 2: importers on the fabric's other node may attach it by its key
+/// (since 1.3).
+pub const EXP_CONTROL_REMOTE: u32 = 1 << 2;
 /// `EXP_CONTROL` bits 15:8: the owner (exporting) context.
 pub const EXP_CONTROL_OWNER_SHIFT: u32 = 8;
 /// `EXP_CONTROL` owner field mask.
@@ -55,6 +62,18 @@ pub const ATTACH_EXPORT_MASK: u32 = 0xff;
 pub const ATTACH_VALID: u32 = 1 << 8;
 /// `CTX_ATTACH` bit 9: the importer may write through it.
 pub const ATTACH_WRITABLE: u32 = 1 << 9;
+/// `CTX_ATTACH` bit 10: the attachment is to the export of the fabric's other node whose key
+/// is in `CTX_RKEY` (since 1.3); bits 7:0 are then ignored.
+pub const ATTACH_REMOTE: u32 = 1 << 10;
+/// Context block offset of `CTX_RKEY_LO`: the key a remote attachment names (since 1.3).
+pub const CTX_RKEY_LO: u64 = 0xe0;
+/// Context block offset of `CTX_RKEY_HI`.
+pub const CTX_RKEY_HI: u64 = 0xe4;
+/// Context block offset of `CTX_RLENGTH_LO` (RO): the length of the segment the last
+/// successful remote attachment of the context got.
+pub const CTX_RLENGTH_LO: u64 = 0xe8;
+/// Context block offset of `CTX_RLENGTH_HI` (RO).
+pub const CTX_RLENGTH_HI: u64 = 0xec;
 /// `CTX_ATTACH` bit 31 (read-only): the last write that set VALID was refused.
 pub const ATTACH_ERROR: u32 = 1 << 31;
 
@@ -90,6 +109,8 @@ pub struct Export {
     pub length: u64,
     /// Whether importers may write.
     pub writable: bool,
+    /// Whether the fabric's other node may attach it, and by which key.
+    pub remote_key: Option<u64>,
 }
 
 /// The address space an access translates in, as a segment resolved it.
@@ -121,6 +142,41 @@ pub enum SegmentRefusal {
 struct Attachment {
     /// `CTX_ATTACH` as last written (VALID cleared by revocation).
     register: u32,
+    /// The remote export it names, while valid and remote.
+    remote: Option<RemoteAttachment>,
+}
+
+/// What the exporting node granted a remote attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteAttachment {
+    /// The exporter's export index.
+    pub export: u8,
+    /// Its generation.
+    pub generation: u32,
+    /// Segment length.
+    pub length: u64,
+    /// Whether this attachment may write.
+    pub writable: bool,
+}
+
+/// A segment address resolved: in this device's memory, or on the fabric's other node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// A local export: the exporter's space and the VA of the first byte.
+    Local(SegmentSpace, VirtAddr),
+    /// A remote export: which one, and the offset of the first byte.
+    Remote(RemoteTarget),
+}
+
+/// The remote side of a resolved segment address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteTarget {
+    /// The importer's slot.
+    pub slot: u8,
+    /// The attachment.
+    pub attachment: RemoteAttachment,
+    /// Offset of the first byte in the segment.
+    pub offset: u64,
 }
 
 impl Attachment {
@@ -140,6 +196,7 @@ struct ExportEntry {
     control: u32,
     base: u64,
     length: u64,
+    key: u64,
     valid: Option<Export>,
 }
 
@@ -148,6 +205,8 @@ struct ExportEntry {
 pub struct SegmentTable {
     exports: Vec<ExportEntry>,
     attachments: Vec<[Attachment; NUM_ATTACHMENTS]>,
+    /// `CTX_RKEY` and `CTX_RLENGTH` of every context.
+    remote_keys: Vec<(u64, u64)>,
 }
 
 impl Default for SegmentTable {
@@ -155,6 +214,7 @@ impl Default for SegmentTable {
         Self {
             exports: vec![ExportEntry::default(); NUM_EXPORTS],
             attachments: vec![[Attachment::default(); NUM_ATTACHMENTS]; NUM_CONTEXTS],
+            remote_keys: vec![(0, 0); NUM_CONTEXTS],
         }
     }
 }
@@ -189,12 +249,15 @@ impl SegmentTable {
         };
         let [base_lo, base_hi] = halves(entry.base);
         let [len_lo, len_hi] = halves(entry.length);
+        let [key_lo, key_hi] = halves(entry.key);
         match offset {
             EXP_CONTROL => entry.control,
             EXP_BASE_LO => base_lo,
             EXP_BASE_HI => base_hi,
             EXP_LENGTH_LO => len_lo,
             EXP_LENGTH_HI => len_hi,
+            EXP_KEY_LO => key_lo,
+            EXP_KEY_HI => key_hi,
             _ => 0,
         }
     }
@@ -230,9 +293,12 @@ impl SegmentTable {
             EXP_BASE_HI if !locked => set_high(&mut entry.base, value),
             EXP_LENGTH_LO if !locked => set_low(&mut entry.length, value),
             EXP_LENGTH_HI if !locked => set_high(&mut entry.length, value),
+            EXP_KEY_LO if !locked => set_low(&mut entry.key, value),
+            EXP_KEY_HI if !locked => set_high(&mut entry.key, value),
             EXP_CONTROL if locked && value & EXP_CONTROL_VALID == 0 => return self.revoke(index),
             EXP_CONTROL if !locked && value & EXP_CONTROL_VALID != 0 => {
-                let fields = value & (EXP_CONTROL_WRITABLE | EXP_CONTROL_OWNER_MASK);
+                let fields =
+                    value & (EXP_CONTROL_WRITABLE | EXP_CONTROL_REMOTE | EXP_CONTROL_OWNER_MASK);
                 // CAST: masked to 8 bits.
                 let owner_index =
                     ((value & EXP_CONTROL_OWNER_MASK) >> EXP_CONTROL_OWNER_SHIFT) as u8;
@@ -249,6 +315,7 @@ impl SegmentTable {
                             base: entry.base,
                             length: entry.length,
                             writable: value & EXP_CONTROL_WRITABLE != 0,
+                            remote_key: (value & EXP_CONTROL_REMOTE != 0).then_some(entry.key),
                         };
                         entry.valid = Some(export);
                         entry.control = fields | EXP_CONTROL_VALID;
@@ -258,7 +325,8 @@ impl SegmentTable {
                 }
             }
             EXP_CONTROL if !locked => {
-                entry.control = value & (EXP_CONTROL_WRITABLE | EXP_CONTROL_OWNER_MASK);
+                entry.control =
+                    value & (EXP_CONTROL_WRITABLE | EXP_CONTROL_REMOTE | EXP_CONTROL_OWNER_MASK);
             }
             _ => {}
         }
@@ -275,7 +343,8 @@ impl SegmentTable {
         let mut detached = 0;
         for slots in &mut self.attachments {
             for attachment in slots.iter_mut() {
-                if attachment.valid() && attachment.export() == index {
+                if attachment.valid() && attachment.remote.is_none() && attachment.export() == index
+                {
                     attachment.register &= !ATTACH_VALID;
                     detached += 1;
                 }
@@ -300,6 +369,110 @@ impl SegmentTable {
         if let Some(slots) = self.attachments.get_mut(usize::from(ctx)) {
             for attachment in slots.iter_mut() {
                 attachment.register &= !ATTACH_VALID;
+                attachment.remote = None;
+            }
+        }
+        revoked
+    }
+
+    /// The valid remote export published under `key`.
+    pub fn remote_export(&self, key: u64) -> Option<(usize, Export)> {
+        self.exports().find(|(_, e)| e.remote_key == Some(key))
+    }
+
+    /// `CTX_RKEY` / `CTX_RLENGTH` of context `ctx` at `offset`.
+    pub fn read_remote_key(&self, ctx: usize, offset: u64) -> u32 {
+        let Some((key, length)) = self.remote_keys.get(ctx) else {
+            return 0;
+        };
+        match offset {
+            CTX_RKEY_LO => halves(*key)[0],
+            CTX_RKEY_HI => halves(*key)[1],
+            CTX_RLENGTH_LO => halves(*length)[0],
+            CTX_RLENGTH_HI => halves(*length)[1],
+            _ => 0,
+        }
+    }
+
+    /// Writes `CTX_RKEY` of context `ctx` (`CTX_RLENGTH` is read-only).
+    pub fn write_remote_key(&mut self, ctx: usize, offset: u64, value: u32) {
+        if let Some((key, _)) = self.remote_keys.get_mut(ctx) {
+            match offset {
+                CTX_RKEY_LO => set_low(key, value),
+                CTX_RKEY_HI => set_high(key, value),
+                _ => {}
+            }
+        }
+    }
+
+    /// The remote attachment a write of `value` to `CTX_ATTACH` of `slot` in `ctx` asks for:
+    /// the key and whether writing is wanted, if the slot is invalid now and the write sets
+    /// VALID and REMOTE (the caller asks the other node before [`SegmentTable::attach_remote`]).
+    pub fn remote_attach_request(
+        &self,
+        ctx: usize,
+        slot: usize,
+        value: u32,
+    ) -> Option<(u64, bool)> {
+        let attachment = self.attachments.get(ctx)?.get(slot)?;
+        if attachment.valid()
+            || value & (ATTACH_VALID | ATTACH_REMOTE) != ATTACH_VALID | ATTACH_REMOTE
+        {
+            return None;
+        }
+        let (key, _) = self.remote_keys.get(ctx)?;
+        Some((*key, value & ATTACH_WRITABLE != 0))
+    }
+
+    /// Completes a remote attachment of `slot` in `ctx` with what the other node answered
+    /// (None: refused or unanswered, and the register reads ERROR).
+    pub fn attach_remote(
+        &mut self,
+        ctx: usize,
+        slot: usize,
+        value: u32,
+        granted: Option<RemoteAttachment>,
+    ) {
+        let Some(attachment) = self
+            .attachments
+            .get_mut(ctx)
+            .and_then(|slots| slots.get_mut(slot))
+        else {
+            return;
+        };
+        if attachment.valid() {
+            return;
+        }
+        let fields = value & (ATTACH_WRITABLE | ATTACH_REMOTE);
+        match granted {
+            Some(granted) => {
+                attachment.register = fields | ATTACH_VALID;
+                attachment.remote = Some(granted);
+                if let Some((_, length)) = self.remote_keys.get_mut(ctx) {
+                    *length = granted.length;
+                }
+            }
+            None => {
+                attachment.register = fields | ATTACH_ERROR;
+                attachment.remote = None;
+            }
+        }
+    }
+
+    /// The other node revoked its export `export` of `generation`: every remote attachment to
+    /// it becomes invalid. Returns how many.
+    pub fn revoke_remote(&mut self, export: u8, generation: u32) -> usize {
+        let mut revoked = 0;
+        for slots in &mut self.attachments {
+            for attachment in slots.iter_mut() {
+                if attachment
+                    .remote
+                    .is_some_and(|r| r.export == export && r.generation == generation)
+                {
+                    attachment.register &= !ATTACH_VALID;
+                    attachment.remote = None;
+                    revoked += 1;
+                }
             }
         }
         revoked
@@ -333,9 +506,11 @@ impl SegmentTable {
         let fields = value & (ATTACH_EXPORT_MASK | ATTACH_WRITABLE);
         if value & ATTACH_VALID == 0 {
             attachment.register = fields;
+            attachment.remote = None;
             return;
         }
-        if attachment.valid() {
+        if attachment.valid() || value & ATTACH_REMOTE != 0 {
+            // Remote attachments go through `attach_remote`.
             return;
         }
         // CAST: masked to 8 bits.
@@ -350,14 +525,15 @@ impl SegmentTable {
     }
 
     /// Resolves `len` bytes (at least 1 is checked) at segment address `address` for context
-    /// `ctx`, writing if `write`: the exporter's space and the VA of the first byte.
+    /// `ctx`, writing if `write`: the exporter's space and the VA of the first byte, or the
+    /// remote export and the offset.
     pub fn resolve(
         &self,
         ctx: u8,
         address: u64,
         len: u64,
         write: bool,
-    ) -> Result<(SegmentSpace, VirtAddr), SegmentRefusal> {
+    ) -> Result<Resolved, SegmentRefusal> {
         // CAST: the slot is the top 8 bits.
         let slot = (address >> SEGMENT_SLOT_SHIFT) as u8;
         let offset = address & SEGMENT_OFFSET_MASK;
@@ -367,6 +543,22 @@ impl SegmentTable {
             .and_then(|slots| slots.get(usize::from(slot)))
             .filter(|a| a.valid())
             .ok_or(SegmentRefusal::Invalid)?;
+        if let Some(remote) = attachment.remote {
+            let end = offset
+                .checked_add(len.max(1))
+                .ok_or(SegmentRefusal::Bounds)?;
+            if end > remote.length {
+                return Err(SegmentRefusal::Bounds);
+            }
+            if write && !remote.writable {
+                return Err(SegmentRefusal::Permission);
+            }
+            return Ok(Resolved::Remote(RemoteTarget {
+                slot,
+                attachment: remote,
+                offset,
+            }));
+        }
         let export = self
             .exports
             .get(attachment.export())
@@ -387,7 +579,7 @@ impl SegmentTable {
             base: export.base,
             slot,
         };
-        Ok((space, VirtAddr(export.base + offset)))
+        Ok(Resolved::Local(space, VirtAddr(export.base + offset)))
     }
 
     /// The valid exports (for inspection).
@@ -400,7 +592,15 @@ impl SegmentTable {
 }
 
 /// Every named value of this module, for the specification drift test.
-pub const SPEC_CONSTANTS: [(&str, u64); 19] = [
+pub const SPEC_CONSTANTS: [(&str, u64); 27] = [
+    ("CTX_RLENGTH_HI", CTX_RLENGTH_HI),
+    ("EXP_KEY_LO", EXP_KEY_LO),
+    ("EXP_KEY_HI", EXP_KEY_HI),
+    ("EXP_CONTROL_REMOTE", EXP_CONTROL_REMOTE as u64),
+    ("ATTACH_REMOTE", ATTACH_REMOTE as u64),
+    ("CTX_RKEY_LO", CTX_RKEY_LO),
+    ("CTX_RKEY_HI", CTX_RKEY_HI),
+    ("CTX_RLENGTH_LO", CTX_RLENGTH_LO),
     ("EXPORT_TABLE_BASE", EXPORT_TABLE_BASE),
     ("EXPORT_ENTRY_SIZE", EXPORT_ENTRY_SIZE),
     ("NUM_EXPORTS", NUM_EXPORTS as u64),
@@ -478,9 +678,10 @@ mod tests {
             table.read_attachment(9, 2),
             3 | ATTACH_VALID | ATTACH_WRITABLE
         );
-        let (space, va) = table
-            .resolve(9, segment_address(2, 0x1008), 8, true)
-            .expect("attached");
+        let Ok(Resolved::Local(space, va)) = table.resolve(9, segment_address(2, 0x1008), 8, true)
+        else {
+            panic!("attached locally");
+        };
         assert_eq!(
             (space.asid, space.pt_root, space.slot, va),
             (7, 0x1000, 2, VirtAddr(0x7000_1008))

@@ -47,10 +47,18 @@ pub enum GlobalCounter {
     CommandsCompleted,
     /// TLB entries found corrupt on a hit (dropped; the command failed with DEVICE_ERROR).
     ParityErrors,
+    /// Invalidations forwarded to the fabric's other node and acknowledged in time.
+    RemoteShootdowns,
+    /// Their round trips, summed, in nanoseconds.
+    RemoteShootdownNanos,
+    /// Peers fenced (an acknowledgement missed its bound, or the link was down).
+    Fences,
+    /// Accesses of the fabric's other node served on this device's memory.
+    RemoteAccesses,
 }
 
 /// Number of global counters.
-pub const GLOBAL_COUNTER_COUNT: usize = 12;
+pub const GLOBAL_COUNTER_COUNT: usize = 16;
 
 /// The global counters' layout: `REG_STATS_BASE + 8 × index`.
 pub const GLOBAL_COUNTERS: [CounterSpec; GLOBAL_COUNTER_COUNT] = [
@@ -93,6 +101,22 @@ pub const GLOBAL_COUNTERS: [CounterSpec; GLOBAL_COUNTER_COUNT] = [
         11,
         "STAT_PARITY_ERRORS",
         "TLB entries found corrupt on a hit",
+    ),
+    global(
+        12,
+        "STAT_REMOTE_SHOOTDOWNS",
+        "Invalidations forwarded to the peer and acknowledged",
+    ),
+    global(
+        13,
+        "STAT_REMOTE_SHOOTDOWN_NS",
+        "Their round trips, summed, in nanoseconds",
+    ),
+    global(14, "STAT_FENCES", "Peers fenced"),
+    global(
+        15,
+        "STAT_REMOTE_ACCESSES",
+        "Accesses of the peer served on this device's memory",
     ),
 ];
 
@@ -243,7 +267,7 @@ mod tests {
             assert_eq!(spec.offset, REG_STATS_BASE + 8 * i as u64);
         }
         assert_eq!(
-            GlobalCounter::ParityErrors as usize,
+            GlobalCounter::RemoteAccesses as usize,
             GLOBAL_COUNTER_COUNT - 1
         );
         assert_eq!(
@@ -276,7 +300,7 @@ mod tests {
             locate(&GLOBAL_COUNTERS, REG_STATS_BASE + 12),
             Some((1, true))
         );
-        assert_eq!(locate(&GLOBAL_COUNTERS, REG_STATS_BASE + 8 * 12), None);
+        assert_eq!(locate(&GLOBAL_COUNTERS, REG_STATS_BASE + 8 * 16), None);
         assert_eq!(
             locate(&CONTEXT_COUNTERS, CTX_STATS_BASE + 4),
             Some((0, true))

@@ -12,6 +12,8 @@
 //! 2. `asids`;
 //! 3. `fault_ring`;
 //! 4. `invq`;
+//! 4. (b) `fabric.exporter` — the remote exports and their grants (an invalidation forwards
+//!    under `invq`; an access from the peer holds it for its whole access);
 //! 5. `global`;
 //! 6. `tlb` (read by accesses, write by fills, invalidations and flushes);
 //! 7. `msix`;
@@ -37,6 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use crate::context::{Context, ContextState};
 use crate::error_code::ErrorCode;
 use crate::events::{EventKind, EventLog, InjectedFault};
+use crate::fabric::Fabric;
 use crate::fault_ring::FaultRing;
 use crate::inject::{DmaPurpose, FaultInjector};
 use crate::invalidation::InvalidationQueue;
@@ -86,6 +89,9 @@ pub(crate) struct Shared {
     pub(crate) tlb: RwLock<DeviceTlb>,
     /// Lock 7: MSI-X table, PBA and enable state.
     pub(crate) msix: Mutex<Msix>,
+    /// Remote segments (spec §20): the link, the exporter's grants (lock 4b), the remote TLB
+    /// (leaf).
+    pub(crate) fabric: Fabric,
     /// The event log (leaf lock).
     pub(crate) events: Arc<EventLog>,
     /// The run queue (leaf lock).
@@ -121,6 +127,7 @@ impl Shared {
                 .map(|i| Mutex::new(Context::new(i as u8)))
                 .collect(),
             segments: RwLock::new(SegmentTable::default()),
+            fabric: Fabric::default(),
             asids: Mutex::new(HashMap::new()),
             fault_ring: Mutex::new(FaultRing::default()),
             invq: Mutex::new(InvalidationQueue::default()),

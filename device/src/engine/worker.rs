@@ -142,6 +142,7 @@ impl Shared {
                     completion: second.addr(),
                     command,
                     progress: 0,
+                    remote_retries: 0,
                 });
             }
             Err(rejected) => {
@@ -155,6 +156,7 @@ impl Shared {
                         segments: Default::default(),
                     },
                     progress: 0,
+                    remote_retries: 0,
                 };
                 let completion = Completion {
                     id: rejected.id,
@@ -221,6 +223,7 @@ impl Shared {
             va: miss.va,
             command_id,
             segment_slot: miss.segment_slot,
+            remote: false,
         };
         let posted = lock(&self.fault_ring).post(record, &self.dma(DmaPurpose::FaultRecord));
         if posted == Ok(Posted::NoRing) {
@@ -342,6 +345,9 @@ impl Shared {
             } else {
                 let removed = self.execute(&descriptor);
                 self.install_stale(&descriptor);
+                // The fabric's other node drops what it caches of the range (or is fenced)
+                // before this descriptor completes.
+                self.forward_invalidation(&descriptor);
                 removed
             };
             let counter = match descriptor.kind {

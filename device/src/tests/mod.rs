@@ -4,6 +4,7 @@
 
 mod concurrency;
 mod errors;
+mod fabric;
 mod faults;
 pub(crate) mod harness;
 mod proptests;

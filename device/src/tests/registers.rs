@@ -6,11 +6,12 @@ use crate::stats::{CONTEXT_COUNTERS, GLOBAL_COUNTERS};
 use crate::tests::harness::Harness;
 
 /// Registers whose writes have side effects beyond storing the value.
-const SIDE_EFFECTS: [u64; 4] = [
+const SIDE_EFFECTS: [u64; 5] = [
     REG_DEV_CONTROL,
     REG_DEV_ERROR,
     REG_FAULT_TAIL,
     REG_INVQ_TAIL,
+    REG_REMOTE_ANSWER,
 ];
 
 #[test]

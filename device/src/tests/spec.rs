@@ -80,6 +80,7 @@ fn code_constants() -> BTreeMap<String, u64> {
     all.extend(crate::invalidation::SPEC_CONSTANTS);
     all.extend(crate::error_code::SPEC_CONSTANTS);
     all.extend(crate::segments::SPEC_CONSTANTS);
+    all.extend(crate::fabric::SPEC_CONSTANTS);
     all.into_iter()
         .map(|(name, value)| (name.to_string(), value))
         .collect()
