@@ -287,6 +287,7 @@ fn c_expressions() -> Vec<(&'static str, u64)> {
         ("RMNIC_ST_INVALID_ARGUMENT", status::INVALID_ARGUMENT.into()),
         ("RMNIC_ST_SEGMENT_INVALID", status::SEGMENT_INVALID.into()),
         ("RMNIC_ST_SEGMENT_BOUNDS", status::SEGMENT_BOUNDS.into()),
+        ("RMNIC_ST_REMOTE_UNREACHABLE", status::REMOTE_UNREACHABLE.into()),
         ("RMNIC_CMD_FLAG_INTERRUPT", abi::CMD_FLAG_INTERRUPT.into()),
         (
             "RMNIC_CMD_FLAG_SEGMENT_ADDR0",
@@ -299,6 +300,7 @@ fn c_expressions() -> Vec<(&'static str, u64)> {
         ("RMNIC_MAX_BATCH", abi::MAX_BATCH.into()),
         ("RMNIC_MAX_ATTACHMENTS", abi::MAX_ATTACHMENTS.into()),
         ("RMNIC_SEGMENT_WRITABLE", abi::SEGMENT_WRITABLE.into()),
+        ("RMNIC_SEGMENT_REMOTE", abi::SEGMENT_REMOTE.into()),
         ("RMNIC_SEGMENT_OFFSET_MASK", abi::SEGMENT_OFFSET_MASK),
         (
             "RMNIC_SEGMENT_ADDRESS(5, 0x123)",
@@ -406,6 +408,10 @@ fn user_abi_opcodes_and_statuses_are_the_devices() {
         ),
         ("STATUS_SEGMENT_INVALID", u64::from(status::SEGMENT_INVALID)),
         ("STATUS_SEGMENT_BOUNDS", u64::from(status::SEGMENT_BOUNDS)),
+        (
+            "STATUS_REMOTE_UNREACHABLE",
+            u64::from(status::REMOTE_UNREACHABLE),
+        ),
         (
             "CMD_FLAG_SEGMENT_ADDR0",
             u64::from(rmnic_abi::abi::CMD_FLAG_SEGMENT_ADDR0),

@@ -10,7 +10,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define RMNIC_ABI_VERSION 3
+#define RMNIC_ABI_VERSION 4
 
 struct rmnic_version_info {
 	__u32 abi_version;
@@ -38,7 +38,7 @@ enum rmnic_status {
 	RMNIC_ST_OK = 0, RMNIC_ST_FAULT_UNRESOLVED = 1, RMNIC_ST_PERMISSION = 2,
 	RMNIC_ST_DEVICE_ERROR = 3, RMNIC_ST_INVALID_OPCODE = 4, RMNIC_ST_ABORTED = 5,
 	RMNIC_ST_ALIGNMENT = 6, RMNIC_ST_INVALID_ARGUMENT = 7, RMNIC_ST_SEGMENT_INVALID = 8,
-	RMNIC_ST_SEGMENT_BOUNDS = 9,
+	RMNIC_ST_SEGMENT_BOUNDS = 9, RMNIC_ST_REMOTE_UNREACHABLE = 10,
 };
 
 #define RMNIC_CMD_FLAG_INTERRUPT 1
@@ -116,6 +116,9 @@ struct rmnic_context_stats {
 
 /* Export: the segment may be written through. Attach: the attachment wants to write. */
 #define RMNIC_SEGMENT_WRITABLE 1
+/* Export: the other guest on the fabric may attach it too (by its segid; only the
+ * RMNIC_PERMIT_OTHER_* bits apply). Attach: segid names a segment of the other guest. */
+#define RMNIC_SEGMENT_REMOTE 2
 
 #define RMNIC_CMD_FLAG_SEGMENT_ADDR0 2	/* addr0 is a segment address */
 #define RMNIC_CMD_FLAG_SEGMENT_ADDR1 4	/* addr1 is a segment address */
@@ -129,14 +132,14 @@ struct rmnic_context_stats {
 struct rmnic_segment_export {
 	__u64 va;	/* page aligned */
 	__u64 length;	/* non-zero multiple of the page size */
-	__u32 flags;	/* RMNIC_SEGMENT_WRITABLE or 0 */
+	__u32 flags;	/* RMNIC_SEGMENT_WRITABLE, RMNIC_SEGMENT_REMOTE */
 	__u32 permit_mode;	/* RMNIC_PERMIT_* */
 	__u64 segid;	/* out */
 };
 
 struct rmnic_segment_attach {
 	__u64 segid;
-	__u32 flags;	/* RMNIC_SEGMENT_WRITABLE or 0 */
+	__u32 flags;	/* RMNIC_SEGMENT_WRITABLE, RMNIC_SEGMENT_REMOTE */
 	__u32 slot;	/* out */
 	__u64 length;	/* out: the segment's length */
 };

@@ -6,10 +6,10 @@
 //! (`include/rmnic.h`) and both Rust sides agree byte for byte.
 
 /// Version of this ABI. Bumped on every incompatible change; reported by [`IOC_VERSION`].
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Driver version as `major << 16 | minor << 8 | patch`.
-pub const DRIVER_VERSION: u32 = 0x00_03_00;
+pub const DRIVER_VERSION: u32 = 0x00_04_00;
 
 /// The ioctl "type" byte of every rmnic ioctl (`'r'`).
 pub const IOC_TYPE: u32 = b'r' as u32;
@@ -121,6 +121,8 @@ pub mod status {
     /// A segment address (or the range from it) lies outside the attached segment (device
     /// 1.2). A write through a read-only attachment completes [`PERMISSION`].
     pub const SEGMENT_BOUNDS: u32 = 9;
+    /// The remote segment's guest did not answer in time, or answered nonsense (device 1.3).
+    pub const REMOTE_UNREACHABLE: u32 = 10;
 }
 
 /// Command flag: raise a completion interrupt (the driver sets it itself when a waiter
@@ -264,6 +266,12 @@ pub mod permit {
 /// Segment flag ([`SegmentExport::flags`], [`SegmentAttach::flags`]): the segment may be
 /// written through (export), or the attachment wants to write (attach).
 pub const SEGMENT_WRITABLE: u32 = 1;
+
+/// Segment flag (ABI 4, device 1.3): export — processes of the other guest on the fabric may
+/// attach the segment too, by its segment id (only the `permit::OTHER_*` bits apply to them:
+/// their credentials mean nothing here); attach — `segid` is a segment id of the other guest,
+/// learnt out of band.
+pub const SEGMENT_REMOTE: u32 = 2;
 
 /// Argument of [`IOC_EXPORT`]: make `[va, va + length)` of the caller's address space a
 /// segment other processes can attach.
