@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod client;
 pub mod dma_map;
+pub mod fabric_link;
 pub mod interrupts;
 pub mod protocol;
 pub mod rmnic_function;

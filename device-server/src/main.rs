@@ -9,6 +9,7 @@ use std::sync::Arc;
 use rmnic_control::{ApiServer, DeviceControl, FaultSwitch};
 use rmnic_device::oracle::{CheckMode, Oracle};
 use rmnic_device::RmnicConfig;
+use rmnic_device_server::fabric_link::{self, FabricArgs};
 use rmnic_device_server::{RmnicFunction, Server};
 
 #[derive(Parser)]
@@ -43,6 +44,9 @@ struct Cli {
     /// A lean event log: no TLB hits, register writes or interrupts (markers stay).
     #[arg(long)]
     trace_lean: bool,
+    /// The fabric link to another rmnic device (remote segments; docs/fabric.md).
+    #[command(flatten)]
+    fabric: FabricArgs,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +95,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let endpoint = function.device().fabric_endpoint();
+    // The link comes up on its own thread while the guest boots; it lives as long as the
+    // process.
+    let _link = fabric_link::start(&cli.fabric, endpoint.clone(), "rmnic-device-server");
     let inspector = function.inspector();
     let events = inspector.event_log();
     oracle.watch_events(events.clone());
@@ -134,6 +142,12 @@ fn main() -> ExitCode {
                     for line in oracle.report() {
                         eprintln!("rmnic-device-server: {line}");
                     }
+                }
+                if cli.fabric.enabled() {
+                    eprintln!(
+                        "rmnic-device-server: {}",
+                        fabric_link::summary(&cli.fabric, &endpoint)
+                    );
                 }
                 if let Some(path) = &cli.trace {
                     match rmnic_control::trace::write(path, &events) {

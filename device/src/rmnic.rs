@@ -254,6 +254,23 @@ impl FabricEndpoint {
     pub fn remote_tlb_entries(&self) -> usize {
         self.0.fabric.remote_tlb().len()
     }
+
+    /// The node at the other end of the link, once linked.
+    pub fn peer(&self) -> Option<rmnic_fabric::protocol::NodeId> {
+        self.0.fabric.port().map(|port| port.peer())
+    }
+
+    /// Connects the link (None disconnects): what [`RmnicDevice::connect_fabric`] does, from
+    /// the host's link thread.
+    pub fn connect(&self, port: Option<Arc<dyn crate::fabric::FabricPort>>) {
+        self.0.fabric.set_port(port);
+    }
+
+    /// A global counter (the fabric's are `RemoteShootdowns`, `RemoteShootdownNanos`,
+    /// `Fences`, `RemoteAccesses`).
+    pub fn counter(&self, counter: crate::stats::GlobalCounter) -> u64 {
+        self.0.stats.value(counter)
+    }
 }
 
 /// The rmnic PCI function.

@@ -429,6 +429,18 @@ impl Context {
         self.answer(filled);
     }
 
+    /// Resolves a remote fault of the fabric's other node on this context's export: the
+    /// translation of `va` is dropped in under this context's ASID (the device looks it up
+    /// again), and the answer for `REG_REMOTE_ANSWER` is returned. No context stalls.
+    pub(crate) fn resolve_remote_fault(&self, va: u64, write: bool) -> u32 {
+        crate::counters::up(&crate::counters::SEGMENT_FAULTS);
+        match self.fill(va, write) {
+            Ok(()) => REMOTE_ANSWER_RESOLVED,
+            Err(e) if e == EPERM || e == EACCES => REMOTE_ANSWER_PERMISSION,
+            Err(_) => REMOTE_ANSWER_UNRESOLVED,
+        }
+    }
+
     /// Resumes this context without a fill: its segment fault named a slot the driver already
     /// revoked or detached, so the device's retry completes the command SEGMENT_INVALID.
     pub(crate) fn resume(&self) {

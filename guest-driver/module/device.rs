@@ -330,12 +330,15 @@ impl Rmnic {
                     self.faults.read::<u8>(at, FAULT_REC_ACCESS),
                     self.faults.read::<u64>(at, FAULT_REC_VA),
                 );
-                let segment = match (
-                    self.faults.read::<u8>(at, FAULT_REC_FLAGS),
-                    self.faults.read::<u8>(at, FAULT_REC_SLOT),
-                ) {
-                    (Ok(flags), Ok(slot)) if flags & FAULT_FLAG_SEGMENT != 0 => Some(slot),
+                let flags = self.faults.read::<u8>(at, FAULT_REC_FLAGS).unwrap_or(0);
+                let segment = match self.faults.read::<u8>(at, FAULT_REC_SLOT) {
+                    Ok(slot) if flags & FAULT_FLAG_SEGMENT != 0 => Some(slot),
                     _ => None,
+                };
+                let remote_tag = if flags & FAULT_FLAG_REMOTE != 0 {
+                    self.faults.read::<u64>(at, FAULT_REC_COMMAND_ID).ok()
+                } else {
+                    None
                 };
                 *tail = at.wrapping_add(1);
                 if self.hw.write_in(generation, REG_FAULT_TAIL, *tail).is_err() {
@@ -346,6 +349,17 @@ impl Rmnic {
                     continue;
                 };
                 let write = access & FAULT_ACCESS_WRITE != 0;
+                if let Some(tag) = remote_tag {
+                    // The other node missed on an export of ours: resolve in the exporter's
+                    // address space and tell the device; no context of ours stalls.
+                    let status = match self.lookup(usize::from(index), asid) {
+                        Some(ctx) => ctx.resolve_remote_fault(va, write),
+                        None => REMOTE_ANSWER_UNRESOLVED,
+                    };
+                    let answer = (tag as u32 & 0xffff) | (status << REMOTE_ANSWER_STATUS_SHIFT);
+                    let _ = self.hw.write_in(generation, REG_REMOTE_ANSWER, answer);
+                    continue;
+                }
                 match (self.lookup(usize::from(index), asid), segment) {
                     (Some(ctx), None) => ctx.resolve_fault(va, write),
                     (Some(ctx), Some(slot)) => {
@@ -685,6 +699,9 @@ fn export(shared: &Rmnic, ctx: &Arc<Context>, arg: usize) -> Result<isize> {
     let mut req: uapi::SegmentExport = reader.read()?;
     require_segments(shared)?;
     ctx.check_usable()?;
+    if req.flags & uapi::SEGMENT_REMOTE != 0 {
+        require_remote(shared)?;
+    }
     let creds = Credentials::current();
     req.segid = shared
         .segments
@@ -694,6 +711,54 @@ fn export(shared: &Rmnic, ctx: &Arc<Context>, arg: usize) -> Result<isize> {
     Ok(0)
 }
 
+/// Remote segments need device 1.3.
+fn require_remote(shared: &Rmnic) -> Result {
+    if shared.hw.read(REG_VERSION)? & 0xffff < crate::segment::SPEC_MINOR_REMOTE {
+        return Err(ENOTTY);
+    }
+    Ok(())
+}
+
+/// `RMNIC_IOC_ATTACH` of a segment of the fabric's other node: a slot is reserved, then the
+/// device asks the other node (the register write returns when it answered, within a second),
+/// with no lock of ours held meanwhile.
+fn attach_remote(shared: &Rmnic, ctx: &Arc<Context>, req: &mut uapi::SegmentAttach) -> Result {
+    if req.flags & !(uapi::SEGMENT_WRITABLE | uapi::SEGMENT_REMOTE) != 0 {
+        return Err(EINVAL);
+    }
+    require_remote(shared)?;
+    let index = ctx.index();
+    let slot = shared.segments.lock().reserve_remote(index)?;
+    let register = CTX_ATTACH_BASE + 4 * slot as usize;
+    let mut value = ATTACH_VALID | ATTACH_REMOTE;
+    if req.flags & uapi::SEGMENT_WRITABLE != 0 {
+        value |= ATTACH_WRITABLE;
+    }
+    let attached = (|| -> Result<u64> {
+        shared.hw.ctx_write(index, CTX_RKEY_LO, req.segid as u32)?;
+        shared.hw.ctx_write(index, CTX_RKEY_HI, (req.segid >> 32) as u32)?;
+        shared.hw.ctx_write(index, register, value)?;
+        if shared.hw.ctx_read(index, register)? & ATTACH_VALID == 0 {
+            // Unknown id, refused permission, or no answer: the device does not say which.
+            return Err(ENOENT);
+        }
+        let lo = shared.hw.ctx_read(index, CTX_RLENGTH_LO)?;
+        let hi = shared.hw.ctx_read(index, CTX_RLENGTH_HI)?;
+        Ok(u64::from(lo) | (u64::from(hi) << 32))
+    })();
+    match attached {
+        Ok(length) => {
+            req.slot = slot;
+            req.length = length;
+            Ok(())
+        }
+        Err(e) => {
+            shared.segments.lock().release_remote(index, slot);
+            Err(e)
+        }
+    }
+}
+
 /// `RMNIC_IOC_ATTACH`: the caller attaches a segment, if its credentials allow.
 fn attach(shared: &Rmnic, ctx: &Arc<Context>, arg: usize) -> Result<isize> {
     let (mut reader, mut writer) =
@@ -701,6 +766,11 @@ fn attach(shared: &Rmnic, ctx: &Arc<Context>, arg: usize) -> Result<isize> {
     let mut req: uapi::SegmentAttach = reader.read()?;
     require_segments(shared)?;
     ctx.check_usable()?;
+    if req.flags & uapi::SEGMENT_REMOTE != 0 {
+        attach_remote(shared, ctx, &mut req)?;
+        writer.write(&req)?;
+        return Ok(0);
+    }
     let creds = Credentials::current();
     let (slot, length) = shared
         .segments

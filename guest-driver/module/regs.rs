@@ -152,6 +152,11 @@ pub(crate) const FAULT_REC_FLAGS: usize = 6;
 pub(crate) const FAULT_REC_SLOT: usize = 7;
 /// Fault record flag: a segment access; the VA is the exporter's.
 pub(crate) const FAULT_FLAG_SEGMENT: u8 = 1;
+/// Fault record flag: a remote fault (device 1.3): the fabric's other node missed on an export
+/// of this device; answer in `REG_REMOTE_ANSWER` with the tag in the command id field.
+pub(crate) const FAULT_FLAG_REMOTE: u8 = 2;
+/// Fault record: u64 command id (the tag of a remote fault).
+pub(crate) const FAULT_REC_COMMAND_ID: usize = 16;
 /// Fault access bit: write.
 pub(crate) const FAULT_ACCESS_WRITE: u8 = 2;
 
@@ -237,3 +242,29 @@ pub(crate) const NUM_ATTACHMENTS: usize = 8;
 pub(crate) const ATTACH_VALID: u32 = 1 << 8;
 /// `CTX_ATTACH` bit 9: writable.
 pub(crate) const ATTACH_WRITABLE: u32 = 1 << 9;
+/// Export entry: remote key, low half (device 1.3).
+pub(crate) const EXP_KEY_LO: usize = 0x18;
+/// Export entry: remote key, high half.
+pub(crate) const EXP_KEY_HI: usize = 0x1c;
+/// `EXP_CONTROL` bit 2: the fabric's other node may attach it by its key.
+pub(crate) const EXP_CONTROL_REMOTE: u32 = 1 << 2;
+/// `CTX_ATTACH` bit 10: attach the other node's export whose key is in `CTX_RKEY`.
+pub(crate) const ATTACH_REMOTE: u32 = 1 << 10;
+/// Context block: key of the next remote attachment, low half.
+pub(crate) const CTX_RKEY_LO: usize = 0xe0;
+/// Context block: key, high half.
+pub(crate) const CTX_RKEY_HI: usize = 0xe4;
+/// Context block (RO): length the last remote attachment got, low half.
+pub(crate) const CTX_RLENGTH_LO: usize = 0xe8;
+/// Context block (RO): length, high half.
+pub(crate) const CTX_RLENGTH_HI: usize = 0xec;
+/// Answer to a remote fault record: bits 15:0 tag, bits 23:16 status.
+pub(crate) const REG_REMOTE_ANSWER: usize = 0x090;
+/// `REG_REMOTE_ANSWER` status field.
+pub(crate) const REMOTE_ANSWER_STATUS_SHIFT: u32 = 16;
+/// `REG_REMOTE_ANSWER` status: resolved (dropped in).
+pub(crate) const REMOTE_ANSWER_RESOLVED: u32 = 0;
+/// `REG_REMOTE_ANSWER` status: cannot be mapped.
+pub(crate) const REMOTE_ANSWER_UNRESOLVED: u32 = 1;
+/// `REG_REMOTE_ANSWER` status: mapped without the permission asked.
+pub(crate) const REMOTE_ANSWER_PERMISSION: u32 = 2;

@@ -32,6 +32,8 @@ use crate::hw::Hw;
 use crate::regs::*;
 use crate::uapi;
 
+/// Device minor version with remote segments (spec §20).
+pub(crate) const SPEC_MINOR_REMOTE: u32 = 3;
 /// End of user space on x86-64 with 4-level paging (`TASK_SIZE_MAX`).
 const USER_END: u64 = 0x0000_7fff_ffff_f000;
 const PAGE: u64 = 4096;
@@ -53,8 +55,9 @@ pub(crate) struct Export {
 /// One attachment slot of an importing context.
 #[derive(Clone, Copy)]
 struct Attachment {
-    /// Device export entry.
-    export: u8,
+    /// Device export entry; None for a segment of the fabric's other node (which the device
+    /// tracks; this driver only holds the slot).
+    export: Option<u8>,
     /// The segment went away (removal, exporter close): the device slot is invalid and its
     /// commands complete SEGMENT_INVALID; the slot stays taken until detached.
     revoked: bool,
@@ -127,17 +130,25 @@ impl Segments {
         creds: Credentials,
     ) -> Result<u64> {
         let end = req.va.checked_add(req.length).ok_or(EINVAL)?;
+        let writable = req.flags & uapi::SEGMENT_WRITABLE != 0;
+        let remote = req.flags & uapi::SEGMENT_REMOTE != 0;
+        // The other guest's processes have no credentials here: only the "other" bits apply
+        // to them, and the device knows one write permission for every importer.
+        let remote_refused = remote
+            && (req.permit_mode & uapi::permit::OTHER_READ == 0
+                || (writable && req.permit_mode & uapi::permit::OTHER_WRITE == 0));
         if req.va % PAGE != 0
             || req.length == 0
             || req.length % PAGE != 0
             || end > USER_END
-            || req.flags & !uapi::SEGMENT_WRITABLE != 0
+            || req.flags & !(uapi::SEGMENT_WRITABLE | uapi::SEGMENT_REMOTE) != 0
             || req.permit_mode & !uapi::permit::ALL != 0
+            || remote_refused
         {
             return Err(EINVAL);
         }
         let index = self.exports.iter().position(Option::is_none).ok_or(ENOSPC)?;
-        let writable = req.flags & uapi::SEGMENT_WRITABLE != 0;
+        let segid = self.next_segid;
         hw.write(export_reg(index, EXP_BASE_LO), req.va as u32)?;
         hw.write(export_reg(index, EXP_BASE_HI), (req.va >> 32) as u32)?;
         hw.write(export_reg(index, EXP_LENGTH_LO), req.length as u32)?;
@@ -146,12 +157,17 @@ impl Segments {
         if writable {
             control |= EXP_CONTROL_WRITABLE;
         }
+        if remote {
+            // The key the other node names is the segment id.
+            hw.write(export_reg(index, EXP_KEY_LO), segid as u32)?;
+            hw.write(export_reg(index, EXP_KEY_HI), (segid >> 32) as u32)?;
+            control |= EXP_CONTROL_REMOTE;
+        }
         hw.write(export_reg(index, EXP_CONTROL), control)?;
         if hw.read(export_reg(index, EXP_CONTROL))? & EXP_CONTROL_VALID == 0 {
             // The device refused it: its context is not enabled (a recovery reset it).
             return Err(EIO);
         }
-        let segid = self.next_segid;
         self.next_segid += 1;
         self.exports[index] = Some(Export {
             segid,
@@ -174,7 +190,8 @@ impl Segments {
         let _ = hw.write(export_reg(index, EXP_CONTROL), 0);
         for slots in self.attachments.iter_mut() {
             for attachment in slots.iter_mut().flatten() {
-                if usize::from(attachment.export) == index && !attachment.revoked {
+                // CAST: index < NUM_EXPORTS (64).
+                if attachment.export == Some(index as u8) && !attachment.revoked {
                     attachment.revoked = true;
                     counters::up(&counters::SEGMENT_REVOCATIONS);
                 }
@@ -248,11 +265,37 @@ impl Segments {
         }
         slots[slot] = Some(Attachment {
             // CAST: index < NUM_EXPORTS (64).
-            export: index as u8,
+            export: Some(index as u8),
             revoked: false,
         });
         counters::up(&counters::ATTACHMENTS_LIVE);
         Ok((slot as u32, length))
+    }
+
+    /// Reserves a free slot of context `importer` for a remote attachment (the device asks
+    /// the other node when the slot is written, which may take a second: not under this lock).
+    pub(crate) fn reserve_remote(&mut self, importer: usize) -> Result<u32> {
+        let slots = self.attachments.get_mut(importer).ok_or(EINVAL)?;
+        let slot = slots.iter().position(Option::is_none).ok_or(ENOSPC)?;
+        slots[slot] = Some(Attachment {
+            export: None,
+            revoked: false,
+        });
+        counters::up(&counters::ATTACHMENTS_LIVE);
+        Ok(slot as u32)
+    }
+
+    /// Gives a reserved slot back (the other node refused the attachment).
+    pub(crate) fn release_remote(&mut self, importer: usize, slot: u32) {
+        if let Some(entry) = self
+            .attachments
+            .get_mut(importer)
+            .and_then(|slots| slots.get_mut(slot as usize))
+        {
+            if entry.take().is_some() {
+                counters::down(&counters::ATTACHMENTS_LIVE);
+            }
+        }
     }
 
     /// `RMNIC_IOC_DETACH` of `slot` in context `importer`.
@@ -292,7 +335,7 @@ impl Segments {
             .get(usize::from(slot))?
             .as_ref()
             .filter(|a| !a.revoked)?;
-        let export = self.exports.get(usize::from(attachment.export))?.as_ref()?;
+        let export = self.exports.get(usize::from(attachment.export?))?.as_ref()?;
         Some(FaultTarget {
             owner: export.owner.clone(),
             base: export.base,

@@ -41,7 +41,7 @@ macro_rules! device_constants {
 #[test]
 fn every_driver_constant_matches_the_device_model() {
     use rmnic_device::{
-        commands as c, fault_ring as f, invalidation as i, regs as r, segments as s,
+        commands as c, fabric as fab, fault_ring as f, invalidation as i, regs as r, segments as s,
     };
     let device: HashMap<&str, u64> = device_constants![
         r::BAR0_SIZE as BAR0_SIZE,
@@ -87,6 +87,21 @@ fn every_driver_constant_matches_the_device_model() {
         s::NUM_ATTACHMENTS as NUM_ATTACHMENTS,
         s::ATTACH_VALID as ATTACH_VALID,
         s::ATTACH_WRITABLE as ATTACH_WRITABLE,
+        s::EXP_KEY_LO as EXP_KEY_LO,
+        s::EXP_KEY_HI as EXP_KEY_HI,
+        s::EXP_CONTROL_REMOTE as EXP_CONTROL_REMOTE,
+        s::ATTACH_REMOTE as ATTACH_REMOTE,
+        s::CTX_RKEY_LO as CTX_RKEY_LO,
+        s::CTX_RKEY_HI as CTX_RKEY_HI,
+        s::CTX_RLENGTH_LO as CTX_RLENGTH_LO,
+        s::CTX_RLENGTH_HI as CTX_RLENGTH_HI,
+        f::FAULT_FLAG_REMOTE as FAULT_FLAG_REMOTE,
+        f::FAULT_REC_COMMAND_ID as FAULT_REC_COMMAND_ID,
+        r::REG_REMOTE_ANSWER as REG_REMOTE_ANSWER,
+        fab::REMOTE_ANSWER_STATUS_SHIFT as REMOTE_ANSWER_STATUS_SHIFT,
+        fab::REMOTE_ANSWER_RESOLVED as REMOTE_ANSWER_RESOLVED,
+        fab::REMOTE_ANSWER_UNRESOLVED as REMOTE_ANSWER_UNRESOLVED,
+        fab::REMOTE_ANSWER_PERMISSION as REMOTE_ANSWER_PERMISSION,
         r::CTX_BLOCK_BASE as CTX_BLOCK_BASE,
         r::CTX_BLOCK_SIZE as CTX_BLOCK_SIZE,
         r::NUM_CONTEXTS as MAX_CONTEXTS,
@@ -287,7 +302,10 @@ fn c_expressions() -> Vec<(&'static str, u64)> {
         ("RMNIC_ST_INVALID_ARGUMENT", status::INVALID_ARGUMENT.into()),
         ("RMNIC_ST_SEGMENT_INVALID", status::SEGMENT_INVALID.into()),
         ("RMNIC_ST_SEGMENT_BOUNDS", status::SEGMENT_BOUNDS.into()),
-        ("RMNIC_ST_REMOTE_UNREACHABLE", status::REMOTE_UNREACHABLE.into()),
+        (
+            "RMNIC_ST_REMOTE_UNREACHABLE",
+            status::REMOTE_UNREACHABLE.into(),
+        ),
         ("RMNIC_CMD_FLAG_INTERRUPT", abi::CMD_FLAG_INTERRUPT.into()),
         (
             "RMNIC_CMD_FLAG_SEGMENT_ADDR0",

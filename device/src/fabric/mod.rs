@@ -53,6 +53,28 @@ pub enum PortError {
     Down(String),
 }
 
+/// The host's link runner (`rmnic-fabric`'s [`FabricNode`]) is a port as it stands.
+impl FabricPort for rmnic_fabric::node::FabricNode {
+    fn peer(&self) -> NodeId {
+        rmnic_fabric::node::FabricNode::peer(self)
+    }
+
+    fn request(&self, request: Message, timeout: Duration) -> Result<Message, PortError> {
+        rmnic_fabric::node::FabricNode::request(self, request, timeout).map_err(port_error)
+    }
+
+    fn send(&self, message: Message) -> Result<(), PortError> {
+        rmnic_fabric::node::FabricNode::send(self, message).map_err(port_error)
+    }
+}
+
+fn port_error(error: rmnic_fabric::node::NodeError) -> PortError {
+    match error {
+        rmnic_fabric::node::NodeError::Timeout(t) => PortError::Timeout(t),
+        other => PortError::Down(other.to_string()),
+    }
+}
+
 /// Answers to remote fault records, by tag (`REG_REMOTE_ANSWER`).
 #[derive(Debug, Default)]
 struct Answers {

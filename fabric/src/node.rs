@@ -1,0 +1,381 @@
+//! A node's end of the link, as a VMM runs it: connect (or accept) and handshake, one reader
+//! thread that hands replies to the requests waiting for them and every other message to a
+//! handler on a thread of its own, and a writer shared by all senders.
+//!
+//! Requests are served on their own threads because serving one may block (an exporter's
+//! `Translate` waits for its guest's driver), and the reader must keep delivering replies to
+//! this node's own requests meanwhile: with one thread for both, two nodes translating for
+//! each other would wait for each other forever.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::link::{FramedLink, LinkError, LinkWriter};
+use crate::protocol::{Message, NodeId, HANDSHAKE_TIMEOUT};
+
+/// How long a write to the peer may block (a peer that stopped reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What serves the peer's requests: answers a message (None: no answer needed).
+pub type Handler = Arc<dyn Fn(NodeId, Message) -> Option<Message> + Send + Sync>;
+
+/// Why a node operation failed.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// Socket setup or I/O.
+    #[error("fabric socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The link broke, or the handshake failed.
+    #[error("fabric link: {0}")]
+    Link(#[from] LinkError),
+    /// No reply in time.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The link is down (the peer went away, or this node closed it).
+    #[error("the fabric link is down")]
+    Down,
+    /// `request` was given a message nothing answers (use `send`).
+    #[error("the message is not a request")]
+    NotARequest,
+    /// The peer never came.
+    #[error("no peer on {path} within {waited:?}")]
+    NoPeer {
+        /// The socket path.
+        path: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+}
+
+/// A connected node: send requests, send messages, and have the peer's requests served.
+pub struct FabricNode {
+    me: NodeId,
+    peer: NodeId,
+    writer: Mutex<Option<LinkWriter>>,
+    /// Requests waiting for their reply, by id.
+    pending: Mutex<HashMap<u64, Sender<Message>>>,
+    down: AtomicBool,
+}
+
+impl std::fmt::Debug for FabricNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FabricNode")
+            .field("me", &self.me)
+            .field("peer", &self.peer)
+            .field("down", &self.down.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn socket_error(path: &Path) -> impl FnOnce(io::Error) -> NodeError + '_ {
+    move |source| NodeError::Socket {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl FabricNode {
+    /// Listens on `path` (replacing a stale socket file), accepts one peer within `wait`,
+    /// handshakes and starts serving it with `handler`.
+    pub fn listen(
+        path: &Path,
+        me: NodeId,
+        wait: Duration,
+        handler: Handler,
+    ) -> Result<Arc<Self>, NodeError> {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).map_err(socket_error(path))?;
+        listener.set_nonblocking(true).map_err(socket_error(path))?;
+        let deadline = Instant::now() + wait;
+        let stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(NodeError::NoPeer {
+                            path: path.display().to_string(),
+                            waited: wait,
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(socket_error(path)(e)),
+            }
+        };
+        stream.set_nonblocking(false).map_err(socket_error(path))?;
+        Self::start(stream, path, me, handler)
+    }
+
+    /// Connects to `path`, retrying for `wait` while nobody listens there yet, handshakes and
+    /// starts serving the peer with `handler`.
+    pub fn connect(
+        path: &Path,
+        me: NodeId,
+        wait: Duration,
+        handler: Handler,
+    ) -> Result<Arc<Self>, NodeError> {
+        let deadline = Instant::now() + wait;
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(stream) => break stream,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                    ) && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(NodeError::NoPeer {
+                        path: format!("{}: {e}", path.display()),
+                        waited: wait,
+                    })
+                }
+                Err(e) => return Err(socket_error(path)(e)),
+            }
+        };
+        Self::start(stream, path, me, handler)
+    }
+
+    fn start(
+        stream: UnixStream,
+        path: &Path,
+        me: NodeId,
+        handler: Handler,
+    ) -> Result<Arc<Self>, NodeError> {
+        stream
+            .set_write_timeout(Some(WRITE_TIMEOUT))
+            .map_err(socket_error(path))?;
+        let mut link = FramedLink::unix(stream);
+        let peer = link.handshake(me, Instant::now() + HANDSHAKE_TIMEOUT)?;
+        let (mut reader, writer) = link.split().map_err(socket_error(path))?;
+        let node = Arc::new(Self {
+            me,
+            peer,
+            writer: Mutex::new(Some(writer)),
+            pending: Mutex::new(HashMap::new()),
+            down: AtomicBool::new(false),
+        });
+        let runner = node.clone();
+        std::thread::Builder::new()
+            .name(format!("fabric-{}-{}", me.0, peer.0))
+            .spawn(move || {
+                loop {
+                    match reader.recv(None) {
+                        Ok(message) => runner.deliver(message, &handler),
+                        Err(error) if error.breaks_link() => {
+                            tracing::warn!(%error, "rmnic fabric: link to node {} broke", runner.peer.0);
+                            break;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                runner.close();
+            })
+            .map_err(socket_error(path))?;
+        Ok(node)
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, Sender<Message>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A message from the peer: a reply goes to its waiter (a late one is dropped), anything
+    /// else to the handler on a thread of its own, whose answer is sent back.
+    fn deliver(self: &Arc<Self>, message: Message, handler: &Handler) {
+        if let Some(id) = message.reply_to() {
+            if let Some(waiter) = self.pending().remove(&id) {
+                let _ = waiter.send(message);
+            } else {
+                tracing::debug!(id, "rmnic fabric: reply nobody waits for, dropped");
+            }
+            return;
+        }
+        let (node, handler) = (self.clone(), handler.clone());
+        let spawned = std::thread::Builder::new()
+            .name("fabric-serve".into())
+            .spawn(move || {
+                if let Some(answer) = handler(node.peer, message) {
+                    let _ = node.send(answer);
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "rmnic fabric: no thread to serve a request");
+        }
+    }
+
+    /// This node.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The peer.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    /// Whether the link is down.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    /// Sends `message`.
+    pub fn send(&self, message: Message) -> Result<(), NodeError> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(link) = writer.as_mut() else {
+            return Err(NodeError::Down);
+        };
+        match link.send(&message) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                if error.breaks_link() {
+                    *writer = None;
+                    drop(writer);
+                    self.close();
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Sends `request` (whose id [`Message::reply_to`] of its answer names: `req` of a request,
+    /// `inv` of an invalidation) and waits at most `timeout` for the answer.
+    pub fn request(&self, request: Message, timeout: Duration) -> Result<Message, NodeError> {
+        let id = match &request {
+            Message::Attach { req, .. }
+            | Message::Translate { req, .. }
+            | Message::Access { req, .. } => *req,
+            Message::Invalidate { inv, .. } => *inv,
+            // Nothing answers it: a caller's mistake, not the link's.
+            _ => return Err(NodeError::NotARequest),
+        };
+        let (tx, rx) = mpsc::channel();
+        self.pending().insert(id, tx);
+        if let Err(error) = self.send(request) {
+            self.pending().remove(&id);
+            return Err(error);
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(reply) => Ok(reply),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.pending().remove(&id);
+                Err(NodeError::Timeout(timeout))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(NodeError::Down),
+        }
+    }
+
+    /// Closes the link: waiters return [`NodeError::Down`], later sends fail.
+    pub fn close(&self) {
+        self.down.store(true, Ordering::Release);
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
+            let _ = writer.get_ref().shutdown(std::net::Shutdown::Both);
+        }
+        // Dropping the senders wakes every waiter.
+        self.pending().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo_handler() -> Handler {
+        Arc::new(|_, message| match message {
+            Message::Invalidate { inv, .. } => Some(Message::InvalidateAck { inv }),
+            _ => None,
+        })
+    }
+
+    fn pair(name: &str, handler_b: Handler) -> (Arc<FabricNode>, Arc<FabricNode>) {
+        let path = std::env::temp_dir().join(format!("rmnic-fabric-{}-{name}", std::process::id()));
+        let listen_path = path.clone();
+        let a = std::thread::spawn(move || {
+            FabricNode::listen(
+                &listen_path,
+                NodeId(1),
+                Duration::from_secs(5),
+                echo_handler(),
+            )
+        });
+        let b = FabricNode::connect(&path, NodeId(2), Duration::from_secs(5), handler_b)
+            .expect("connects");
+        let a = a.join().expect("thread").expect("accepts");
+        let _ = std::fs::remove_file(&path);
+        (a, b)
+    }
+
+    fn invalidate(inv: u64) -> Message {
+        Message::Invalidate {
+            inv,
+            export: 0,
+            generation: 1,
+            start: 0,
+            end: 4096,
+        }
+    }
+
+    #[test]
+    fn requests_get_their_replies_and_the_peer_is_known() {
+        let (a, b) = pair("replies", echo_handler());
+        assert_eq!((a.peer(), b.peer()), (NodeId(2), NodeId(1)));
+        for inv in 1..20 {
+            let reply = a
+                .request(invalidate(inv), Duration::from_secs(5))
+                .expect("acked");
+            assert_eq!(reply, Message::InvalidateAck { inv });
+        }
+        let reply = b
+            .request(invalidate(99), Duration::from_secs(5))
+            .expect("acked");
+        assert_eq!(reply, Message::InvalidateAck { inv: 99 });
+    }
+
+    #[test]
+    fn a_silent_peer_times_out_and_a_closed_link_is_down() {
+        let silent: Handler = Arc::new(|_, _| None);
+        let (a, b) = pair("silent", silent);
+        let start = Instant::now();
+        let timed_out = a.request(invalidate(1), Duration::from_millis(50));
+        assert!(
+            matches!(timed_out, Err(NodeError::Timeout(_))),
+            "{timed_out:?}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(1));
+        b.close();
+        // The reader notices the peer's close and takes the link down.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !a.is_down() {
+            assert!(Instant::now() < deadline, "never noticed the close");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(matches!(
+            a.request(invalidate(2), Duration::from_secs(1)),
+            Err(NodeError::Down)
+        ));
+    }
+
+    #[test]
+    fn nobody_listening_is_a_clear_error_after_the_wait() {
+        let path = std::env::temp_dir().join("rmnic-fabric-nobody-here");
+        let error =
+            FabricNode::connect(&path, NodeId(2), Duration::from_millis(100), echo_handler())
+                .expect_err("nobody listens");
+        assert!(matches!(error, NodeError::NoPeer { .. }), "{error}");
+    }
+}
