@@ -16,7 +16,7 @@ use rmnic_fabric::protocol::NodeId;
 pub const PEER_WAIT: Duration = Duration::from_secs(120);
 
 /// The fabric options of a device host.
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
 pub struct FabricArgs {
     /// This device's node on the fabric (1..=255; the two ends differ).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]

@@ -105,6 +105,11 @@ pub struct Cli {
     /// invalidations, completions and violations.
     #[arg(long)]
     pub trace_lean: bool,
+
+    /// The fabric link to another rmnic device (remote segments; docs/fabric.md), for the
+    /// in-process device.
+    #[command(flatten)]
+    pub fabric: rmnic_device_server::fabric_link::FabricArgs,
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
@@ -165,6 +170,7 @@ impl Cli {
             api_socket: self.api_socket,
             trace: self.trace,
             trace_lean: self.trace_lean,
+            fabric: self.fabric,
         };
         config.validate()?;
         Ok(config)

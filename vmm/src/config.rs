@@ -62,8 +62,8 @@ pub enum ConfigError {
     Fault(String),
     /// The control API and the trace need the device in this process.
     #[error(
-        "--api-socket and --trace serve an in-process device; with --device vfio-user give \
-         them to rmnic-device-server"
+        "--api-socket, --trace and the fabric options serve an in-process device; with \
+         --device vfio-user give them to rmnic-device-server"
     )]
     OutOfProcessControl,
     /// No home directory to derive the default image directory from.
@@ -138,6 +138,8 @@ pub struct VmConfig {
     pub trace: Option<PathBuf>,
     /// A lean event log (no hits, register writes or interrupts).
     pub trace_lean: bool,
+    /// The fabric link of the in-process device (spec §20).
+    pub fabric: rmnic_device_server::fabric_link::FabricArgs,
 }
 
 impl VmConfig {
@@ -162,6 +164,7 @@ impl VmConfig {
             api_socket: None,
             trace: None,
             trace_lean: false,
+            fabric: Default::default(),
         }
     }
 
@@ -178,7 +181,7 @@ impl VmConfig {
         }
         rmnic_device::inject::injector_named(&self.fault, self.seed).map_err(ConfigError::Fault)?;
         if self.device != DeviceSource::InProcess
-            && (self.api_socket.is_some() || self.trace.is_some())
+            && (self.api_socket.is_some() || self.trace.is_some() || self.fabric.enabled())
         {
             return Err(ConfigError::OutOfProcessControl);
         }

@@ -104,6 +104,8 @@ pub struct Vmm {
     api: Option<ApiServer>,
     /// The in-process device's event log, for `--trace`.
     events: Option<Arc<EventLog>>,
+    /// The in-process device's fabric side, for the end-of-run summary.
+    fabric: Option<rmnic_device::rmnic::FabricEndpoint>,
     /// Kept alive for as long as vCPUs may run: KVM's memory slots point into it. Last
     /// field, so it is unmapped only after the VM and vCPU fds are closed.
     ram: GuestRam,
@@ -186,6 +188,7 @@ impl Vmm {
         };
         let mut api = None;
         let mut events = None;
+        let mut fabric = None;
         match &config.device {
             DeviceSource::InProcess => {
                 let rmnic = RmnicDevice::with_memory(ram.memory.clone(), device_config, msi)?;
@@ -194,6 +197,16 @@ impl Vmm {
                     oracle.watch_events(inspector.event_log());
                 }
                 events = Some(inspector.event_log());
+                if config.fabric.enabled() {
+                    let endpoint = rmnic.fabric_endpoint();
+                    // The link comes up on its own thread; it lives as long as the process.
+                    let _ = rmnic_device_server::fabric_link::start(
+                        &config.fabric,
+                        endpoint.clone(),
+                        "rmnic-vmm",
+                    );
+                    fabric = Some(endpoint);
+                }
                 if let Some(path) = &config.api_socket {
                     let control = DeviceControl::new(inspector, oracle.clone(), faults.clone());
                     api = Some(ApiServer::start(path, control)?);
@@ -258,6 +271,7 @@ impl Vmm {
             built_at: started,
             api,
             events,
+            fabric,
             oracle: match config.device {
                 DeviceSource::InProcess => oracle,
                 DeviceSource::VfioUser(_) => None,
@@ -325,6 +339,12 @@ impl Vmm {
         }
         let _ = std::io::stdout().flush();
         drop(self.api);
+        if let Some(endpoint) = &self.fabric {
+            eprintln!(
+                "rmnic-vmm: {}",
+                rmnic_device_server::fabric_link::summary(&self.config.fabric, endpoint)
+            );
+        }
         if let (Some(path), Some(events)) = (&self.config.trace, &self.events) {
             match rmnic_control::trace::write(path, events) {
                 Ok(count) => eprintln!(
