@@ -34,6 +34,33 @@ pub struct FabricArgs {
     /// exist yet, for up to 120 s).
     #[arg(long, value_name = "PATH", requires = "node")]
     pub fabric_connect: Option<PathBuf>,
+    /// A link fault this node plants, to test the other node's bounds: `drop-acks` (never
+    /// acknowledge an invalidation), `delay-acks:MS` (acknowledge after MS milliseconds).
+    #[arg(long, value_name = "FAULT", value_parser = parse_link_fault, requires = "node")]
+    pub fabric_fault: Option<LinkFault>,
+}
+
+/// A planted link fault (`--fabric-fault`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkFault {
+    /// Invalidations are never acknowledged: the exporter must fence this node within its
+    /// bound.
+    DropAcks,
+    /// Invalidations are acknowledged this late.
+    DelayAcks(Duration),
+}
+
+fn parse_link_fault(text: &str) -> Result<LinkFault, String> {
+    match text.split_once(':') {
+        None if text == "drop-acks" => Ok(LinkFault::DropAcks),
+        Some(("delay-acks", ms)) => ms
+            .parse::<u64>()
+            .map(|ms| LinkFault::DelayAcks(Duration::from_millis(ms)))
+            .map_err(|_| format!("delay-acks:MS wants milliseconds, not '{ms}'")),
+        _ => Err(format!(
+            "unknown link fault '{text}' (drop-acks, delay-acks:MS)"
+        )),
+    }
 }
 
 impl FabricArgs {
@@ -58,7 +85,22 @@ pub fn start(
         (None, None) => return None,
     };
     let serve = endpoint.clone();
-    let handler: Handler = Arc::new(move |peer, message| serve.serve(peer, message));
+    let fault = args.fabric_fault;
+    if let Some(fault) = fault {
+        eprintln!("{who}: fabric: planting the link fault {fault:?}");
+    }
+    let handler: Handler = Arc::new(move |peer, message| {
+        let invalidation = matches!(message, rmnic_fabric::protocol::Message::Invalidate { .. });
+        let answer = serve.serve(peer, message);
+        match fault {
+            Some(LinkFault::DropAcks) if invalidation => None,
+            Some(LinkFault::DelayAcks(delay)) if invalidation => {
+                std::thread::sleep(delay);
+                answer
+            }
+            _ => answer,
+        }
+    });
     let spawned = std::thread::Builder::new()
         .name("fabric-link".into())
         .spawn(move || {
@@ -112,4 +154,24 @@ pub fn summary(args: &FabricArgs, endpoint: &FabricEndpoint) -> String {
         endpoint.counter(GlobalCounter::Fences),
         endpoint.counter(GlobalCounter::RemoteAccesses),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_faults_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_link_fault("drop-acks"), Ok(LinkFault::DropAcks));
+        assert_eq!(
+            parse_link_fault("delay-acks:20"),
+            Ok(LinkFault::DelayAcks(Duration::from_millis(20)))
+        );
+        assert!(parse_link_fault("delay-acks:x")
+            .expect_err("refused")
+            .contains("milliseconds"));
+        assert!(parse_link_fault("cut")
+            .expect_err("refused")
+            .contains("unknown link fault"));
+    }
 }
