@@ -4,7 +4,8 @@
 //! [`Context::fill`], [`Context::fetch_add`], ... or batches with [`Context::submit`] and
 //! [`Context::wait`]), read counters ([`Context::stats`]), share memory with other processes
 //! as segments ([`Context::export`], [`Context::attach`], then the `_seg` operations or
-//! [`command`] with [`Address::Segment`]).
+//! [`command`] with [`Address::Segment`]), and with processes of the other guest on the fabric
+//! ([`Context::export_remote`], [`Context::attach_remote`]).
 
 #[path = "abi.rs"]
 pub mod abi;
@@ -82,12 +83,14 @@ impl CommandError {
     /// nothing behind it (unmapped, or beyond the end of an attached segment), EPERM for a
     /// permission fault, ENXIO ("no such device or address") for a segment address whose slot
     /// holds no valid attachment (never attached, detached, segment removed, exporter gone),
-    /// EINVAL for a malformed command, ECANCELED for an aborted one, EIO otherwise.
+    /// EHOSTUNREACH for a remote segment whose guest did not answer, EINVAL for a malformed
+    /// command, ECANCELED for an aborted one, EIO otherwise.
     pub fn errno(&self) -> i32 {
         match self.status {
             status::FAULT_UNRESOLVED | status::SEGMENT_BOUNDS => libc::EFAULT,
             status::PERMISSION => libc::EPERM,
             status::SEGMENT_INVALID => libc::ENXIO,
+            status::REMOTE_UNREACHABLE => libc::EHOSTUNREACH,
             status::ALIGNMENT | status::INVALID_OPCODE | status::INVALID_ARGUMENT => libc::EINVAL,
             status::ABORTED => libc::ECANCELED,
             _ => libc::EIO,
@@ -108,8 +111,22 @@ pub fn status_name(status: u32) -> &'static str {
         status::INVALID_ARGUMENT => "invalid argument",
         status::SEGMENT_INVALID => "no valid segment attachment",
         status::SEGMENT_BOUNDS => "beyond the segment",
+        status::REMOTE_UNREACHABLE => "remote segment's guest unreachable",
         _ => "unknown status",
     }
+}
+
+/// [`abi::SegmentExport::flags`] or [`abi::SegmentAttach::flags`] for a segment (or an
+/// attachment) that is `writable` and, with `remote`, shared with the other guest on the fabric.
+fn segment_flags(writable: bool, remote: bool) -> u32 {
+    let mut flags = 0;
+    if writable {
+        flags |= abi::SEGMENT_WRITABLE;
+    }
+    if remote {
+        flags |= abi::SEGMENT_REMOTE;
+    }
+    flags
 }
 
 /// An address a command names: a virtual address of the calling process, or a segment address
@@ -352,10 +369,35 @@ impl Context {
         writable: bool,
         permit_mode: u32,
     ) -> Result<u64, Error> {
+        self.export_flags(va, length, segment_flags(writable, false), permit_mode)
+    }
+
+    /// Exports `[va, va + length)` as [`Context::export`] does, and to the other guest on the
+    /// fabric too ([`abi::SEGMENT_REMOTE`]): its processes attach the segment with
+    /// [`Context::attach_remote`] and this segment id, and only the [`permit`]`::OTHER_*` bits
+    /// apply to them (EINVAL without [`permit::OTHER_READ`], or without
+    /// [`permit::OTHER_WRITE`] when `writable`).
+    pub fn export_remote(
+        &self,
+        va: u64,
+        length: u64,
+        writable: bool,
+        permit_mode: u32,
+    ) -> Result<u64, Error> {
+        self.export_flags(va, length, segment_flags(writable, true), permit_mode)
+    }
+
+    fn export_flags(
+        &self,
+        va: u64,
+        length: u64,
+        flags: u32,
+        permit_mode: u32,
+    ) -> Result<u64, Error> {
         let mut arg = abi::SegmentExport {
             va,
             length,
-            flags: if writable { abi::SEGMENT_WRITABLE } else { 0 },
+            flags,
             permit_mode,
             segid: 0,
         };
@@ -374,9 +416,22 @@ impl Context {
     /// Errors: ENOENT (no such segment), EACCES (the segment's mode refuses this process's
     /// credentials), EPERM (`writable` on a read-only segment), ENOSPC (every slot in use).
     pub fn attach(&self, segid: u64, writable: bool) -> Result<Attachment, Error> {
+        self.attach_flags(segid, segment_flags(writable, false))
+    }
+
+    /// Attaches segment `segid` of the other guest on the fabric (exported there with
+    /// [`Context::export_remote`]; the id is learnt out of band). Errors as for
+    /// [`Context::attach`], checked by the exporting guest against the segment's
+    /// [`permit`]`::OTHER_*` bits; commands through the attachment may also complete
+    /// [`status::REMOTE_UNREACHABLE`].
+    pub fn attach_remote(&self, segid: u64, writable: bool) -> Result<Attachment, Error> {
+        self.attach_flags(segid, segment_flags(writable, true))
+    }
+
+    fn attach_flags(&self, segid: u64, flags: u32) -> Result<Attachment, Error> {
         let mut arg = abi::SegmentAttach {
             segid,
-            flags: if writable { abi::SEGMENT_WRITABLE } else { 0 },
+            flags,
             ..abi::SegmentAttach::default()
         };
         self.ioctl("RMNIC_IOC_ATTACH", abi::IOC_ATTACH, &mut arg)?;
@@ -596,5 +651,19 @@ mod tests {
         assert_eq!(err(status::SEGMENT_BOUNDS).errno(), libc::EFAULT);
         assert_ne!(status_name(status::SEGMENT_INVALID), "unknown status");
         assert_ne!(status_name(status::SEGMENT_BOUNDS), "unknown status");
+        assert_eq!(err(status::REMOTE_UNREACHABLE).errno(), libc::EHOSTUNREACH);
+        assert_ne!(status_name(status::REMOTE_UNREACHABLE), "unknown status");
+    }
+
+    #[test]
+    fn remote_segments_set_the_remote_flag_next_to_writable() {
+        use super::segment_flags;
+        assert_eq!(segment_flags(false, false), 0);
+        assert_eq!(segment_flags(true, false), abi::SEGMENT_WRITABLE);
+        assert_eq!(segment_flags(false, true), abi::SEGMENT_REMOTE);
+        assert_eq!(
+            segment_flags(true, true),
+            abi::SEGMENT_WRITABLE | abi::SEGMENT_REMOTE
+        );
     }
 }
