@@ -6,6 +6,7 @@
 mod coherence;
 mod exit_port;
 mod random;
+mod remote;
 mod scenarios;
 mod segments;
 mod stress;
@@ -54,6 +55,26 @@ enum Command {
         /// check runs always.
         #[arg(long)]
         only: Vec<String>,
+    },
+    /// The exporting side of segments across two guests (run by the host's two-guest harness,
+    /// `rmnic_tests::pair`): exports a mailbox, an 8-page data segment and a read-only segment
+    /// to the other guest on the fabric, prints `remote-export: segid --mailbox M --data D
+    /// --readonly R` (the importer's arguments), then steps through the scenario with the
+    /// importer: checks its writes, munmaps a page, removes the data segment.
+    RemoteExport,
+    /// The importing side, on the other guest: attaches the exporter's three segments by the
+    /// ids it printed and runs device commands on them (reads, writes, atomics, a page the
+    /// exporter unmapped, the removed segment, refusals, leaks).
+    RemoteImport {
+        /// Segment id of the exporter's mailbox.
+        #[arg(long)]
+        mailbox: u64,
+        /// Segment id of the exporter's data segment.
+        #[arg(long)]
+        data: u64,
+        /// Segment id of the exporter's read-only segment.
+        #[arg(long)]
+        readonly: u64,
     },
     /// The platform reproducer: parallel workers that make the guest exit to the VMM as often
     /// as they can (register or port I/O storms, mprotect toggling next to device operations,
@@ -145,6 +166,21 @@ fn main() -> ExitCode {
         Command::Demo => demo().map(|()| ExitCode::SUCCESS),
         Command::Coherence { only, skip } => coherence(&only, &skip),
         Command::Segments { only } => segments(&only),
+        Command::RemoteExport => remote("remote-export", remote::export),
+        Command::RemoteImport {
+            mailbox,
+            data,
+            readonly,
+        } => remote("remote-import", |c| {
+            remote::import(
+                remote::Ids {
+                    mailbox,
+                    data,
+                    readonly,
+                },
+                c,
+            )
+        }),
         Command::Stress { seconds, no_device } => {
             start_watchdog();
             stress::run(seconds, !no_device).map(|ok| {
@@ -360,9 +396,14 @@ fn probe(want_cpus: usize) -> Result<ExitCode> {
 const WATCHDOG_SECS: u64 = 120;
 
 fn start_watchdog() {
-    std::thread::spawn(|| {
-        std::thread::sleep(std::time::Duration::from_secs(WATCHDOG_SECS));
-        println!("rmnic-guest: watchdog: no result after {WATCHDOG_SECS} s; dumping task stacks");
+    start_watchdog_after(WATCHDOG_SECS);
+}
+
+/// [`start_watchdog`] with another delay.
+fn start_watchdog_after(secs: u64) {
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        println!("rmnic-guest: watchdog: no result after {secs} s; dumping task stacks");
         let _ = std::fs::write("/proc/sys/kernel/printk", "8");
         let _ = std::fs::write("/proc/sysrq-trigger", "w");
         let _ = std::fs::write("/proc/sysrq-trigger", "t");
@@ -393,6 +434,24 @@ fn segments(only: &[String]) -> Result<ExitCode> {
     let result = segments::run(only, &mut checks);
     println!(
         "segments summary: {} checks, {} failed",
+        checks.total, checks.failed
+    );
+    result?;
+    Ok(if checks.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One side of the two-guest segment checks (`Command::RemoteExport`, `RemoteImport`): every
+/// wait in them is bounded, the watchdog covers a hung system call.
+fn remote(name: &str, program: impl FnOnce(&mut Checks) -> Result<()>) -> Result<ExitCode> {
+    start_watchdog_after(remote::WATCHDOG_SECS);
+    let mut checks = Checks::default();
+    let result = program(&mut checks);
+    println!(
+        "{name} summary: {} checks, {} failed",
         checks.total, checks.failed
     );
     result?;

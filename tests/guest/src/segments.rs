@@ -18,7 +18,8 @@ use rmnic_abi::{
 };
 use rmnic_guest::Mapping;
 
-use self::agent::{fnv1a, Agent, Creds, Reply};
+pub use self::agent::Reply;
+use self::agent::{fnv1a, Agent, Creds};
 use crate::scenarios::{driver_counter, mmap, munmap, poke};
 use crate::Checks;
 
@@ -91,13 +92,13 @@ pub fn run(only: &[String], c: &mut Checks) -> Result<()> {
 }
 
 /// The word at index `i` of a buffer filled by [`fill_words`] with `seed`.
-fn word(seed: u64, i: usize) -> u64 {
+pub fn word(seed: u64, i: usize) -> u64 {
     // CAST: buffers are far smaller than 2^32 words.
     seed << 32 | i as u64
 }
 
 /// Fills `m` with words naming `seed` and their index.
-fn fill_words(m: &Mapping, seed: u64) {
+pub fn fill_words(m: &Mapping, seed: u64) {
     for i in 0..m.bytes().len() / 8 {
         m.write_u64(i * 8, word(seed, i));
     }
@@ -111,14 +112,6 @@ fn exporter_pages(pages: usize, seed: u64) -> Result<Mapping> {
     m.advise(libc::MADV_DONTFORK)?;
     fill_words(&m, seed);
     Ok(m)
-}
-
-/// This process's own ioctl result as a [`Reply`], to describe it like an agent's.
-fn local(r: Result<u64, rmnic_abi::Error>) -> Reply {
-    match r {
-        Ok(v) => Reply::Done(v, 0),
-        Err(e) => Reply::Errno(e.errno().unwrap_or(libc::EIO)),
-    }
 }
 
 /// The attachment `reply` reports, or why the scenario cannot go on.
@@ -136,7 +129,7 @@ fn export(dev: &Context, m: &Mapping, writable: bool, mode: u32) -> Result<u64> 
 }
 
 /// Polls `name` until `done` holds or [`SETTLE`] passes; the last value read.
-fn settle(name: &str, done: impl Fn(u64) -> bool) -> Result<u64> {
+pub fn settle(name: &str, done: impl Fn(u64) -> bool) -> Result<u64> {
     let deadline = Instant::now() + SETTLE;
     loop {
         let v = driver_counter(name)?;
@@ -506,7 +499,7 @@ fn limits(c: &mut Checks) -> Result<()> {
     ];
     let mut wrong = Vec::new();
     for (what, va, len, mode) in cases {
-        let r = local(dev.export(va, len, true, mode));
+        let r = Reply::of_ioctl(dev.export(va, len, true, mode));
         if r.errno() != Some(libc::EINVAL) {
             wrong.push(format!("{what}: {r}"));
         }
@@ -588,7 +581,7 @@ fn export_table_full(dev: &Context, c: &mut Checks) -> Result<()> {
         match dev.export(pages.addr() + i * P, P, false, 0o600) {
             Ok(segid) => segids.push(segid),
             Err(e) => {
-                refusal = Some(local(Err(e)));
+                refusal = Some(Reply::of_ioctl(Err(e)));
                 break;
             }
         }
@@ -598,7 +591,7 @@ fn export_table_full(dev: &Context, c: &mut Checks) -> Result<()> {
     let mut removal_errors = Vec::new();
     for segid in segids {
         if let Err(e) = dev.remove_segment(segid) {
-            removal_errors.push(format!("{segid:#x}: {}", local(Err(e))));
+            removal_errors.push(format!("{segid:#x}: {}", Reply::of_ioctl(Err(e))));
         }
     }
     let after = driver_counter("segments_live")?;
@@ -763,7 +756,7 @@ fn remove(c: &mut Checks) -> Result<()> {
     let before = imp.read64_seg(att.address(0))?;
     let by_importer = imp.remove_segment(segid)?;
     let revocations = driver_counter("segment_revocations")?;
-    let removed = local(dev.remove_segment(segid).map(|()| 0));
+    let removed = Reply::of_ioctl(dev.remove_segment(segid).map(|()| 0));
     let after = imp.read64_seg(att.address(0))?;
     let revoked = driver_counter("segment_revocations")? - revocations;
     c.check(
@@ -774,7 +767,7 @@ fn remove(c: &mut Checks) -> Result<()> {
             && revoked == 1,
         format!("READ64 before {before}; remove {removed}; READ64 after {after}; {revoked} revocation(s)"),
     );
-    let twice = local(dev.remove_segment(segid).map(|()| 0));
+    let twice = Reply::of_ioctl(dev.remove_segment(segid).map(|()| 0));
     c.check(
         "segment-remove-errors",
         by_importer.errno() == Some(libc::ENOENT) && twice.errno() == Some(libc::ENOENT),

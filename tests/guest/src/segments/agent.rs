@@ -138,6 +138,34 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// An ioctl's result in this process: its value, or its errno.
+    pub fn of_ioctl(result: Result<u64, rmnic_abi::Error>) -> Self {
+        result.map_or_else(Self::of_error, |value| Self::Done(value, 0))
+    }
+
+    /// An attach's result in this process: the slot and the length, or the errno.
+    pub fn of_attach(result: Result<Attachment, rmnic_abi::Error>) -> Self {
+        result.map_or_else(Self::of_error, |a| Self::Done(u64::from(a.slot), a.length))
+    }
+
+    /// A command's result in this process: its completion's result or status, or the errno.
+    pub fn of_command(
+        result: Result<Result<u64, rmnic_abi::CommandError>, rmnic_abi::Error>,
+    ) -> Self {
+        match result {
+            Ok(Ok(value)) => Self::Done(value, 0),
+            Ok(Err(e)) => Self::Status {
+                status: e.status,
+                fault_va: e.fault_va,
+            },
+            Err(e) => Self::of_error(e),
+        }
+    }
+
+    fn of_error(error: rmnic_abi::Error) -> Self {
+        Self::Errno(error.errno().unwrap_or(libc::EIO))
+    }
+
     fn encode(self) -> [u64; 3] {
         match self {
             Self::Done(a, b) => [0, a, b],
@@ -224,6 +252,8 @@ fn errno_name(errno: i32) -> String {
         libc::EINVAL => "EINVAL".into(),
         libc::ENOSPC => "ENOSPC".into(),
         libc::ENOTTY => "ENOTTY".into(),
+        libc::EHOSTUNREACH => "EHOSTUNREACH".into(),
+        libc::ETIMEDOUT => "ETIMEDOUT".into(),
         other => format!("errno {other}"),
     }
 }
@@ -516,30 +546,18 @@ fn serve(requests: RawFd, replies: RawFd, creds: Option<Creds>, open_context: bo
 
 /// Runs a request that needs the context.
 fn with_context(dev: &Context, request: Request) -> Reply {
-    let errno = |e: rmnic_abi::Error| Reply::Errno(e.errno().unwrap_or(libc::EIO));
-    let done = |r: Result<(), rmnic_abi::Error>| r.map_or_else(errno, |()| Reply::Done(0, 0));
+    let done = |r: Result<(), rmnic_abi::Error>| Reply::of_ioctl(r.map(|()| 0));
     match request {
         Request::Export {
             va,
             length,
             writable,
             mode,
-        } => dev
-            .export(va, length, writable, mode)
-            .map_or_else(errno, |segid| Reply::Done(segid, 0)),
+        } => Reply::of_ioctl(dev.export(va, length, writable, mode)),
         Request::Remove { segid } => done(dev.remove_segment(segid)),
-        Request::Attach { segid, writable } => dev
-            .attach(segid, writable)
-            .map_or_else(errno, |a| Reply::Done(u64::from(a.slot), a.length)),
+        Request::Attach { segid, writable } => Reply::of_attach(dev.attach(segid, writable)),
         Request::Detach { slot } => done(dev.detach(slot)),
-        Request::Run(cmd) => match dev.execute(cmd) {
-            Ok(Ok(c)) => Reply::Done(c.result, 0),
-            Ok(Err(e)) => Reply::Status {
-                status: e.status,
-                fault_va: e.fault_va,
-            },
-            Err(e) => errno(e),
-        },
+        Request::Run(cmd) => Reply::of_command(dev.execute(cmd).map(|r| r.map(|c| c.result))),
         Request::Hash { .. } | Request::Peek { .. } | Request::Close | Request::Exit => {
             Reply::Errno(libc::EINVAL)
         }
