@@ -7,8 +7,10 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt;
@@ -79,7 +81,38 @@ pub struct GuestRun {
     /// emulated mode the emulated host prints it on the console after rmnic-vmm exits and the
     /// harness takes it out.
     pub trace: Option<PathBuf>,
+    /// Receives every console line (without its line end) as it arrives, from the guest's
+    /// console and the device server alike, for a caller that must react while the guest runs
+    /// (`crate::pair` waits for the exporter's segment ids). A receiver that went away is
+    /// ignored.
+    pub console_tap: Option<Sender<String>>,
+    /// Lets another thread end the run early ([`Stop::stop`]): the VM is killed as on a
+    /// timeout and the run fails with [`LaunchError::Stopped`].
+    pub stop: Option<Stop>,
 }
+
+/// Ends a running boot from another thread ([`GuestRun::stop`]).
+#[derive(Clone, Debug, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    /// A handle nobody has used yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the boot to end: it kills the VM within [`STOP_POLL`].
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn requested(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How often a boot's wait for its VM looks at [`GuestRun::stop`].
+pub const STOP_POLL: Duration = Duration::from_millis(100);
 
 impl GuestRun {
     /// A run of `rmnic-guest <command...>` with 2 vCPUs, 1 GiB (Linux leaves THP off below
@@ -102,6 +135,8 @@ impl GuestRun {
             guest_append: std::env::var("RMNIC_GUEST_APPEND").unwrap_or_default(),
             api_socket: None,
             trace: None,
+            console_tap: None,
+            stop: None,
         }
     }
 
@@ -214,6 +249,14 @@ pub enum LaunchError {
         /// Last console lines.
         tail: String,
     },
+    /// Another thread ended the run ([`GuestRun::stop`]).
+    #[error("Guest stopped by the harness ({mode} mode); last console lines:\n{tail}")]
+    Stopped {
+        /// Mode it ran in.
+        mode: HostMode,
+        /// Last console lines.
+        tail: String,
+    },
     /// The trace could not be taken out of the emulated host.
     #[error("trace: {0}")]
     Trace(String),
@@ -268,23 +311,34 @@ fn boot_recorded(
 ) -> (Verdict, Result<Outcome, LaunchError>) {
     let started = Instant::now();
     let outcome = run_once(mode, images, guest);
-    let verdict = Verdict::of(&outcome);
-    verdict::record(
-        verdict,
-        started.elapsed().as_secs_f64(),
-        &guest.command,
-        retry,
-    );
+    let verdict = record_boot(images, &guest.command, started, retry, &outcome);
+    (verdict, outcome)
+}
+
+/// Classifies a boot that began at `started`, records it in the boot log (marked as a retry
+/// when it is one) and, when it failed worse than a guest program's own failure (whose lines
+/// are in the console tail a test prints), keeps its whole console.
+pub(crate) fn record_boot(
+    images: &Images,
+    command: &[String],
+    started: Instant,
+    retry: bool,
+    outcome: &Result<Outcome, LaunchError>,
+) -> Verdict {
+    let verdict = Verdict::of(outcome);
+    verdict::record(verdict, started.elapsed().as_secs_f64(), command, retry);
     if !matches!(verdict, Verdict::Passed | Verdict::GuestFailed) {
-        match &outcome {
-            Ok(outcome) => save_console(images, guest, verdict, &outcome.console),
-            Err(LaunchError::HostFailed { tail, .. } | LaunchError::Timeout { tail, .. }) => {
-                save_console(images, guest, verdict, tail)
-            }
+        match outcome {
+            Ok(outcome) => save_console(images, command, verdict, &outcome.console),
+            Err(
+                LaunchError::HostFailed { tail, .. }
+                | LaunchError::Timeout { tail, .. }
+                | LaunchError::Stopped { tail, .. },
+            ) => save_console(images, command, verdict, tail),
             Err(_) => {}
         }
     }
-    (verdict, outcome)
+    verdict
 }
 
 /// Why a boot should be made again, if it should, in emulated mode only (docs/platform.md):
@@ -322,7 +376,7 @@ fn retry_reason(
 
 /// Keeps the whole console of a failed boot in `<cache>/failed-boots/` (a test's message
 /// shows only the tail) and says where. Best effort.
-fn save_console(images: &Images, guest: &GuestRun, verdict: Verdict, console: &str) {
+fn save_console(images: &Images, command: &[String], verdict: Verdict, console: &str) {
     let Some(cache) = images.dir().parent() else {
         return;
     };
@@ -330,7 +384,7 @@ fn save_console(images: &Images, guest: &GuestRun, verdict: Verdict, console: &s
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let program = guest.command.first().map_or("boot", String::as_str);
+    let program = command.first().map_or("boot", String::as_str);
     let path = dir.join(format!("{stamp}-{program}-{verdict}.log"));
     if std::fs::create_dir_all(&dir).is_ok() && std::fs::write(&path, console).is_ok() {
         eprintln!("rmnic: boot {verdict}: whole console in {}", path.display());
@@ -339,9 +393,24 @@ fn save_console(images: &Images, guest: &GuestRun, verdict: Verdict, console: &s
 
 /// Boots once and returns what happened, without recording it (the soak keeps its own tally).
 pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Outcome, LaunchError> {
-    let _serial = BOOT_LOCK
+    let _serial = boot_lock();
+    boot_unserialised(mode, images, guest)
+}
+
+/// Holds off the other boots of this test binary ([`BOOT_LOCK`]) while the guard lives.
+pub(crate) fn boot_lock() -> MutexGuard<'static, ()> {
+    BOOT_LOCK
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// [`run_once`] without taking [`BOOT_LOCK`]: for a caller that holds it for several boots
+/// that must run at the same time (`crate::pair`).
+pub(crate) fn boot_unserialised(
+    mode: HostMode,
+    images: &Images,
+    guest: &GuestRun,
+) -> Result<Outcome, LaunchError> {
     let start = Instant::now();
     let console = Arc::new(Mutex::new(Console::default()));
     let mut readers = Vec::new();
@@ -353,7 +422,7 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
             images.require(&[DEVICE_SERVER])?;
             let args = [guest.device_args.clone(), guest.control_args()].concat();
             let mut server = DeviceServer::start(images, &args)?;
-            readers.extend(capture(server.child(), &console, guest.echo, start));
+            readers.extend(capture(server.child(), &console, guest, start));
             let mut cmd = direct_command(images, guest);
             cmd.arg("--device")
                 .arg(format!("vfio-user:{}", server.socket().display()));
@@ -376,7 +445,7 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
             images.require(&[DEVICE_SERVER, QEMU, QEMU_DATA])?;
             let args = [guest.device_args.clone(), guest.control_args()].concat();
             let mut server = DeviceServer::start(images, &args)?;
-            readers.extend(capture(server.child(), &console, guest.echo, start));
+            readers.extend(capture(server.child(), &console, guest, start));
             let cmd = qemu_command(images, guest, server.socket());
             device_server = Some(server);
             cmd
@@ -389,13 +458,12 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| LaunchError::Spawn { program, source })?;
-    readers.extend(capture(&mut child, &console, guest.echo, start));
-    let waited = child
-        .wait_timeout(guest.timeout)
-        .map_err(LaunchError::Wait)?;
+    readers.extend(capture(&mut child, &console, guest, start));
+    let waited =
+        wait_for_vm(&mut child, guest.timeout, guest.stop.as_ref()).map_err(LaunchError::Wait)?;
     let status = match waited {
-        Some(status) => status,
-        None => {
+        Waited::Exited(status) => status,
+        Waited::TimedOut | Waited::Stopped => {
             // Kill errors mean it exited meanwhile; either way it is gone after wait().
             let _ = child.kill();
             let _ = child.wait();
@@ -403,10 +471,15 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
             for reader in readers {
                 let _ = reader.join();
             }
-            return Err(LaunchError::Timeout {
-                seconds: guest.timeout.as_secs(),
-                mode,
-                tail: tail(&lock(&console).text),
+            let tail = tail(&lock(&console).text);
+            return Err(if matches!(waited, Waited::Stopped) {
+                LaunchError::Stopped { mode, tail }
+            } else {
+                LaunchError::Timeout {
+                    seconds: guest.timeout.as_secs(),
+                    mode,
+                    tail,
+                }
             });
         }
     };
@@ -460,6 +533,42 @@ pub fn run_once(mode: HostMode, images: &Images, guest: &GuestRun) -> Result<Out
         elapsed,
         timeline,
     })
+}
+
+/// How a wait for the VM ended.
+enum Waited {
+    /// The VM's process exited.
+    Exited(ExitStatus),
+    /// The boot's timeout passed first.
+    TimedOut,
+    /// [`GuestRun::stop`] asked the boot to end.
+    Stopped,
+}
+
+/// Waits for `child` at most `timeout`, looking at `stop` every [`STOP_POLL`].
+fn wait_for_vm(
+    child: &mut Child,
+    timeout: Duration,
+    stop: Option<&Stop>,
+) -> std::io::Result<Waited> {
+    let Some(stop) = stop else {
+        return Ok(child
+            .wait_timeout(timeout)?
+            .map_or(Waited::TimedOut, Waited::Exited));
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if stop.requested() {
+            return Ok(Waited::Stopped);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Waited::TimedOut);
+        }
+        if let Some(status) = child.wait_timeout(left.min(STOP_POLL))? {
+            return Ok(Waited::Exited(status));
+        }
+    }
 }
 
 /// Printed by the emulated host's init after rmnic-vmm exits (images/initramfs/host-init).
@@ -654,30 +763,36 @@ struct Console {
     timeline: Vec<(Duration, String)>,
 }
 
-/// Collects stdout and stderr into `console` (optionally echoing lines as they come).
+/// Collects stdout and stderr into `console`, echoing lines as they come if `guest.echo`, and
+/// handing them to `guest.console_tap`.
 fn capture(
     child: &mut Child,
     console: &Arc<Mutex<Console>>,
-    echo: bool,
+    guest: &GuestRun,
     start: Instant,
 ) -> Vec<std::thread::JoinHandle<()>> {
     let mut handles = Vec::new();
-    if let Some(out) = child.stdout.take() {
+    let streams: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+        child.stdout.take().map(|s| Box::new(s) as _),
+        child.stderr.take().map(|s| Box::new(s) as _),
+    ];
+    for stream in streams.into_iter().flatten() {
         let console = Arc::clone(console);
+        let (echo, tap) = (guest.echo, guest.console_tap.clone());
         handles.push(std::thread::spawn(move || {
-            collect(out, &console, echo, start)
-        }));
-    }
-    if let Some(err) = child.stderr.take() {
-        let console = Arc::clone(console);
-        handles.push(std::thread::spawn(move || {
-            collect(err, &console, echo, start)
+            collect(stream, &console, echo, tap.as_ref(), start)
         }));
     }
     handles
 }
 
-fn collect(stream: impl std::io::Read, console: &Mutex<Console>, echo: bool, start: Instant) {
+fn collect(
+    stream: impl std::io::Read,
+    console: &Mutex<Console>,
+    echo: bool,
+    tap: Option<&Sender<String>>,
+    start: Instant,
+) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -690,6 +805,10 @@ fn collect(stream: impl std::io::Read, console: &Mutex<Console>, echo: bool, sta
                     let mut stdout = std::io::stdout().lock();
                     let _ = stdout.write_all(line.as_bytes());
                     let _ = stdout.flush();
+                }
+                if let Some(tap) = tap {
+                    // The receiver may be gone: nobody is watching any more.
+                    let _ = tap.send(line.trim_end_matches('\n').to_string());
                 }
                 let mut console = lock(console);
                 if line.contains("rmnic-host:") || line.contains("rmnic-guest:") {
@@ -779,6 +898,65 @@ mod tests {
             &triple_fault(HostMode::Direct)
         )
         .is_none());
+    }
+
+    #[test]
+    fn the_console_tap_gets_every_line_of_both_streams_as_it_comes() {
+        use std::process::{Command, Stdio};
+        use std::sync::{mpsc, Arc, Mutex};
+        let (sender, lines) = mpsc::channel();
+        let mut guest = super::GuestRun::new(&["demo"]);
+        guest.console_tap = Some(sender);
+        let mut child = Command::new("sh")
+            .args(["-c", "echo one; echo two >&2; printf 'three\\r\\n'"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        let console = Arc::new(Mutex::new(super::Console::default()));
+        let readers = super::capture(&mut child, &console, &guest, std::time::Instant::now());
+        drop(guest);
+        child.wait().expect("sh exits");
+        for reader in readers {
+            reader.join().expect("reader thread");
+        }
+        let mut got: Vec<String> = lines.iter().collect();
+        got.sort();
+        assert_eq!(got, ["one", "three", "two"]);
+        assert_eq!(super::lock(&console).text.lines().count(), 3);
+    }
+
+    #[test]
+    fn a_stopped_wait_ends_within_the_poll_interval() {
+        use super::{wait_for_vm, Stop, Waited, STOP_POLL};
+        use std::time::{Duration, Instant};
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep runs");
+        let stop = Stop::new();
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                stop.stop();
+            })
+        };
+        let start = Instant::now();
+        let waited = wait_for_vm(&mut child, Duration::from_secs(30), Some(&stop));
+        let took = start.elapsed();
+        let _ = child.kill();
+        let _ = child.wait();
+        stopper.join().expect("stopper thread");
+        assert!(matches!(waited, Ok(Waited::Stopped)));
+        assert!(took < Duration::from_millis(50) + 3 * STOP_POLL, "{took:?}");
+        let mut quick = std::process::Command::new("true")
+            .spawn()
+            .expect("true runs");
+        assert!(matches!(
+            wait_for_vm(&mut quick, Duration::from_secs(30), Some(&Stop::new())),
+            Ok(Waited::Exited(status)) if status.success()
+        ));
     }
 
     #[test]

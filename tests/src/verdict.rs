@@ -65,7 +65,8 @@ impl Verdict {
     /// line), the guest kernel does not.
     pub fn of(result: &Result<Outcome, LaunchError>) -> Self {
         match result {
-            Err(LaunchError::Timeout { .. }) => Self::Timeout,
+            // Stopped: the harness gave up waiting for something the guest should have printed.
+            Err(LaunchError::Timeout { .. } | LaunchError::Stopped { .. }) => Self::Timeout,
             // QEMU that stops before the host kernel printed a line never ran a host: a bad
             // QEMU binary or option, not a crash.
             Err(LaunchError::HostFailed { tail, .. }) if !host_started(tail) => Self::LaunchFailed,
