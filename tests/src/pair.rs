@@ -42,6 +42,58 @@ pub struct PairOutcome {
     pub importer_command: Vec<String>,
 }
 
+/// A device server's end-of-run fabric line (`rmnic-device-server: fabric: node N peer M: S
+/// remote shootdowns (mean U us), F fences, R remote accesses served`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FabricSummary {
+    /// This server's node.
+    pub node: u8,
+    /// The node it linked to (None: the link never came up).
+    pub peer: Option<u8>,
+    /// Forwarded invalidations the peer acknowledged.
+    pub shootdowns: u64,
+    /// Their mean round trip, in microseconds.
+    pub mean_us: f64,
+    /// Times the peer was fenced.
+    pub fences: u64,
+    /// The peer's accesses this node served.
+    pub accesses_served: u64,
+}
+
+/// Where a device server's fabric line starts.
+pub const FABRIC_LINE_PREFIX: &str = "rmnic-device-server: fabric: node ";
+
+impl FabricSummary {
+    /// The fabric line on `console`, if there is one and it parses.
+    pub fn from_console(console: &str) -> Option<Self> {
+        console.lines().find_map(|line| {
+            let at = line.find(FABRIC_LINE_PREFIX)?;
+            Self::parse(&line[at + FABRIC_LINE_PREFIX.len()..])
+        })
+    }
+
+    /// `N peer M: S remote shootdowns (mean U us), F fences, R remote accesses served`.
+    fn parse(text: &str) -> Option<Self> {
+        let (node, rest) = text.split_once(" peer ")?;
+        let (peer, rest) = rest.split_once(": ")?;
+        let (shootdowns, rest) = rest.split_once(" remote shootdowns (mean ")?;
+        let (mean_us, rest) = rest.split_once(" us), ")?;
+        let (fences, rest) = rest.split_once(" fences, ")?;
+        let accesses_served = rest.trim_end().strip_suffix(" remote accesses served")?;
+        Some(Self {
+            node: node.trim().parse().ok()?,
+            peer: match peer {
+                "none" => None,
+                peer => Some(peer.parse().ok()?),
+            },
+            shootdowns: shootdowns.parse().ok()?,
+            mean_us: mean_us.parse().ok()?,
+            fences: fences.parse().ok()?,
+            accesses_served: accesses_served.parse().ok()?,
+        })
+    }
+}
+
 /// Why the pair did not produce a [`PairOutcome`].
 #[derive(Debug, thiserror::Error)]
 pub enum PairError {
@@ -328,6 +380,35 @@ mod tests {
         ));
         drop(sender);
         assert_eq!(wait_for_ids(&lines, false), Err(IdsWait::Ended));
+    }
+
+    #[test]
+    fn the_fabric_line_parses_and_others_do_not() {
+        let console = "rmnic-device-server: oracle (Full): 12 translated accesses checked, 0 violations\n\
+             rmnic-device-server: fabric: node 1 peer 2: 3 remote shootdowns (mean 412.5 us), 0 fences, 57 remote accesses served\n";
+        assert_eq!(
+            FabricSummary::from_console(console),
+            Some(FabricSummary {
+                node: 1,
+                peer: Some(2),
+                shootdowns: 3,
+                mean_us: 412.5,
+                fences: 0,
+                accesses_served: 57,
+            })
+        );
+        let lonely = "rmnic-device-server: fabric: node 2 peer none: 0 remote shootdowns (mean 0.0 us), 1 fences, 0 remote accesses served";
+        assert_eq!(
+            FabricSummary::from_console(lonely).map(|s| (s.peer, s.fences)),
+            Some((None, 1))
+        );
+        assert_eq!(
+            FabricSummary::from_console(
+                "rmnic-device-server: fabric: node 1 linked to node 2 over /tmp/x"
+            ),
+            None
+        );
+        assert_eq!(FabricSummary::from_console(""), None);
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! The probe and coherence checks run twice: in the machine's mode (direct, or emulated where
 //! the CPU has no SVM/VMX) and in `qemu` mode, where QEMU hosts the device through
 //! `rmnic-device-server` over vfio-user (the `*_in_qemu` tests).
+//!
+//! Segments across two guests boot two guests at once in qemu mode, their device servers
+//! joined by a fabric link ([`remote`]).
 
 mod coherence;
 mod control;
@@ -16,6 +19,7 @@ mod failure;
 mod faults;
 mod oracle;
 mod probe;
+mod remote;
 mod segments;
 mod suite;
 
