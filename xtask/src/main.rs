@@ -2,7 +2,8 @@
 //!
 //! - `images`: install what is missing, build kernel, driver, guest programs and rmnic-vmm,
 //!   pack the initramfs images (heavy steps cached in `~/.cache/rmnic`).
-//! - `demo`: `images`, then boot the guest and show the device through the driver.
+//! - `demo`: `images`, then boot the guest and show the device through the driver; with
+//!   `--remote`, two guests sharing a segment over the fabric.
 //! - `test`: `images`, then `cargo test --workspace` (unit and integration tests).
 //! - `run`: `images`, then boot the guest running any `rmnic-guest` subcommand.
 //! - `bench`: the device-model benchmarks (criterion), each against its baseline.
@@ -49,7 +50,14 @@ enum Cmd {
     /// Build the kernel, driver, guest programs, rmnic-vmm and initramfs images.
     Images,
     /// Build, boot the guest, load the driver and print the device ID from inside.
-    Demo,
+    Demo {
+        /// Instead: two guests (qemu mode) whose devices are joined by a fabric link; one
+        /// exports memory, the other attaches it and runs device commands on it while the
+        /// exporter munmaps a page (`rmnic-guest remote-export`, `remote-import`); then the
+        /// remote shootdowns and their mean round trip.
+        #[arg(long)]
+        remote: bool,
+    },
     /// Build, then run every unit and integration test.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -179,10 +187,17 @@ fn real_main() -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Demo => {
+        Cmd::Demo { remote } => {
+            if remote && !matches!(cli.host.as_deref(), None | Some("qemu" | "auto")) {
+                bail!("demo --remote runs in qemu mode only (the fabric joins two rmnic-device-servers)");
+            }
             deps::ensure()?;
             images::build(&repo)?;
-            boot(&["demo".to_string()], 2, Control::default())
+            if remote {
+                remote_demo()
+            } else {
+                boot(&["demo".to_string()], 2, Control::default())
+            }
         }
         Cmd::Coherence {
             fault,
@@ -335,6 +350,46 @@ fn absolute(path: PathBuf) -> Result<PathBuf> {
     } else {
         std::env::current_dir()?.join(path)
     })
+}
+
+/// `demo --remote`: the two-guest pair of the remote segments test, consoles echoed (each
+/// line prefixed with its guest), then a summary from the exporter's fabric line. Exits 0 if
+/// both guests did.
+fn remote_demo() -> Result<ExitCode> {
+    let images = Images::locate()?;
+    let mut exporter = GuestRun::new(&["remote-export"]);
+    let mut importer = GuestRun::new(&["remote-import"]);
+    exporter.echo = true;
+    importer.echo = true;
+    let start = progress::step(
+        "Booting two guests (qemu mode) joined by a fabric link: rmnic-guest remote-export, then remote-import with its segment ids",
+    );
+    let pair = rmnic_tests::pair::run_pair(&images, exporter, importer)?;
+    progress::done(
+        &format!(
+            "guest runs (exporter status {}, importer status {})",
+            pair.exporter.status, pair.importer.status
+        ),
+        start,
+    );
+    for (role, outcome) in [("exporter", &pair.exporter), ("importer", &pair.importer)] {
+        let checks: Vec<&str> = outcome.lines_with("CHECK ").collect();
+        let failed = checks.iter().filter(|l| l.contains(" FAILED ")).count();
+        eprintln!("    {role}: {} checks, {failed} failed", checks.len());
+    }
+    match rmnic_tests::pair::FabricSummary::from_console(&pair.exporter.console) {
+        Some(s) => eprintln!(
+            "    exporter's device: {} remote shootdown(s), mean round trip {:.1} us (munmap waits for it); {} fence(s); {} remote accesses served",
+            s.shootdowns, s.mean_us, s.fences, s.accesses_served
+        ),
+        None => eprintln!("    the exporter's device server printed no fabric line"),
+    }
+    let status = if pair.exporter.status != 0 {
+        pair.exporter.status
+    } else {
+        pair.importer.status
+    };
+    Ok(ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX)))
 }
 
 /// Boots the guest running `rmnic-guest <args>`, echoing its console; exits with the guest's
