@@ -8,7 +8,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rmnic_device::rmnic::FabricEndpoint;
-use rmnic_device::stats::GlobalCounter;
 use rmnic_fabric::node::{FabricNode, Handler};
 use rmnic_fabric::protocol::NodeId;
 
@@ -135,12 +134,12 @@ pub fn start(
     }
 }
 
-/// One line on what the fabric did: shootdowns and their mean round trip, fences, accesses
-/// served.
+/// One line on what the fabric did since the device was created: shootdowns and their mean
+/// round trip, fences, accesses served.
 pub fn summary(args: &FabricArgs, endpoint: &FabricEndpoint) -> String {
     let peer = endpoint.peer();
-    let shootdowns = endpoint.counter(GlobalCounter::RemoteShootdowns);
-    let nanos = endpoint.counter(GlobalCounter::RemoteShootdownNanos);
+    let totals = endpoint.totals();
+    let (shootdowns, nanos) = (totals.shootdowns, totals.shootdown_nanos);
     let mean_us = if shootdowns == 0 {
         0.0
     } else {
@@ -151,8 +150,8 @@ pub fn summary(args: &FabricArgs, endpoint: &FabricEndpoint) -> String {
         "fabric: node {} peer {}: {shootdowns} remote shootdowns (mean {mean_us:.1} us), {} fences, {} remote accesses served",
         args.node.unwrap_or(0),
         peer.map_or_else(|| "none".to_string(), |p| p.0.to_string()),
-        endpoint.counter(GlobalCounter::Fences),
-        endpoint.counter(GlobalCounter::RemoteAccesses),
+        totals.fences,
+        totals.remote_accesses,
     )
 }
 

@@ -266,10 +266,9 @@ impl FabricEndpoint {
         self.0.fabric.set_port(port);
     }
 
-    /// A global counter (the fabric's are `RemoteShootdowns`, `RemoteShootdownNanos`,
-    /// `Fences`, `RemoteAccesses`).
-    pub fn counter(&self, counter: crate::stats::GlobalCounter) -> u64 {
-        self.0.stats.value(counter)
+    /// What the fabric did since the device was created (not cleared by resets).
+    pub fn totals(&self) -> crate::fabric::FabricCounts {
+        self.0.fabric.totals.snapshot()
     }
 }
 

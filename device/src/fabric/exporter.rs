@@ -365,6 +365,10 @@ impl Shared {
             dma.memory(),
         );
         self.stats.count(GlobalCounter::RemoteAccesses, 1);
+        self.fabric
+            .totals
+            .remote_accesses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         drop(state);
         Ok(done)
     }
@@ -425,12 +429,16 @@ impl Shared {
                 .map(|port| port.request(message, INVALIDATE_ACK_TIMEOUT));
             match acked {
                 Some(Ok(Message::InvalidateAck { .. })) => {
-                    let took = sent.elapsed();
+                    let nanos = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     self.stats.count(GlobalCounter::RemoteShootdowns, 1);
-                    self.stats.count(
-                        GlobalCounter::RemoteShootdownNanos,
-                        u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-                    );
+                    self.stats.count(GlobalCounter::RemoteShootdownNanos, nanos);
+                    let totals = &self.fabric.totals;
+                    totals
+                        .shootdowns
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    totals
+                        .shootdown_nanos
+                        .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
                 }
                 _ => self.fence(peer),
             }
@@ -441,6 +449,10 @@ impl Shared {
     pub(crate) fn fence(&self, peer: NodeId) {
         self.fabric.exporter_write().grants.fence(peer);
         self.stats.count(GlobalCounter::Fences, 1);
+        self.fabric
+            .totals
+            .fences
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(peer = peer.0, "rmnic: fabric peer fenced");
     }
 }

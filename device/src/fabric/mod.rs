@@ -97,6 +97,48 @@ pub(crate) struct Fabric {
     answered: Condvar,
     /// Ids of requests and invalidations this device sends.
     next_id: AtomicU64,
+    /// What the fabric did since the device was created; unlike the `STAT_*` counters, a
+    /// function reset (a vfio-user client leaving) does not clear them, so a host can report
+    /// them at the end of a run.
+    pub(crate) totals: FabricTotals,
+}
+
+/// Lifetime totals of a device's fabric side ([`crate::rmnic::FabricEndpoint::totals`]).
+#[derive(Debug, Default)]
+pub struct FabricTotals {
+    /// Invalidations forwarded and acknowledged in time.
+    pub shootdowns: AtomicU64,
+    /// Their round trips, summed, in nanoseconds.
+    pub shootdown_nanos: AtomicU64,
+    /// Peers fenced.
+    pub fences: AtomicU64,
+    /// Accesses of the peer served.
+    pub remote_accesses: AtomicU64,
+}
+
+/// A snapshot of [`FabricTotals`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FabricCounts {
+    /// Invalidations forwarded and acknowledged in time.
+    pub shootdowns: u64,
+    /// Their round trips, summed, in nanoseconds.
+    pub shootdown_nanos: u64,
+    /// Peers fenced.
+    pub fences: u64,
+    /// Accesses of the peer served.
+    pub remote_accesses: u64,
+}
+
+impl FabricTotals {
+    /// The totals now.
+    pub fn snapshot(&self) -> FabricCounts {
+        FabricCounts {
+            shootdowns: self.shootdowns.load(Ordering::Relaxed),
+            shootdown_nanos: self.shootdown_nanos.load(Ordering::Relaxed),
+            fences: self.fences.load(Ordering::Relaxed),
+            remote_accesses: self.remote_accesses.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Fabric {
