@@ -7,6 +7,7 @@ mod coherence;
 mod exit_port;
 mod random;
 mod remote;
+mod remote_fence;
 mod scenarios;
 mod segments;
 mod stress;
@@ -62,6 +63,22 @@ enum Command {
     /// --readonly R` (the importer's arguments), then steps through the scenario with the
     /// importer: checks its writes, munmaps a page, removes the data segment.
     RemoteExport,
+    /// The exporting side of the fencing check: exports a mailbox and 4 data pages, waits for
+    /// the importer to read them, munmaps a page whose invalidation the importer never
+    /// acknowledges (its host plants `--fabric-fault drop-acks`) and checks munmap returned
+    /// within the bound.
+    FenceExport,
+    /// The importing side of the fencing check: reads the exporter's pages, then finds every
+    /// access refused (SEGMENT_INVALID) once the exporter fenced it, stale translations
+    /// included.
+    FenceImport {
+        /// Segment id of the exporter's mailbox.
+        #[arg(long)]
+        mailbox: u64,
+        /// Segment id of the exporter's data.
+        #[arg(long)]
+        data: u64,
+    },
     /// The importing side, on the other guest: attaches the exporter's three segments by the
     /// ids it printed and runs device commands on them (reads, writes, atomics, a page the
     /// exporter unmapped, the removed segment, refusals, leaks).
@@ -167,6 +184,18 @@ fn main() -> ExitCode {
         Command::Coherence { only, skip } => coherence(&only, &skip),
         Command::Segments { only } => segments(&only),
         Command::RemoteExport => remote("remote-export", remote::export),
+        Command::FenceExport => remote("fence-export", |c| {
+            remote_fence::export(c).or_else(|e| {
+                c.check("fence-export-stopped", false, format!("{e:#}"));
+                Ok(())
+            })
+        }),
+        Command::FenceImport { mailbox, data } => remote("fence-import", |c| {
+            remote_fence::import(mailbox, data, c).or_else(|e| {
+                c.check("fence-import-stopped", false, format!("{e:#}"));
+                Ok(())
+            })
+        }),
         Command::RemoteImport {
             mailbox,
             data,

@@ -153,3 +153,63 @@ fn the_expected_checks_are_the_programs() {
         "{path} does not print the line the harness waits for ({IDS_LINE_PREFIX:?})"
     );
 }
+
+/// Every check of the fencing pair.
+const FENCE_CHECKS: [&str; 5] = [
+    "fence-export-munmap-bounded",
+    "fence-export-removed",
+    "fence-import-read",
+    "fence-import-fenced",
+    "fence-import-nothing-stale",
+];
+
+/// An importer that never acknowledges (its host plants `--fabric-fault drop-acks`): the
+/// exporter's munmap returns within the bound, the importer is fenced (the exporter's fabric
+/// line counts it, with no shootdown acknowledged), every later access of the importer is
+/// refused, and neither oracle sees a violation.
+#[test]
+fn a_silent_importer_is_fenced_and_reads_nothing_stale() {
+    let mut importer = GuestRun::new(&["fence-import"]);
+    importer.device_args = vec!["--fabric-fault".into(), "drop-acks".into()];
+    let pair = run_pair(&images(), GuestRun::new(&["fence-export"]), importer)
+        .unwrap_or_else(|e| panic!("pair failed: {e}"));
+    let mut problems = Vec::new();
+    for (role, outcome) in [("exporter", &pair.exporter), ("importer", &pair.importer)] {
+        let prefix = if role == "exporter" {
+            "fence-export-"
+        } else {
+            "fence-import-"
+        };
+        for check in FENCE_CHECKS.iter().filter(|c| c.starts_with(prefix)) {
+            let ok = outcome
+                .lines_with(&format!("CHECK {check} "))
+                .any(|l| l.starts_with(&format!("CHECK {check} ok")));
+            if !ok {
+                problems.push(format!("{role}: {check} not ok"));
+            }
+        }
+        if outcome.status != 0 {
+            problems.push(format!("{role}: status {}", outcome.status));
+        }
+        if !outcome.console.contains(", 0 violations") {
+            problems.push(format!(
+                "{role}: the oracle reported violations (or no summary)"
+            ));
+        }
+    }
+    match FabricSummary::from_console(&pair.exporter.console) {
+        Some(s) if s.fences == 1 && s.shootdowns == 0 => {
+            eprintln!("fencing: the exporter fenced its silent importer ({s:?})");
+        }
+        other => problems.push(format!(
+            "exporter's fabric line: want 1 fence and 0 shootdowns, got {other:?}"
+        )),
+    }
+    let munmap = pair
+        .exporter
+        .lines_with("CHECK fence-export-munmap-bounded")
+        .next()
+        .unwrap_or("(no munmap line)");
+    eprintln!("{munmap}");
+    assert!(problems.is_empty(), "{}", report(&pair, &problems));
+}
