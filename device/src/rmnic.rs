@@ -234,7 +234,7 @@ pub struct FabricEndpoint(Arc<Shared>);
 impl FabricEndpoint {
     /// Answers a message the fabric's other node `peer` sent (a request, an invalidation, a
     /// revocation); None when it needs no answer. May block: a `Translate` that misses waits
-    /// for this device's driver (at most about a second), so the host must not call it on the
+    /// for this device's driver (at most 4 s), so the host must not call it on the
     /// thread that delivers replies to this device's own requests.
     pub fn serve(
         &self,

@@ -45,7 +45,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const ATTACH_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an importer waits for a `TranslateReply` (the exporter's driver may have to
 /// resolve the page first); then the command's step completes `FAULT_UNRESOLVED`.
-pub const TRANSLATE_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+pub const TRANSLATE_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an importer waits for an `AccessReply`; then the outcome is unknown and the
 /// importer breaks the link.
 pub const ACCESS_REPLY_TIMEOUT: Duration = Duration::from_millis(100);

@@ -60,8 +60,9 @@ pub struct FabricSummary {
     pub accesses_served: u64,
 }
 
-/// Where a device server's fabric line starts.
-pub const FABRIC_LINE_PREFIX: &str = "rmnic-device-server: fabric: node ";
+/// Where a device host's fabric line starts after its program name (`rmnic-device-server: `
+/// in qemu mode, `rmnic-vmm: ` in emulated mode).
+pub const FABRIC_LINE_PREFIX: &str = ": fabric: node ";
 
 impl FabricSummary {
     /// The fabric line on `console`, if there is one and it parses.
@@ -121,6 +122,101 @@ pub enum PairError {
     /// The importer's boot failed (the exporter was stopped).
     #[error("Importer: {0}")]
     Importer(LaunchError),
+    /// The emulated host's boot of the pair failed, or its console does not show both guests.
+    #[error("Emulated pair: {0}")]
+    Emulated(String),
+}
+
+/// Memory of each guest of a pair in emulated mode: both live in the emulated host's 3 GiB.
+pub const EMULATED_PAIR_GUEST_MIB: u32 = 512;
+
+/// Runs the pair in `mode`: qemu mode as [`run_pair`]; emulated mode with both guests inside
+/// one emulated host (its init starts the exporter's rmnic-vmm, waits for the ids line and
+/// starts the importer's; `images/initramfs/host-init`), the combined console split back
+/// into one outcome per guest by the `exporter | ` / `importer | ` prefixes.
+pub fn run_pair_in(
+    mode: HostMode,
+    images: &Images,
+    exporter: GuestRun,
+    importer: GuestRun,
+) -> Result<PairOutcome, PairError> {
+    match mode {
+        HostMode::Emulated => run_pair_emulated(images, exporter, importer),
+        HostMode::Qemu => run_pair(images, exporter, importer),
+        other => Err(PairError::Emulated(format!(
+            "a pair in {other:?} mode is not built yet (qemu and emulated modes are)"
+        ))),
+    }
+}
+
+fn run_pair_emulated(
+    images: &Images,
+    exporter: GuestRun,
+    importer: GuestRun,
+) -> Result<PairOutcome, PairError> {
+    let mut combined = exporter;
+    combined.memory_mib = EMULATED_PAIR_GUEST_MIB;
+    let mut host = match combined.host.clone() {
+        Some(host) => host,
+        None => crate::emulated::EmulatedHost::from_env()
+            .map_err(|e| PairError::Emulated(e.to_string()))?,
+    };
+    host.kernel_append
+        .push_str(&format!(" rmnic_pair_run={}", importer.command.join(",")));
+    if !importer.device_args.is_empty() {
+        host.kernel_append.push_str(&format!(
+            " rmnic_pair_vmm_args={}",
+            importer.device_args.join(",")
+        ));
+    }
+    combined.host = Some(host);
+    let outcome = launch::run_in(HostMode::Emulated, images, &combined)
+        .map_err(|e| PairError::Emulated(e.to_string()))?;
+    let part = |role: &str| -> String {
+        let prefix = format!("{role} | ");
+        outcome
+            .console
+            .lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .map(|line| format!("{}\n", line.trim_end_matches('\r')))
+            .collect()
+    };
+    let statuses = outcome
+        .lines_with("rmnic-host: pair: exporter status ")
+        .find_map(|line| {
+            let rest = line.split("exporter status ").nth(1)?;
+            let (exporter, importer) = rest.split_once(", importer status ")?;
+            Some((
+                exporter.trim().parse::<i32>().ok()?,
+                importer.trim().parse::<i32>().ok()?,
+            ))
+        })
+        .ok_or_else(|| {
+            PairError::Emulated(format!(
+                "no pair status line; last console lines:\n{}",
+                outcome.tail()
+            ))
+        })?;
+    let exporter_console = part("exporter");
+    let ids: Vec<String> = exporter_console
+        .lines()
+        .find_map(|line| line.split(IDS_LINE_PREFIX).nth(1))
+        .map(|ids| ids.split_whitespace().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    let mut importer_command = importer.command;
+    importer_command.extend(ids);
+    let split = |console: String, status: i32| Outcome {
+        status,
+        console,
+        mode: HostMode::Emulated,
+        elapsed: outcome.elapsed,
+        timeline: Vec::new(),
+    };
+    Ok(PairOutcome {
+        importer: split(part("importer"), statuses.1),
+        exporter: split(exporter_console, statuses.0),
+        importer_command,
+    })
 }
 
 /// Runs `exporter` and `importer` as a pair in qemu mode (module docs) and returns both

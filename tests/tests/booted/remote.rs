@@ -4,10 +4,10 @@
 //! pass, with no kernel complaint and no oracle violation on either device, and the exporter's
 //! munmap must have been shot down on the importer's device without fencing it.
 
-use rmnic_tests::pair::{run_pair, FabricSummary, PairOutcome, IDS_LINE_PREFIX};
+use rmnic_tests::pair::{run_pair, run_pair_in, FabricSummary, PairOutcome, IDS_LINE_PREFIX};
 use rmnic_tests::{GuestRun, Outcome};
 
-use crate::{coherence::outcome_problems, images, program_status};
+use crate::{coherence::outcome_problems, images, program_status, Mode};
 
 /// The exporter's guest program.
 pub const EXPORTER: [&str; 1] = ["remote-export"];
@@ -48,7 +48,19 @@ const IMPORTER_CHECKS: &[&str] = &[
 
 #[test]
 fn segments_are_shared_between_two_guests_over_the_fabric() {
-    let pair = run_pair(
+    shared(Mode::Qemu);
+}
+
+/// The same pair under rmnic-vmm: in emulated mode both guests run inside one emulated host,
+/// each with its own rmnic-vmm, the two joined by a Unix socket in that host.
+#[test]
+fn segments_are_shared_between_two_guests_under_rmnic_vmm() {
+    shared(Mode::Default);
+}
+
+fn shared(mode: Mode) {
+    let pair = run_pair_in(
+        mode.host(),
         &images(),
         GuestRun::new(&EXPORTER),
         GuestRun::new(&IMPORTER),
