@@ -117,6 +117,24 @@ impl Mapping {
         Ok(())
     }
 
+    /// mprotect of `len` bytes from byte `offset` (whole pages inside the mapping).
+    pub fn protect_range(&self, offset: usize, len: usize, prot: i32) -> Result<()> {
+        let inside = offset.checked_add(len).is_some_and(|end| end <= self.len);
+        if !inside || !offset.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
+            bail!(
+                "mprotect of [{offset:#x}, +{len:#x}) is not whole pages of a {:#x}-byte mapping",
+                self.len
+            );
+        }
+        // SAFETY: whole pages of our own mapping (checked above); the CPU reaches them only
+        // through `read_u64`/`write_u64` and the byte views, whose callers keep off pages they
+        // made inaccessible.
+        if unsafe { libc::mprotect(self.ptr.as_ptr().add(offset).cast(), len, prot) } != 0 {
+            bail!("mprotect failed: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// madvise over the whole mapping.
     pub fn advise(&self, advice: i32) -> Result<()> {
         // SAFETY: our own mapping.

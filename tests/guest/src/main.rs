@@ -7,6 +7,7 @@ mod coherence;
 mod exit_port;
 mod random;
 mod remote;
+mod remote_changes;
 mod remote_fence;
 mod scenarios;
 mod segments;
@@ -76,6 +77,23 @@ enum Command {
         #[arg(long)]
         mailbox: u64,
         /// Segment id of the exporter's data.
+        #[arg(long)]
+        data: u64,
+    },
+    /// The exporting side of the exporter's page-table changes across two guests (run by the
+    /// host's two-guest harness): a forked process exports a mailbox and 3 data pages, prints
+    /// `remote-export: segid --mailbox M --data D`, mprotects a page read-only and back, forks
+    /// and breaks copy-on-write with its CPU, then exits with its segments exported; the
+    /// program checks that the exit released them.
+    ChangesExport,
+    /// The importing side of the page-table changes: each change of the exporter is seen by
+    /// the next access (PERMISSION while read-only, the upgrade, the parent's pages after the
+    /// fork, the revocation at the exporter's exit), then detaches.
+    ChangesImport {
+        /// Segment id of the exporter's mailbox.
+        #[arg(long)]
+        mailbox: u64,
+        /// Segment id of the exporter's data segment.
         #[arg(long)]
         data: u64,
     },
@@ -210,6 +228,10 @@ fn main() -> ExitCode {
                 c,
             )
         }),
+        Command::ChangesExport => remote("changes-export", remote_changes::export),
+        Command::ChangesImport { mailbox, data } => remote("changes-import", |c| {
+            remote_changes::import(remote_changes::Ids { mailbox, data }, c)
+        }),
         Command::Stress { seconds, no_device } => {
             start_watchdog();
             stress::run(seconds, !no_device).map(|ok| {
@@ -275,6 +297,11 @@ pub struct Checks {
 }
 
 impl Checks {
+    /// How many checks failed so far.
+    pub fn failed(&self) -> usize {
+        self.failed
+    }
+
     /// Records and prints one check.
     pub fn check(&mut self, name: &str, ok: bool, detail: impl std::fmt::Display) {
         self.total += 1;
@@ -473,7 +500,7 @@ fn segments(only: &[String]) -> Result<ExitCode> {
     })
 }
 
-/// One side of the two-guest segment checks (`Command::RemoteExport`, `RemoteImport`): every
+/// One side of the two-guest segment checks (`Command::RemoteExport`, `RemoteImport`, ...): every
 /// wait in them is bounded, the watchdog covers a hung system call.
 fn remote(name: &str, program: impl FnOnce(&mut Checks) -> Result<()>) -> Result<ExitCode> {
     start_watchdog_after(remote::WATCHDOG_SECS);

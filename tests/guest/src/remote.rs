@@ -86,7 +86,7 @@ const UNMAPPED_PAGE: u64 = 2;
 const PEER_WAIT: Duration = Duration::from_secs(60);
 /// How long the exporter waits for the importer's first word: the host starts the importer's
 /// guest only after the exporter printed its ids, so this covers that boot too.
-const IMPORTER_START_WAIT: Duration = Duration::from_secs(120);
+pub(crate) const IMPORTER_START_WAIT: Duration = Duration::from_secs(120);
 /// How long the importer retries an attach refused with ENOENT.
 const ATTACH_RETRY: Duration = Duration::from_secs(30);
 /// Pause between two CPU reads of the exporter's own mailbox (the vCPU idles meanwhile, so the
@@ -119,8 +119,14 @@ enum Signal {
     ImporterDone = 5,
 }
 
-impl Signal {
+/// A word of a mailbox segment that one side sets to 1, once; each two-guest program has its
+/// own list of them.
+pub(crate) trait MailboxWord: Copy + std::fmt::Debug {
     /// Byte offset of the word in the mailbox.
+    fn offset(self) -> u64;
+}
+
+impl MailboxWord for Signal {
     fn offset(self) -> u64 {
         self as u64 * 8
     }
@@ -183,7 +189,7 @@ fn difference(at: Option<usize>) -> String {
 }
 
 /// Driver counters and their values.
-fn counters(names: &[&'static str]) -> Result<Vec<(&'static str, u64)>> {
+pub(crate) fn counters(names: &[&'static str]) -> Result<Vec<(&'static str, u64)>> {
     names
         .iter()
         .map(|&name| Ok((name, driver_counter(name)?)))
@@ -192,7 +198,7 @@ fn counters(names: &[&'static str]) -> Result<Vec<(&'static str, u64)>> {
 
 /// Waits until every counter is back at its `baseline` value (or the settle time passed) and
 /// reports it as check `name`.
-fn no_leaks(name: &str, baseline: &[(&'static str, u64)], c: &mut Checks) -> Result<()> {
+pub(crate) fn no_leaks(name: &str, baseline: &[(&'static str, u64)], c: &mut Checks) -> Result<()> {
     let mut now = Vec::new();
     for &(counter, value) in baseline {
         now.push((counter, settle(counter, |v| v == value)?));
@@ -231,7 +237,11 @@ fn stopped(c: &mut Checks, role: &str, error: &anyhow::Error) {
 
 /// Polls the exporter's own mailbox word `signal` with the CPU until it is set, at most
 /// `limit`; how long it took.
-fn wait_local(mailbox: &Mapping, signal: Signal, limit: Duration) -> Result<Duration> {
+pub(crate) fn wait_local(
+    mailbox: &Mapping,
+    signal: impl MailboxWord,
+    limit: Duration,
+) -> Result<Duration> {
     let start = Instant::now();
     // CAST: an offset within the page.
     while mailbox.read_u64(signal.offset() as usize) == 0 {
@@ -247,7 +257,7 @@ fn wait_local(mailbox: &Mapping, signal: Signal, limit: Duration) -> Result<Dura
 }
 
 /// Sets the exporter's own mailbox word `signal`.
-fn signal_local(mailbox: &Mapping, signal: Signal) {
+pub(crate) fn signal_local(mailbox: &Mapping, signal: impl MailboxWord) {
     // CAST: an offset within the page.
     mailbox.write_u64(signal.offset() as usize, 1);
 }
@@ -369,12 +379,12 @@ pub fn import(ids: Ids, c: &mut Checks) -> Result<()> {
 }
 
 /// A one-word command (READ64, WRITE64, the atomics) at segment address `addr`.
-fn word_op(dev: &Context, op: u8, addr: u64, operand0: u64, operand1: u64) -> Reply {
+pub(crate) fn word_op(dev: &Context, op: u8, addr: u64, operand0: u64, operand1: u64) -> Reply {
     Reply::of_command(dev.word_op(op, Address::Segment(addr), operand0, operand1))
 }
 
 /// READ64 at segment address `addr`.
-fn read64(dev: &Context, addr: u64) -> Reply {
+pub(crate) fn read64(dev: &Context, addr: u64) -> Reply {
     word_op(dev, opcode::READ64, addr, 0, 0)
 }
 
@@ -386,7 +396,11 @@ fn moved(result: Result<Result<(), rmnic_abi::CommandError>, rmnic_abi::Error>) 
 /// Attaches remote segment `segid`, retrying while the answer is ENOENT (the other guest's
 /// segment not there yet, or the link still coming up: the driver cannot tell these apart) for
 /// at most [`ATTACH_RETRY`].
-fn attach_retrying(dev: &Context, segid: u64, writable: bool) -> Result<(Attachment, u32)> {
+pub(crate) fn attach_retrying(
+    dev: &Context,
+    segid: u64,
+    writable: bool,
+) -> Result<(Attachment, u32)> {
     let start = Instant::now();
     let mut tries = 0;
     loop {
@@ -406,7 +420,7 @@ fn attach_retrying(dev: &Context, segid: u64, writable: bool) -> Result<(Attachm
 }
 
 /// What one remote poll of the mailbox made of a reply.
-enum Poll {
+pub(crate) enum Poll {
     /// What was waited for.
     Done,
     /// Not yet.
@@ -414,11 +428,12 @@ enum Poll {
 }
 
 /// READ64s segment address `addr` every [`REMOTE_POLL`] until `judge` says done, at most
-/// [`PEER_WAIT`]; a reply `judge` refuses stops the wait. How long it took.
-fn poll_remote(
+/// `limit`; a reply `judge` refuses stops the wait. How long it took.
+pub(crate) fn poll_remote(
     dev: &Context,
     addr: u64,
     what: &str,
+    limit: Duration,
     judge: impl Fn(Reply) -> Result<Poll>,
 ) -> Result<Duration> {
     let start = Instant::now();
@@ -426,21 +441,27 @@ fn poll_remote(
         let reply = read64(dev, addr);
         match judge(reply).with_context(|| format!("waiting for {what}: READ64 {reply}"))? {
             Poll::Done => return Ok(start.elapsed()),
-            Poll::Again if start.elapsed() > PEER_WAIT => bail!(
+            Poll::Again if start.elapsed() > limit => bail!(
                 "waiting for {what}: not within {} s; last READ64 {reply}",
-                PEER_WAIT.as_secs()
+                limit.as_secs()
             ),
             Poll::Again => std::thread::sleep(REMOTE_POLL),
         }
     }
 }
 
-/// Waits for the exporter to set mailbox word `signal`.
-fn wait_remote(dev: &Context, mailbox: &Attachment, signal: Signal) -> Result<Duration> {
+/// Waits for the exporter to set mailbox word `signal`, at most `limit`.
+pub(crate) fn wait_remote(
+    dev: &Context,
+    mailbox: &Attachment,
+    signal: impl MailboxWord,
+    limit: Duration,
+) -> Result<Duration> {
     poll_remote(
         dev,
         mailbox.address(signal.offset()),
         &format!("{signal:?}"),
+        limit,
         |reply| match reply {
             Reply::Done(0, _) => Ok(Poll::Again),
             Reply::Done(..) => Ok(Poll::Done),
@@ -450,7 +471,11 @@ fn wait_remote(dev: &Context, mailbox: &Attachment, signal: Signal) -> Result<Du
 }
 
 /// Sets mailbox word `signal` with a remote WRITE64.
-fn signal_remote(dev: &Context, mailbox: &Attachment, signal: Signal) -> Result<()> {
+pub(crate) fn signal_remote(
+    dev: &Context,
+    mailbox: &Attachment,
+    signal: impl MailboxWord,
+) -> Result<()> {
     let reply = word_op(dev, opcode::WRITE64, mailbox.address(signal.offset()), 1, 0);
     if reply.status() != status::OK {
         bail!("setting {signal:?} in the mailbox: WRITE64 {reply}");
@@ -470,7 +495,7 @@ fn import_steps(ids: Ids, c: &mut Checks) -> Result<()> {
         .attach_remote(ids.readonly, false)
         .context("remote attach of the read-only segment")?;
     let attached = driver_counter("attachments_live")?;
-    let ready = wait_remote(&dev, &mailbox, Signal::ExporterReady)?;
+    let ready = wait_remote(&dev, &mailbox, Signal::ExporterReady, PEER_WAIT)?;
     let mut slots = vec![mailbox.slot, data.slot, readonly.slot];
     slots.sort_unstable();
     slots.dedup();
@@ -502,7 +527,7 @@ fn import_steps(ids: Ids, c: &mut Checks) -> Result<()> {
     read_only(&dev, &ids, &readonly, c)?;
     signal_remote(&dev, &mailbox, Signal::ImporterWrote)?;
 
-    wait_remote(&dev, &mailbox, Signal::PageUnmapped)?;
+    wait_remote(&dev, &mailbox, Signal::PageUnmapped, PEER_WAIT)?;
     let at = data.address(UNMAPPED_PAGE * P + 8);
     let gone = read64(&dev, at);
     let page_before = read64(&dev, data.address((UNMAPPED_PAGE - 1) * P + 8));
@@ -523,7 +548,7 @@ fn import_steps(ids: Ids, c: &mut Checks) -> Result<()> {
     );
     signal_remote(&dev, &mailbox, Signal::ImporterSawUnmap)?;
 
-    wait_remote(&dev, &mailbox, Signal::DataRemoved)?;
+    wait_remote(&dev, &mailbox, Signal::DataRemoved, PEER_WAIT)?;
     let invalid = read64(&dev, data.address(P));
     c.check(
         "remote-import-removed-invalid",
@@ -549,14 +574,20 @@ fn import_steps(ids: Ids, c: &mut Checks) -> Result<()> {
     // remote export open, and this guest may end (module docs, step 7). Its host gone (the
     // link broke: REMOTE_UNREACHABLE) means the same: it ends only after the removals.
     let last = std::cell::Cell::new(Reply::Done(0, 0));
-    let finished = poll_remote(&dev, mailbox.address(0), "the mailbox's removal", |reply| {
-        last.set(reply);
-        match reply.status() {
-            status::OK => Ok(Poll::Again),
-            status::SEGMENT_INVALID | status::REMOTE_UNREACHABLE => Ok(Poll::Done),
-            _ => bail!("the mailbox read failed"),
-        }
-    });
+    let finished = poll_remote(
+        &dev,
+        mailbox.address(0),
+        "the mailbox's removal",
+        PEER_WAIT,
+        |reply| {
+            last.set(reply);
+            match reply.status() {
+                status::OK => Ok(Poll::Again),
+                status::SEGMENT_INVALID | status::REMOTE_UNREACHABLE => Ok(Poll::Done),
+                _ => bail!("the mailbox read failed"),
+            }
+        },
+    );
     c.check(
         "remote-import-exporter-finished",
         finished.is_ok(),

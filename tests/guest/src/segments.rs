@@ -18,8 +18,8 @@ use rmnic_abi::{
 };
 use rmnic_guest::Mapping;
 
-pub use self::agent::Reply;
-use self::agent::{fnv1a, Agent, Creds};
+use self::agent::{fnv1a, Creds};
+pub use self::agent::{Agent, Reply};
 use crate::scenarios::{driver_counter, mmap, munmap, poke};
 use crate::Checks;
 

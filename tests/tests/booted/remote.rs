@@ -2,7 +2,13 @@
 //! remote-export` on one guest and `remote-import` on the other, their devices' servers joined
 //! by a fabric link (`rmnic_tests::pair`, qemu mode). Every named check of both programs must
 //! pass, with no kernel complaint and no oracle violation on either device, and the exporter's
-//! munmap must have been shot down on the importer's device without fencing it.
+//! munmap must have been shot down on the importer's device without fencing it; also with the
+//! importer's host acknowledging late (`--fabric-fault delay-acks:MS`, below the fencing
+//! bound), where the exporter must wait for it rather than fence it.
+//!
+//! `changes-export`/`changes-import` cover the exporter's other page-table changes across the
+//! two guests (mprotect both ways, fork/COW, exit without removing its segments); the fencing
+//! pair (`fence-export`/`fence-import`) an importer that never acknowledges.
 
 use rmnic_tests::pair::{run_pair, run_pair_in, FabricSummary, PairOutcome, IDS_LINE_PREFIX};
 use rmnic_tests::{GuestRun, Outcome};
@@ -59,31 +65,8 @@ fn segments_are_shared_between_two_guests_under_rmnic_vmm() {
 }
 
 fn shared(mode: Mode) {
-    let pair = run_pair_in(
-        mode.host(),
-        &images(),
-        GuestRun::new(&EXPORTER),
-        GuestRun::new(&IMPORTER),
-    )
-    .unwrap_or_else(|e| panic!("pair failed: {e}"));
-    let importer_command: Vec<&str> = pair.importer_command.iter().map(String::as_str).collect();
-    let mut problems = Vec::new();
-    guest_problems(
-        "exporter",
-        &pair.exporter,
-        EXPORTER_CHECKS,
-        &EXPORTER,
-        &mut problems,
-    );
-    guest_problems(
-        "importer",
-        &pair.importer,
-        IMPORTER_CHECKS,
-        &importer_command,
-        &mut problems,
-    );
-    let fabric = FabricSummary::from_console(&pair.exporter.console);
-    match fabric {
+    let (pair, mut problems) = remote_pair(mode, GuestRun::new(&IMPORTER));
+    match FabricSummary::from_console(&pair.exporter.console) {
         Some(s) if s.peer == Some(2) && s.shootdowns >= 1 && s.fences == 0 => eprintln!(
             "remote segments: {} remote shootdowns, mean round trip {:.1} us; {} remote accesses served",
             s.shootdowns, s.mean_us, s.accesses_served
@@ -95,19 +78,108 @@ fn shared(mode: Mode) {
     assert!(problems.is_empty(), "{}", report(&pair, &problems));
 }
 
+/// How late the importer's host acknowledges invalidations in the delay test: below the
+/// exporter's fencing bound (`INVALIDATE_ACK_TIMEOUT`, 50 ms), so it must be waited for.
+const ACK_DELAY_MS: u64 = 20;
+
+/// The importer's host acknowledges every invalidation [`ACK_DELAY_MS`] late
+/// (`--fabric-fault delay-acks:20`): the pair passes as without the delay, the exporter fences
+/// no one, and its shootdowns' mean round trip is at least the delay. That last figure checks
+/// that the exporter's munmap really waited for the late acknowledgement (it returns only
+/// once acknowledged); it is not a performance figure.
+#[test]
+fn a_late_acknowledgement_within_the_bound_is_waited_for_not_fenced() {
+    let mut importer = GuestRun::new(&IMPORTER);
+    importer.device_args = vec![
+        "--fabric-fault".into(),
+        format!("delay-acks:{ACK_DELAY_MS}"),
+    ];
+    let (pair, mut problems) = remote_pair(Mode::Qemu, importer);
+    // CAST: display and comparison only.
+    let delay_us = (ACK_DELAY_MS * 1000) as f64;
+    match FabricSummary::from_console(&pair.exporter.console) {
+        Some(s)
+            if s.peer == Some(2) && s.shootdowns >= 1 && s.fences == 0 && s.mean_us >= delay_us =>
+        {
+            eprintln!(
+                "acknowledgements {ACK_DELAY_MS} ms late: {} remote shootdowns, mean round trip {:.1} us, no fence",
+                s.shootdowns, s.mean_us
+            );
+        }
+        other => problems.push(format!(
+            "exporter's fabric line: want peer 2, at least 1 remote shootdown with a mean round trip of at least {delay_us:.0} us, and 0 fences; got {other:?}"
+        )),
+    }
+    let munmap = pair
+        .exporter
+        .lines_with("CHECK remote-export-munmap-invalidates")
+        .next()
+        .unwrap_or("(no munmap line)");
+    eprintln!("{munmap}");
+    assert!(problems.is_empty(), "{}", report(&pair, &problems));
+}
+
+/// Runs the remote-export/remote-import pair, `importer` being the importer's run (its
+/// command and device options); what is wrong with either guest ([`guest_problems`]), the
+/// fabric line left to the caller.
+fn remote_pair(mode: Mode, importer: GuestRun) -> (PairOutcome, Vec<String>) {
+    let pair = run_pair_in(mode.host(), &images(), GuestRun::new(&EXPORTER), importer)
+        .unwrap_or_else(|e| panic!("pair failed: {e}"));
+    let problems = pair_problems(
+        &pair,
+        &EXPORTER,
+        EXPORTER_CHECKS,
+        IMPORTER_CHECKS,
+        "remote-",
+    );
+    (pair, problems)
+}
+
+/// What is wrong with either guest of `pair` ([`guest_problems`]); `prefix` starts every
+/// check name of both programs.
+fn pair_problems(
+    pair: &PairOutcome,
+    exporter_command: &[&str],
+    exporter_checks: &[&str],
+    importer_checks: &[&str],
+    prefix: &str,
+) -> Vec<String> {
+    let importer_command: Vec<&str> = pair.importer_command.iter().map(String::as_str).collect();
+    let mut problems = Vec::new();
+    guest_problems(
+        "exporter",
+        &pair.exporter,
+        exporter_checks,
+        exporter_command,
+        prefix,
+        &mut problems,
+    );
+    guest_problems(
+        "importer",
+        &pair.importer,
+        importer_checks,
+        &importer_command,
+        prefix,
+        &mut problems,
+    );
+    problems
+}
+
 /// Adds what is wrong with one guest of the pair to `problems`: a check not ok (or a stop line
-/// of the program's own), a kernel complaint, an oracle violation, a non-zero status.
+/// of the program's own, a check named with `prefix` that is not in the lists), a kernel
+/// complaint, an oracle violation, a non-zero status.
 fn guest_problems(
     role: &str,
     outcome: &Outcome,
     expected: &[&str],
     command: &[&str],
+    prefix: &str,
     problems: &mut Vec<String>,
 ) {
     // A program that stopped early prints a FAILED line of its own, not in the lists.
     problems.extend(
         outcome
-            .lines_with("CHECK remote-")
+            .lines_with(&format!("CHECK {prefix}"))
             .filter(|l| l.contains(" FAILED "))
             .map(|l| format!("{role}: {l}")),
     );
@@ -143,36 +215,139 @@ fn report(pair: &PairOutcome, problems: &[String]) -> String {
 /// prints. Reads the program's source; boots nothing.
 #[test]
 fn the_expected_checks_are_the_programs() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/guest/src/remote.rs");
-    let source = std::fs::read_to_string(path).expect("the guest program is in the repository");
-    // Check names are whole literals of lowercase words and dashes; the ids line and names
-    // built with format! are not.
-    let mut in_program: Vec<&str> = source
-        .match_indices("\"remote-")
+    let (path, source) = guest_source("remote.rs");
+    assert_eq!(
+        check_names(&source, "remote-"),
+        sorted(&[EXPORTER_CHECKS, IMPORTER_CHECKS].concat()),
+        "{path} and this test's lists differ"
+    );
+    assert!(
+        source.contains(&format!("{IDS_LINE_PREFIX:?}")),
+        "{path} does not print the line the harness waits for ({IDS_LINE_PREFIX:?})"
+    );
+    // The changes pair prints its ids through the same constant.
+    let (path, source) = guest_source("remote_changes.rs");
+    assert_eq!(
+        check_names(&source, "changes-"),
+        sorted(&[CHANGES_EXPORTER_CHECKS, CHANGES_IMPORTER_CHECKS].concat()),
+        "{path} and this test's lists differ"
+    );
+    assert!(
+        source.contains("{IDS_LINE_PREFIX}--mailbox {} --data {}"),
+        "{path} does not print the line the harness waits for ({IDS_LINE_PREFIX:?})"
+    );
+}
+
+/// The path and text of guest program source `file`.
+fn guest_source(file: &str) -> (String, String) {
+    let path = format!("{}/guest/src/{file}", env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(&path).expect("the guest program is in the repository");
+    (path, source)
+}
+
+/// The check names in `source` that start with `prefix`, sorted, once each. Check names are
+/// whole literals of lowercase words and dashes; the ids line and names built with format!
+/// (a program's stop line) are not.
+fn check_names<'a>(source: &'a str, prefix: &str) -> Vec<&'a str> {
+    let names: Vec<&str> = source
+        .match_indices(&format!("\"{prefix}"))
         .filter_map(|(at, _)| source[at + 1..].split('"').next())
         .filter(|name| {
             name.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         })
         .collect();
-    in_program.sort_unstable();
-    in_program.dedup();
-    let mut expected = [EXPORTER_CHECKS, IMPORTER_CHECKS].concat();
-    expected.sort_unstable();
-    assert_eq!(in_program, expected, "{path} and this test's lists differ");
-    assert!(
-        source.contains(&format!("{IDS_LINE_PREFIX:?}")),
-        "{path} does not print the line the harness waits for ({IDS_LINE_PREFIX:?})"
+    sorted(&names)
+}
+
+/// `names` sorted, once each.
+fn sorted<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    let mut names = names.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// The exporter's side of the page-table changes pair.
+pub const CHANGES_EXPORTER: [&str; 1] = ["changes-export"];
+
+/// Every check the changes exporter must report as passed: its exporting process's, then the
+/// program's after that process exited.
+const CHANGES_EXPORTER_CHECKS: &[&str] = &[
+    "changes-export-segments",
+    "changes-export-sees-importer-write",
+    "changes-export-mprotect-invalidates",
+    "changes-export-readonly-unchanged",
+    "changes-export-upgrade-landed",
+    "changes-export-fork-invalidates",
+    "changes-export-fork-parent-sees-importer",
+    "changes-export-fork-child-keeps-old",
+    "changes-export-exporter-exited",
+    "changes-export-exit-releases",
+];
+
+/// Every check the changes importer must report as passed.
+const CHANGES_IMPORTER_CHECKS: &[&str] = &[
+    "changes-import-attach",
+    "changes-import-write",
+    "changes-import-mprotect-write-permission",
+    "changes-import-mprotect-upgrade",
+    "changes-import-write-before-fork",
+    "changes-import-fork-writes",
+    "changes-import-exporter-exit-revokes",
+    "changes-import-detach",
+    "changes-import-no-leaks",
+];
+
+/// The exporter's page-table changes, each seen by the other guest's next access: mprotect
+/// read-only (PERMISSION) and back (the write lands), fork/COW (the importer's writes reach
+/// the parent's pages, the child keeps the old ones), and the exporter's exit with its
+/// segments exported (revoked, or its host gone; the importer detaches cleanly). Every check
+/// ok, no oracle violation on either device, and on the exporter's fabric line no fence and at
+/// least 2 remote shootdowns (mprotect and fork each shoot down).
+#[test]
+fn the_exporters_page_table_changes_reach_the_other_guest() {
+    let pair = run_pair(
+        &images(),
+        GuestRun::new(&CHANGES_EXPORTER),
+        GuestRun::new(&["changes-import"]),
+    )
+    .unwrap_or_else(|e| panic!("pair failed: {e}"));
+    let mut problems = pair_problems(
+        &pair,
+        &CHANGES_EXPORTER,
+        CHANGES_EXPORTER_CHECKS,
+        CHANGES_IMPORTER_CHECKS,
+        "changes-",
     );
+    match FabricSummary::from_console(&pair.exporter.console) {
+        Some(s) if s.peer == Some(2) && s.shootdowns >= 2 && s.fences == 0 => eprintln!(
+            "page-table changes: {} remote shootdowns, mean round trip {:.1} us; {} remote accesses served",
+            s.shootdowns, s.mean_us, s.accesses_served
+        ),
+        other => problems.push(format!(
+            "exporter's fabric line: want peer 2, at least 2 remote shootdowns and 0 fences, got {other:?}"
+        )),
+    }
+    // Which end the importer saw at the exporter's exit: revoked, or the host already gone.
+    if let Some(line) = pair
+        .importer
+        .lines_with("CHECK changes-import-exporter-exit-revokes")
+        .next()
+    {
+        eprintln!("{line}");
+    }
+    assert!(problems.is_empty(), "{}", report(&pair, &problems));
 }
 
 /// Every check of the fencing pair.
-const FENCE_CHECKS: [&str; 5] = [
+const FENCE_CHECKS: [&str; 6] = [
     "fence-export-munmap-bounded",
     "fence-export-removed",
     "fence-import-read",
     "fence-import-fenced",
     "fence-import-nothing-stale",
+    "fence-import-no-leaks",
 ];
 
 /// An importer that never acknowledges (its host plants `--fabric-fault drop-acks`): the
