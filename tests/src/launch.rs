@@ -248,6 +248,9 @@ pub enum LaunchError {
         mode: HostMode,
         /// Last console lines.
         tail: String,
+        /// The whole console, kept in `failed-boots/` (the tail of a stalled emulated host is
+        /// mostly its own watchdog's dump: where the guest got to is further up).
+        console: String,
     },
     /// Another thread ended the run ([`GuestRun::stop`]).
     #[error("Guest stopped by the harness ({mode} mode); last console lines:\n{tail}")]
@@ -330,11 +333,12 @@ pub(crate) fn record_boot(
     if !matches!(verdict, Verdict::Passed | Verdict::GuestFailed) {
         match outcome {
             Ok(outcome) => save_console(images, command, verdict, &outcome.console),
-            Err(
-                LaunchError::HostFailed { tail, .. }
-                | LaunchError::Timeout { tail, .. }
-                | LaunchError::Stopped { tail, .. },
-            ) => save_console(images, command, verdict, tail),
+            Err(LaunchError::Timeout { console, .. }) => {
+                save_console(images, command, verdict, console)
+            }
+            Err(LaunchError::HostFailed { tail, .. } | LaunchError::Stopped { tail, .. }) => {
+                save_console(images, command, verdict, tail)
+            }
             Err(_) => {}
         }
     }
@@ -471,7 +475,8 @@ pub(crate) fn boot_unserialised(
             for reader in readers {
                 let _ = reader.join();
             }
-            let tail = tail(&lock(&console).text);
+            let whole = std::mem::take(&mut lock(&console).text);
+            let tail = tail(&whole);
             return Err(if matches!(waited, Waited::Stopped) {
                 LaunchError::Stopped { mode, tail }
             } else {
@@ -479,6 +484,7 @@ pub(crate) fn boot_unserialised(
                     seconds: guest.timeout.as_secs(),
                     mode,
                     tail,
+                    console: whole,
                 }
             });
         }

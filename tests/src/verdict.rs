@@ -297,6 +297,7 @@ mod tests {
             seconds: 1,
             mode: HostMode::Emulated,
             tail: String::new(),
+            console: String::new(),
         });
         assert_eq!(Verdict::of(&timeout), Verdict::Timeout);
         let qemu_refused = Err(LaunchError::HostFailed {
