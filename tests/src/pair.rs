@@ -13,7 +13,9 @@
 //! beside them. Each is classified and recorded like any other boot.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -271,8 +273,16 @@ pub fn run_pair(
             });
         }
     };
-    let exporter_echoing = echo_lines(exporter_lines, "exporter", exporter_echo);
-    let importer_echoing = echo_lines(importer_lines, "importer", importer_echo);
+    let exporter_echoing = echo_lines(exporter_lines, "exporter", exporter_echo, None);
+    let importer_stop = Stop::new();
+    importer.stop = Some(importer_stop.clone());
+    let killed = Arc::new(AtomicBool::new(false));
+    let importer_echoing = echo_lines(
+        importer_lines,
+        "importer",
+        importer_echo,
+        Some((importer_stop, killed.clone())),
+    );
 
     importer.command.extend(ids);
     let importer_started = Instant::now();
@@ -284,8 +294,9 @@ pub fn run_pair(
         false,
         &importer_outcome,
     );
-    if importer_outcome.is_err() {
-        // Nothing will answer the exporter: do not let it wait out its own bounds.
+    if importer_outcome.is_err() && !killed.load(Ordering::Relaxed) {
+        // Nothing will answer the exporter: do not let it wait out its own bounds. (An
+        // importer killed on purpose is the test: the exporter runs on.)
         stop.stop();
     }
     let importer_command = importer.command.clone();
@@ -294,12 +305,30 @@ pub fn run_pair(
     launch::record_boot(images, &exporter_command, started, false, &exporter_outcome);
     let _ = exporter_echoing.join();
     let _ = importer_echoing.join();
+    // An importer killed on purpose: its console up to the kill, and a status saying so.
+    let importer_outcome = match importer_outcome {
+        Err(LaunchError::Stopped { tail, mode }) if killed.load(Ordering::Relaxed) => Ok(Outcome {
+            status: KILLED_STATUS,
+            console: tail,
+            mode,
+            elapsed: importer_started.elapsed(),
+            timeline: Vec::new(),
+        }),
+        other => other,
+    };
     Ok(PairOutcome {
         importer: importer_outcome.map_err(PairError::Importer)?,
         exporter: exporter_outcome.map_err(PairError::Exporter)?,
         importer_command,
     })
 }
+
+/// A line an importer prints to be killed there and then (with its device host: the link
+/// breaks as it would when a peer dies).
+pub const KILL_IMPORTER_LINE: &str = "remote-pair: kill the importer now";
+/// The status a [`PairOutcome`]'s importer carries when the harness killed it on
+/// [`KILL_IMPORTER_LINE`].
+pub const KILLED_STATUS: i32 = -9;
 
 /// The device server's options for node `node` at `socket`'s end of the link.
 fn fabric_args(node: u8, role: &str, socket: &Path) -> [String; 4] {
@@ -324,10 +353,22 @@ fn echo(role: &str, line: &str) {
     println!("{role} | {line}");
 }
 
-/// Echoes (or only drains) `lines` until the boot feeding them ends.
-fn echo_lines(lines: Receiver<String>, role: &'static str, echoing: bool) -> JoinHandle<()> {
+/// Echoes (or only drains) `lines` until the boot feeding them ends; with `kill`, stops that
+/// boot when a line says [`KILL_IMPORTER_LINE`] (and records that it did).
+fn echo_lines(
+    lines: Receiver<String>,
+    role: &'static str,
+    echoing: bool,
+    kill: Option<(Stop, Arc<AtomicBool>)>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         for line in lines {
+            if let Some((stop, killed)) = &kill {
+                if line.contains(KILL_IMPORTER_LINE) {
+                    killed.store(true, Ordering::Relaxed);
+                    stop.stop();
+                }
+            }
             if echoing {
                 echo(role, &line);
             }

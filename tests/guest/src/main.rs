@@ -68,7 +68,11 @@ enum Command {
     /// the importer to read them, munmaps a page whose invalidation the importer never
     /// acknowledges (its host plants `--fabric-fault drop-acks`) and checks munmap returned
     /// within the bound.
-    FenceExport,
+    FenceExport {
+        /// The harness kills the importer after it read: wait for that before the munmap.
+        #[arg(long)]
+        importer_killed: bool,
+    },
     /// The importing side of the fencing check: reads the exporter's pages, then finds every
     /// access refused (SEGMENT_INVALID) once the exporter fenced it, stale translations
     /// included.
@@ -79,6 +83,9 @@ enum Command {
         /// Segment id of the exporter's data.
         #[arg(long)]
         data: u64,
+        /// After reading, ask the harness to kill this guest (a peer that dies).
+        #[arg(long)]
+        get_killed: bool,
     },
     /// The exporting side of the exporter's page-table changes across two guests (run by the
     /// host's two-guest harness): a forked process exports a mailbox and 3 data pages, prints
@@ -202,14 +209,18 @@ fn main() -> ExitCode {
         Command::Coherence { only, skip } => coherence(&only, &skip),
         Command::Segments { only } => segments(&only),
         Command::RemoteExport => remote("remote-export", remote::export),
-        Command::FenceExport => remote("fence-export", |c| {
-            remote_fence::export(c).or_else(|e| {
+        Command::FenceExport { importer_killed } => remote("fence-export", |c| {
+            remote_fence::export(importer_killed, c).or_else(|e| {
                 c.check("fence-export-stopped", false, format!("{e:#}"));
                 Ok(())
             })
         }),
-        Command::FenceImport { mailbox, data } => remote("fence-import", |c| {
-            remote_fence::import(mailbox, data, c).or_else(|e| {
+        Command::FenceImport {
+            mailbox,
+            data,
+            get_killed,
+        } => remote("fence-import", |c| {
+            remote_fence::import(mailbox, data, get_killed, c).or_else(|e| {
                 c.check("fence-import-stopped", false, format!("{e:#}"));
                 Ok(())
             })

@@ -35,8 +35,14 @@ const LINGER: Duration = Duration::from_secs(5);
 /// for the importer without bound (a liveness check, not a performance figure).
 const MUNMAP_LIMIT: Duration = Duration::from_secs(2);
 
-/// The exporter's side.
-pub fn export(c: &mut Checks) -> Result<()> {
+/// How long the exporter waits, with `importer_killed`, for the harness to kill the importer
+/// after it signalled (the harness polls every 100 ms; the kill is checked by the fence the
+/// exporter's host then counts, so a late kill fails the test rather than passing it).
+const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// The exporter's side. With `importer_killed`, the importer is killed by the harness right
+/// after it read the pages: the munmap waits [`KILL_GRACE`] for that first.
+pub fn export(importer_killed: bool, c: &mut Checks) -> Result<()> {
     let dev = Context::open()?;
     let mailbox = Mapping::new(PAGE, false)?;
     let data = Mapping::new(DATA_PAGES * PAGE, false)?;
@@ -57,6 +63,9 @@ pub fn export(c: &mut Checks) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+    if importer_killed {
+        std::thread::sleep(KILL_GRACE);
+    }
     let before = dev.stats()?;
     let munmapped = Instant::now();
     munmap(data.addr() + P, PAGE)?;
@@ -66,7 +75,7 @@ pub fn export(c: &mut Checks) -> Result<()> {
         "fence-export-munmap-bounded",
         took < MUNMAP_LIMIT && after.invalidations_sent > before.invalidations_sent,
         format!(
-            "munmap of data page 1 with a silent importer returned after {:.1} ms ({} device invalidation(s))",
+            "munmap of data page 1 with a silent or dead importer returned after {:.1} ms ({} device invalidation(s))",
             took.as_secs_f64() * 1e3,
             after.invalidations_sent - before.invalidations_sent
         ),
@@ -85,8 +94,13 @@ pub fn export(c: &mut Checks) -> Result<()> {
     Ok(())
 }
 
-/// The importer's side.
-pub fn import(mailbox_id: u64, data_id: u64, c: &mut Checks) -> Result<()> {
+/// The line the harness kills this guest on (`rmnic_tests::pair::KILL_IMPORTER_LINE`).
+const KILL_LINE: &str = "remote-pair: kill the importer now";
+
+/// The importer's side. With `get_killed`, it stops after its reads and asks the harness to
+/// kill it (with its device host: the link breaks as when a peer dies); the exporter's munmap
+/// must then complete within the bound all the same.
+pub fn import(mailbox_id: u64, data_id: u64, get_killed: bool, c: &mut Checks) -> Result<()> {
     let baseline = driver_counter("attachments_live")?;
     let dev = Context::open()?;
     let attach = |segid: u64| {
@@ -132,6 +146,11 @@ pub fn import(mailbox_id: u64, data_id: u64, c: &mut Checks) -> Result<()> {
     ));
     if signalled.status() != status::OK {
         bail!("could not signal the exporter: {signalled}");
+    }
+    if get_killed {
+        println!("{KILL_LINE}");
+        std::thread::sleep(WAIT);
+        bail!("not killed within {} s", WAIT.as_secs());
     }
     // The exporter now munmaps page 1; this device never acknowledges, so it is fenced.
     let start = Instant::now();

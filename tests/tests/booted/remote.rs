@@ -400,3 +400,57 @@ fn a_silent_importer_is_fenced_and_reads_nothing_stale() {
     eprintln!("{munmap}");
     assert!(problems.is_empty(), "{}", report(&pair, &problems));
 }
+
+/// An importer that dies (the harness kills its VM and device host once it read the
+/// exporter's pages): the exporter's munmap still returns within the bound, the importer is
+/// fenced (its link is down), and the exporter goes on to remove its segments cleanly.
+#[test]
+fn a_killed_importer_is_fenced_and_the_exporter_goes_on() {
+    let pair = run_pair(
+        &images(),
+        GuestRun::new(&["fence-export", "--importer-killed"]),
+        GuestRun::new(&["fence-import", "--get-killed"]),
+    )
+    .unwrap_or_else(|e| panic!("pair failed: {e}"));
+    let mut problems = Vec::new();
+    for check in ["fence-export-munmap-bounded", "fence-export-removed"] {
+        if !pair
+            .exporter
+            .lines_with(&format!("CHECK {check} ok"))
+            .any(|_| true)
+        {
+            problems.push(format!("exporter: {check} not ok"));
+        }
+    }
+    if !pair.importer.console.contains("CHECK fence-import-read ok") {
+        problems.push("importer: fence-import-read not ok before the kill".to_string());
+    }
+    if pair.importer.status != rmnic_tests::pair::KILLED_STATUS {
+        problems.push(format!(
+            "importer: status {}, not killed by the harness",
+            pair.importer.status
+        ));
+    }
+    if pair.exporter.status != 0 || !pair.exporter.console.contains(", 0 violations") {
+        problems.push(format!(
+            "exporter: status {}, or oracle violations (or no summary)",
+            pair.exporter.status
+        ));
+    }
+    match FabricSummary::from_console(&pair.exporter.console) {
+        Some(s) if s.fences == 1 && s.shootdowns == 0 => {
+            eprintln!("killed peer: the exporter fenced it ({s:?})");
+        }
+        other => problems.push(format!(
+            "exporter's fabric line: want 1 fence and 0 shootdowns, got {other:?}"
+        )),
+    }
+    eprintln!(
+        "{}",
+        pair.exporter
+            .lines_with("CHECK fence-export-munmap-bounded")
+            .next()
+            .unwrap_or("(no munmap line)")
+    );
+    assert!(problems.is_empty(), "{}", report(&pair, &problems));
+}
