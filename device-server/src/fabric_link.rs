@@ -3,7 +3,7 @@
 //! the link without holding up the boot, and the summary printed at the end.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,7 +34,9 @@ pub struct FabricArgs {
     #[arg(long, value_name = "PATH", requires = "node")]
     pub fabric_connect: Option<PathBuf>,
     /// A link fault this node plants, to test the other node's bounds: `drop-acks` (never
-    /// acknowledge an invalidation), `delay-acks:MS` (acknowledge after MS milliseconds).
+    /// acknowledge an invalidation), `delay-acks:MS` (acknowledge after MS milliseconds),
+    /// `partition-on-invalidate` (from the first invalidation received on, every message is
+    /// lost both ways while both nodes live on).
     #[arg(long, value_name = "FAULT", value_parser = parse_link_fault, requires = "node")]
     pub fabric_fault: Option<LinkFault>,
 }
@@ -47,17 +49,20 @@ pub enum LinkFault {
     DropAcks,
     /// Invalidations are acknowledged this late.
     DelayAcks(Duration),
+    /// The first invalidation received starts a partition: nothing gets through either way.
+    PartitionOnInvalidate,
 }
 
 fn parse_link_fault(text: &str) -> Result<LinkFault, String> {
     match text.split_once(':') {
         None if text == "drop-acks" => Ok(LinkFault::DropAcks),
+        None if text == "partition-on-invalidate" => Ok(LinkFault::PartitionOnInvalidate),
         Some(("delay-acks", ms)) => ms
             .parse::<u64>()
             .map(|ms| LinkFault::DelayAcks(Duration::from_millis(ms)))
             .map_err(|_| format!("delay-acks:MS wants milliseconds, not '{ms}'")),
         _ => Err(format!(
-            "unknown link fault '{text}' (drop-acks, delay-acks:MS)"
+            "unknown link fault '{text}' (drop-acks, delay-acks:MS, partition-on-invalidate)"
         )),
     }
 }
@@ -88,8 +93,18 @@ pub fn start(
     if let Some(fault) = fault {
         eprintln!("{who}: fabric: planting the link fault {fault:?}");
     }
+    // The node, once linked, for a partition the handler starts.
+    let linked: Arc<OnceLock<Weak<FabricNode>>> = Arc::new(OnceLock::new());
+    let partitions = linked.clone();
     let handler: Handler = Arc::new(move |peer, message| {
         let invalidation = matches!(message, rmnic_fabric::protocol::Message::Invalidate { .. });
+        if invalidation && fault == Some(LinkFault::PartitionOnInvalidate) {
+            if let Some(node) = partitions.get().and_then(Weak::upgrade) {
+                eprintln!("{who}: fabric: planted partition starts now");
+                node.partition();
+            }
+            return None;
+        }
         let answer = serve.serve(peer, message);
         match fault {
             Some(LinkFault::DropAcks) if invalidation => None,
@@ -116,6 +131,7 @@ pub fn start(
                         node.peer().0,
                         path.display()
                     );
+                    let _ = linked.set(Arc::downgrade(&node));
                     endpoint.connect(Some(node.clone()));
                     Some(node)
                 }
@@ -162,6 +178,10 @@ mod tests {
     #[test]
     fn link_faults_parse_and_bad_ones_are_named() {
         assert_eq!(parse_link_fault("drop-acks"), Ok(LinkFault::DropAcks));
+        assert_eq!(
+            parse_link_fault("partition-on-invalidate"),
+            Ok(LinkFault::PartitionOnInvalidate)
+        );
         assert_eq!(
             parse_link_fault("delay-acks:20"),
             Ok(LinkFault::DelayAcks(Duration::from_millis(20)))

@@ -68,6 +68,8 @@ pub struct FabricNode {
     /// Requests waiting for their reply, by id.
     pending: Mutex<HashMap<u64, Sender<Message>>>,
     down: AtomicBool,
+    /// A planted partition (tests): nothing is delivered or sent any more, the link stays up.
+    partitioned: AtomicBool,
 }
 
 impl std::fmt::Debug for FabricNode {
@@ -169,6 +171,7 @@ impl FabricNode {
             writer: Mutex::new(Some(writer)),
             pending: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
+            partitioned: AtomicBool::new(false),
         });
         let runner = node.clone();
         std::thread::Builder::new()
@@ -197,6 +200,9 @@ impl FabricNode {
     /// A message from the peer: a reply goes to its waiter (a late one is dropped), anything
     /// else to the handler on a thread of its own, whose answer is sent back.
     fn deliver(self: &Arc<Self>, message: Message, handler: &Handler) {
+        if self.partitioned.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(id) = message.reply_to() {
             if let Some(waiter) = self.pending().remove(&id) {
                 let _ = waiter.send(message);
@@ -233,8 +239,17 @@ impl FabricNode {
         self.down.load(Ordering::Acquire)
     }
 
-    /// Sends `message`.
+    /// Plants a partition (tests): from now on every message is lost both ways while the
+    /// link stays up, as when the network between two live nodes fails. Requests time out.
+    pub fn partition(&self) {
+        self.partitioned.store(true, Ordering::Release);
+    }
+
+    /// Sends `message` (lost without a word after [`FabricNode::partition`]).
     pub fn send(&self, message: Message) -> Result<(), NodeError> {
+        if self.partitioned.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let Some(link) = writer.as_mut() else {
             return Err(NodeError::Down);
@@ -368,6 +383,22 @@ mod tests {
             a.request(invalidate(2), Duration::from_secs(1)),
             Err(NodeError::Down)
         ));
+    }
+
+    #[test]
+    fn a_partition_loses_everything_both_ways_and_requests_time_out() {
+        let (a, b) = pair("partition", echo_handler());
+        assert!(a.request(invalidate(1), Duration::from_secs(5)).is_ok());
+        b.partition();
+        assert!(matches!(
+            a.request(invalidate(2), Duration::from_millis(50)),
+            Err(NodeError::Timeout(_))
+        ));
+        assert!(matches!(
+            b.request(invalidate(3), Duration::from_millis(50)),
+            Err(NodeError::Timeout(_))
+        ));
+        assert!(!a.is_down() && !b.is_down());
     }
 
     #[test]

@@ -86,6 +86,10 @@ enum Command {
         /// After reading, ask the harness to kill this guest (a peer that dies).
         #[arg(long)]
         get_killed: bool,
+        /// This guest's host plants a partition at the exporter's invalidation: expect
+        /// REMOTE_UNREACHABLE rather than SEGMENT_INVALID once cut off.
+        #[arg(long)]
+        partitioned: bool,
     },
     /// The exporting side of the exporter's page-table changes across two guests (run by the
     /// host's two-guest harness): a forked process exports a mailbox and 3 data pages, prints
@@ -219,8 +223,9 @@ fn main() -> ExitCode {
             mailbox,
             data,
             get_killed,
+            partitioned,
         } => remote("fence-import", |c| {
-            remote_fence::import(mailbox, data, get_killed, c).or_else(|e| {
+            remote_fence::import(mailbox, data, get_killed, partitioned, c).or_else(|e| {
                 c.check("fence-import-stopped", false, format!("{e:#}"));
                 Ok(())
             })

@@ -100,7 +100,22 @@ const KILL_LINE: &str = "remote-pair: kill the importer now";
 /// The importer's side. With `get_killed`, it stops after its reads and asks the harness to
 /// kill it (with its device host: the link breaks as when a peer dies); the exporter's munmap
 /// must then complete within the bound all the same.
-pub fn import(mailbox_id: u64, data_id: u64, get_killed: bool, c: &mut Checks) -> Result<()> {
+///
+/// With `partitioned` (its host plants `--fabric-fault partition-on-invalidate`), the exporter's
+/// invalidation starts a partition: this side then hears nothing, so its accesses complete
+/// REMOTE_UNREACHABLE (the exporter's refusal never arrives) instead of SEGMENT_INVALID.
+pub fn import(
+    mailbox_id: u64,
+    data_id: u64,
+    get_killed: bool,
+    partitioned: bool,
+    c: &mut Checks,
+) -> Result<()> {
+    let cut_off = if partitioned {
+        status::REMOTE_UNREACHABLE
+    } else {
+        status::SEGMENT_INVALID
+    };
     let baseline = driver_counter("attachments_live")?;
     let dev = Context::open()?;
     let attach = |segid: u64| {
@@ -169,7 +184,7 @@ pub fn import(mailbox_id: u64, data_id: u64, get_killed: bool, c: &mut Checks) -
     };
     c.check(
         "fence-import-fenced",
-        failed.status() == status::SEGMENT_INVALID,
+        failed.status() == cut_off,
         format!(
             "page 0 after the exporter's munmap: {failed} after {:.1} ms",
             start.elapsed().as_secs_f64() * 1e3
@@ -184,7 +199,7 @@ pub fn import(mailbox_id: u64, data_id: u64, get_killed: bool, c: &mut Checks) -
     ];
     c.check(
         "fence-import-nothing-stale",
-        after.iter().all(|r| r.status() == status::SEGMENT_INVALID),
+        after.iter().all(|r| r.status() == cut_off),
         format!("page 1 (unmapped, cached), page 2, mailbox: {after:?}"),
     );
     dev.detach(data.slot)?;

@@ -340,6 +340,17 @@ fn the_exporters_page_table_changes_reach_the_other_guest() {
     assert!(problems.is_empty(), "{}", report(&pair, &problems));
 }
 
+/// The fencing pair with the importer's host cut off by a planted partition at the exporter's
+/// first forwarded invalidation (both nodes live on, nothing gets through): the exporter
+/// fences within the bound, and the importer's accesses time out (REMOTE_UNREACHABLE), its
+/// stale translations included.
+#[test]
+fn a_partition_fences_the_importer_and_cuts_it_off() {
+    let mut importer = GuestRun::new(&["fence-import", "--partitioned"]);
+    importer.device_args = vec!["--fabric-fault".into(), "partition-on-invalidate".into()];
+    fence_pair(importer, "partition");
+}
+
 /// Every check of the fencing pair.
 const FENCE_CHECKS: [&str; 6] = [
     "fence-export-munmap-bounded",
@@ -358,6 +369,11 @@ const FENCE_CHECKS: [&str; 6] = [
 fn a_silent_importer_is_fenced_and_reads_nothing_stale() {
     let mut importer = GuestRun::new(&["fence-import"]);
     importer.device_args = vec!["--fabric-fault".into(), "drop-acks".into()];
+    fence_pair(importer, "silent importer");
+}
+
+/// Runs the fencing pair with `importer` and checks it (`what` names the case).
+fn fence_pair(importer: GuestRun, what: &str) {
     let pair = run_pair(&images(), GuestRun::new(&["fence-export"]), importer)
         .unwrap_or_else(|e| panic!("pair failed: {e}"));
     let mut problems = Vec::new();
@@ -386,7 +402,7 @@ fn a_silent_importer_is_fenced_and_reads_nothing_stale() {
     }
     match FabricSummary::from_console(&pair.exporter.console) {
         Some(s) if s.fences == 1 && s.shootdowns == 0 => {
-            eprintln!("fencing: the exporter fenced its silent importer ({s:?})");
+            eprintln!("fencing ({what}): the exporter fenced its importer ({s:?})");
         }
         other => problems.push(format!(
             "exporter's fabric line: want 1 fence and 0 shootdowns, got {other:?}"
