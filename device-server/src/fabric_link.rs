@@ -133,6 +133,19 @@ pub fn start(
                     );
                     let _ = linked.set(Arc::downgrade(&node));
                     endpoint.connect(Some(node.clone()));
+                    let lost = endpoint.clone();
+                    node.on_down(Arc::new(move |peer| {
+                        let fenced = lost.link_lost(peer);
+                        eprintln!(
+                            "{who}: fabric: link to node {} lost{}",
+                            peer.0,
+                            if fenced {
+                                "; it was still attached: fenced"
+                            } else {
+                                ""
+                            }
+                        );
+                    }));
                     Some(node)
                 }
                 Err(e) => {

@@ -250,6 +250,22 @@ impl FabricEndpoint {
         }
     }
 
+    /// The link to `peer` went down: as exporter, a peer still attached is fenced (its grants
+    /// go, every later request of it is refused); as importer, the remote TLB is emptied and
+    /// every remote attachment becomes invalid (commands on it complete SEGMENT_INVALID); the
+    /// port is disconnected. Returns whether the peer was fenced.
+    pub fn link_lost(&self, peer: rmnic_fabric::protocol::NodeId) -> bool {
+        let shared = &self.0;
+        shared.fabric.set_port(None);
+        let attached = shared.fabric.exporter_read().grants.is_attached(peer);
+        if attached {
+            shared.fence(peer);
+        }
+        shared.fabric.remote_tlb().clear();
+        shared.segments_write().revoke_all_remote();
+        attached
+    }
+
     /// Cached grants of the other node (for tests and inspection).
     pub fn remote_tlb_entries(&self) -> usize {
         self.0.fabric.remote_tlb().len()

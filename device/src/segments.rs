@@ -459,6 +459,21 @@ impl SegmentTable {
         }
     }
 
+    /// The link to the other node is gone: every remote attachment becomes invalid. Returns
+    /// how many.
+    pub fn revoke_all_remote(&mut self) -> usize {
+        let mut revoked = 0;
+        for slots in &mut self.attachments {
+            for attachment in slots.iter_mut() {
+                if attachment.remote.take().is_some() {
+                    attachment.register &= !ATTACH_VALID;
+                    revoked += 1;
+                }
+            }
+        }
+        revoked
+    }
+
     /// The other node revoked its export `export` of `generation`: every remote attachment to
     /// it becomes invalid. Returns how many.
     pub fn revoke_remote(&mut self, export: u8, generation: u32) -> usize {

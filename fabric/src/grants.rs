@@ -384,6 +384,13 @@ impl GrantDirectory {
         }
     }
 
+    /// Whether `peer` holds an attachment to any open export.
+    pub fn is_attached(&self, peer: NodeId) -> bool {
+        self.exports
+            .values()
+            .any(|state| state.importers.contains_key(&peer))
+    }
+
     /// Whether `peer` is fenced.
     pub fn is_fenced(&self, peer: NodeId) -> bool {
         self.fenced.contains(&peer)

@@ -27,6 +27,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// What serves the peer's requests: answers a message (None: no answer needed).
 pub type Handler = Arc<dyn Fn(NodeId, Message) -> Option<Message> + Send + Sync>;
 
+/// Told once when the link to the peer goes down (end of stream, I/O or framing error, or
+/// [`FabricNode::close`]).
+pub type OnDown = Arc<dyn Fn(NodeId) + Send + Sync>;
+
 /// Why a node operation failed.
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -68,6 +72,7 @@ pub struct FabricNode {
     /// Requests waiting for their reply, by id.
     pending: Mutex<HashMap<u64, Sender<Message>>>,
     down: AtomicBool,
+    on_down: Mutex<Option<OnDown>>,
     /// A planted partition (tests): nothing is delivered or sent any more, the link stays up.
     partitioned: AtomicBool,
 }
@@ -171,6 +176,7 @@ impl FabricNode {
             writer: Mutex::new(Some(writer)),
             pending: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
+            on_down: Mutex::new(None),
             partitioned: AtomicBool::new(false),
         });
         let runner = node.clone();
@@ -294,15 +300,37 @@ impl FabricNode {
         }
     }
 
-    /// Closes the link: waiters return [`NodeError::Down`], later sends fail.
+    /// Calls `on_down` when the link goes down (at once if it is down already).
+    pub fn on_down(&self, on_down: OnDown) {
+        let mut slot = self.on_down.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_down() {
+            drop(slot);
+            on_down(self.peer);
+        } else {
+            *slot = Some(on_down);
+        }
+    }
+
+    /// Closes the link: waiters return [`NodeError::Down`], later sends fail, the `on_down`
+    /// callback runs (once).
     pub fn close(&self) {
-        self.down.store(true, Ordering::Release);
+        let was_down = self.down.swap(true, Ordering::AcqRel);
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(writer) = writer {
             let _ = writer.get_ref().shutdown(std::net::Shutdown::Both);
         }
         // Dropping the senders wakes every waiter.
         self.pending().clear();
+        if !was_down {
+            let callback = self
+                .on_down
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(callback) = callback {
+                callback(self.peer);
+            }
+        }
     }
 }
 
@@ -372,6 +400,12 @@ mod tests {
             "{timed_out:?}"
         );
         assert!(start.elapsed() < Duration::from_secs(1));
+        let told = Arc::new(AtomicBool::new(false));
+        let flag = told.clone();
+        a.on_down(Arc::new(move |peer| {
+            assert_eq!(peer, NodeId(2));
+            flag.store(true, Ordering::SeqCst);
+        }));
         b.close();
         // The reader notices the peer's close and takes the link down.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -383,6 +417,7 @@ mod tests {
             a.request(invalidate(2), Duration::from_secs(1)),
             Err(NodeError::Down)
         ));
+        assert!(told.load(Ordering::SeqCst), "on_down was not called");
     }
 
     #[test]

@@ -322,3 +322,30 @@ fn revoking_the_export_ends_the_remote_attachment() {
         ATTACH_ERROR
     );
 }
+
+#[test]
+fn a_lost_link_fences_an_attached_importer_and_invalidates_remote_attachments() {
+    let mut p = pair();
+    assert_eq!(
+        p.b.run(&mut p.b_queue, &seg(Opcode::Read64, 1, 0, 0))
+            .status,
+        Status::Ok
+    );
+    // The exporter's side: B is attached, so it is fenced.
+    assert!(p.a.device.fabric_endpoint().link_lost(B));
+    assert_eq!(p.a.device.counter(GlobalCounter::Fences), 1);
+    // An invalidation now has no one to wait for.
+    p.a.invalidate(
+        &mut p.a_rings,
+        InvalidationDescriptor::range(11, BASE, BASE + 0x1000, 1).expect("valid"),
+    );
+    assert_eq!(p.a.device.counter(GlobalCounter::RemoteShootdowns), 0);
+    // The importer's side: its remote attachment is invalid, its cache empty.
+    let b_endpoint = p.b.device.fabric_endpoint();
+    assert!(!b_endpoint.link_lost(A));
+    assert_eq!(b_endpoint.remote_tlb_entries(), 0);
+    assert_eq!(b_endpoint.peer(), None);
+    assert_eq!(p.b.ctx_read32(IMPORTER, CTX_ATTACH_BASE) & ATTACH_VALID, 0);
+    let after = p.b.run(&mut p.b_queue, &seg(Opcode::Read64, 2, 0, 0));
+    assert_eq!(after.status, Status::SegmentInvalid);
+}
