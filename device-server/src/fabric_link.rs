@@ -166,7 +166,7 @@ pub fn start(
 /// One line on what the fabric did since the device was created: shootdowns and their mean
 /// round trip, fences, accesses served.
 pub fn summary(args: &FabricArgs, endpoint: &FabricEndpoint) -> String {
-    let peer = endpoint.peer();
+    let peer = endpoint.linked_peer();
     let totals = endpoint.totals();
     let (shootdowns, nanos) = (totals.shootdowns, totals.shootdown_nanos);
     let mean_us = if shootdowns == 0 {

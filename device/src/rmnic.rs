@@ -271,9 +271,14 @@ impl FabricEndpoint {
         self.0.fabric.remote_tlb().len()
     }
 
-    /// The node at the other end of the link, once linked.
+    /// The node at the other end of the link, while linked.
     pub fn peer(&self) -> Option<rmnic_fabric::protocol::NodeId> {
         self.0.fabric.port().map(|port| port.peer())
+    }
+
+    /// The node of the last link connected, even after it was lost.
+    pub fn linked_peer(&self) -> Option<rmnic_fabric::protocol::NodeId> {
+        self.0.fabric.linked_peer()
     }
 
     /// Connects the link (None disconnects): what [`RmnicDevice::connect_fabric`] does, from

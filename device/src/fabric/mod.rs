@@ -89,6 +89,8 @@ struct Answers {
 pub(crate) struct Fabric {
     /// The link, once the host connected one.
     port: RwLock<Option<Arc<dyn FabricPort>>>,
+    /// The node of the last link connected (it stays known after the link is lost).
+    linked_peer: Mutex<Option<NodeId>>,
     /// Exports the peer may attach, and what it was granted.
     pub(crate) exporter: RwLock<ExporterState>,
     /// The peer's grants this device caches for its importers.
@@ -144,7 +146,15 @@ impl FabricTotals {
 impl Fabric {
     /// Connects (or disconnects, with None) the link.
     pub(crate) fn set_port(&self, port: Option<Arc<dyn FabricPort>>) {
+        if let Some(port) = &port {
+            *self.linked_peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(port.peer());
+        }
         *self.port.write().unwrap_or_else(|p| p.into_inner()) = port;
+    }
+
+    /// The node of the last link connected, even if it was lost since.
+    pub(crate) fn linked_peer(&self) -> Option<NodeId> {
+        *self.linked_peer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The link, if any.
