@@ -307,7 +307,18 @@ const CHANGES_IMPORTER_CHECKS: &[&str] = &[
 /// least 2 remote shootdowns (mprotect and fork each shoot down).
 #[test]
 fn the_exporters_page_table_changes_reach_the_other_guest() {
-    let pair = run_pair(
+    changes(Mode::Qemu);
+}
+
+/// The same with both guests under rmnic-vmm (inside one emulated host here).
+#[test]
+fn the_exporters_page_table_changes_reach_the_other_guest_under_rmnic_vmm() {
+    changes(Mode::Default);
+}
+
+fn changes(mode: Mode) {
+    let pair = run_pair_in(
+        mode.host(),
         &images(),
         GuestRun::new(&CHANGES_EXPORTER),
         GuestRun::new(&["changes-import"]),
@@ -348,7 +359,7 @@ fn the_exporters_page_table_changes_reach_the_other_guest() {
 fn a_partition_fences_the_importer_and_cuts_it_off() {
     let mut importer = GuestRun::new(&["fence-import", "--partitioned"]);
     importer.device_args = vec!["--fabric-fault".into(), "partition-on-invalidate".into()];
-    fence_pair(importer, "partition");
+    fence_pair(Mode::Qemu, importer, "partition");
 }
 
 /// Every check of the fencing pair.
@@ -369,13 +380,26 @@ const FENCE_CHECKS: [&str; 6] = [
 fn a_silent_importer_is_fenced_and_reads_nothing_stale() {
     let mut importer = GuestRun::new(&["fence-import"]);
     importer.device_args = vec!["--fabric-fault".into(), "drop-acks".into()];
-    fence_pair(importer, "silent importer");
+    fence_pair(Mode::Qemu, importer, "silent importer");
 }
 
-/// Runs the fencing pair with `importer` and checks it (`what` names the case).
-fn fence_pair(importer: GuestRun, what: &str) {
-    let pair = run_pair(&images(), GuestRun::new(&["fence-export"]), importer)
-        .unwrap_or_else(|e| panic!("pair failed: {e}"));
+/// The same with both guests under rmnic-vmm (inside one emulated host here).
+#[test]
+fn a_silent_importer_is_fenced_and_reads_nothing_stale_under_rmnic_vmm() {
+    let mut importer = GuestRun::new(&["fence-import"]);
+    importer.device_args = vec!["--fabric-fault".into(), "drop-acks".into()];
+    fence_pair(Mode::Default, importer, "silent importer, rmnic-vmm");
+}
+
+/// Runs the fencing pair with `importer` in `mode` and checks it (`what` names the case).
+fn fence_pair(mode: Mode, importer: GuestRun, what: &str) {
+    let pair = run_pair_in(
+        mode.host(),
+        &images(),
+        GuestRun::new(&["fence-export"]),
+        importer,
+    )
+    .unwrap_or_else(|e| panic!("pair failed: {e}"));
     let mut problems = Vec::new();
     for (role, outcome) in [("exporter", &pair.exporter), ("importer", &pair.importer)] {
         let prefix = if role == "exporter" {
