@@ -287,13 +287,6 @@ pub fn run_pair(
     importer.command.extend(ids);
     let importer_started = Instant::now();
     let importer_outcome = launch::boot_unserialised(HostMode::Qemu, images, &importer);
-    launch::record_boot(
-        images,
-        &importer.command,
-        importer_started,
-        false,
-        &importer_outcome,
-    );
     if importer_outcome.is_err() && !killed.load(Ordering::Relaxed) {
         // Nothing will answer the exporter: do not let it wait out its own bounds. (An
         // importer killed on purpose is the test: the exporter runs on.)
@@ -316,6 +309,15 @@ pub fn run_pair(
         }),
         other => other,
     };
+    // Recorded once the kill is known: an importer killed on purpose is a guest that ended
+    // as the test wanted, not a platform failure (a timeout) in the tally.
+    launch::record_boot(
+        images,
+        &importer_command,
+        importer_started,
+        false,
+        &importer_outcome,
+    );
     Ok(PairOutcome {
         importer: importer_outcome.map_err(PairError::Importer)?,
         exporter: exporter_outcome.map_err(PairError::Exporter)?,
