@@ -137,8 +137,11 @@ fn oom_kill(c: &mut Checks) -> Result<()> {
     Ok(())
 }
 
-/// Both scenarios.
+/// Both scenarios, each announced on the console (a boot that stalls in this group then says
+/// in which).
 pub fn run(c: &mut Checks) -> Result<()> {
+    println!("rmnic-guest: oom: process_mrelease of a child with a context");
     mrelease(c)?;
+    println!("rmnic-guest: oom: OOM kill in a 48 MiB memory cgroup without swap");
     oom_kill(c)
 }

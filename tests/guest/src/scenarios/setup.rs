@@ -75,6 +75,12 @@ pub fn memory_cgroup(max: &str) -> Result<()> {
         Ok(())
     })?;
     write_file(&format!("{OOM_CGROUP}/memory.max"), max)?;
-    let _ = write_file(&format!("{OOM_CGROUP}/memory.swap.max"), "0");
+    // No swap for the cgroup: its OOM must come at `max`, not after the child has filled the
+    // zram swap with its (very compressible) pages, which thrashed for minutes in emulated
+    // mode (two boots timed out inside the `oom` group on 2026-11-30). Without swap
+    // accounting the file is missing: then swap goes off for everyone.
+    if write_file(&format!("{OOM_CGROUP}/memory.swap.max"), "0").is_err() {
+        run("swapoff", &["-a"])?;
+    }
     Ok(())
 }
