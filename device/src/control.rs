@@ -506,7 +506,12 @@ impl Shared {
                 self.segments_write()
                     .attach_remote(ctx, slot, value, granted);
             }
-            None => self.segments_write().write_attachment(ctx, slot, value),
+            None => {
+                let detached = self.segments_write().write_attachment(ctx, slot, value);
+                if let Some((export, generation)) = detached {
+                    self.remote_detach(export, generation);
+                }
+            }
         }
     }
 
@@ -609,10 +614,13 @@ impl Shared {
         // Its exports go (importers' next accesses complete SEGMENT_INVALID) before its ASID's
         // entries, and its attachments with them; once this lock is released no access
         // through them is running.
-        let revoked = self.segments_write().context_disabled(ctx.index);
-        for (index, attachments) in revoked {
+        let disabled = self.segments_write().context_disabled(ctx.index);
+        for (index, attachments) in disabled.revoked {
             self.record_revocation(index, attachments);
             self.fabric_export_revoked(index);
+        }
+        for (export, generation) in disabled.detached {
+            self.remote_detach(export, generation);
         }
         if ctx.owns_asid {
             self.tlb_write()

@@ -266,6 +266,11 @@ impl FabricEndpoint {
         attached
     }
 
+    /// Whether `peer` holds an attachment to one of this device's exports (inspection).
+    pub fn peer_attached(&self, peer: rmnic_fabric::protocol::NodeId) -> bool {
+        self.0.fabric.exporter_read().grants.is_attached(peer)
+    }
+
     /// Cached grants of the other node (for tests and inspection).
     pub fn remote_tlb_entries(&self) -> usize {
         self.0.fabric.remote_tlb().len()

@@ -230,6 +230,15 @@ pub struct OwnerState {
     pub pt_root: u64,
 }
 
+/// What disabling a context did to the segments ([`SegmentTable::context_disabled`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Disabled {
+    /// The exports it owned, each with the attachments that went with it.
+    pub revoked: Vec<(usize, usize)>,
+    /// Remote exports (index, generation) whose last attachment on this device went.
+    pub detached: Vec<(u8, u32)>,
+}
+
 /// What a write to the export table changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExportChange {
@@ -354,8 +363,10 @@ impl SegmentTable {
     }
 
     /// Context `ctx` is being disabled: its exports are revoked and its attachments cleared.
-    /// Returns the revoked exports' indices, each with the attachments that went with it.
-    pub fn context_disabled(&mut self, ctx: u8) -> Vec<(usize, usize)> {
+    /// Returns the revoked exports' indices, each with the attachments that went with it, and
+    /// the remote exports whose last attachment on this device went (see
+    /// [`SegmentTable::write_attachment`]).
+    pub fn context_disabled(&mut self, ctx: u8) -> Disabled {
         let owned: Vec<usize> = (0..self.exports.len())
             .filter(|i| self.exports[*i].valid.is_some_and(|e| e.owner == ctx))
             .collect();
@@ -366,13 +377,19 @@ impl SegmentTable {
                 _ => (index, 0),
             })
             .collect();
+        let mut remotes = Vec::new();
         if let Some(slots) = self.attachments.get_mut(usize::from(ctx)) {
             for attachment in slots.iter_mut() {
                 attachment.register &= !ATTACH_VALID;
-                attachment.remote = None;
+                remotes.extend(attachment.remote.take());
             }
         }
-        revoked
+        let mut detached: Vec<(u8, u32)> = remotes
+            .into_iter()
+            .filter_map(|r| self.last_remote_use(r))
+            .collect();
+        detached.dedup();
+        Disabled { revoked, detached }
     }
 
     /// The valid remote export published under `key`.
@@ -509,24 +526,24 @@ impl SegmentTable {
     /// Writes `CTX_ATTACH` of `slot` in context `ctx`: setting VALID attaches (refused, with
     /// ERROR, unless the export is valid and grants the write permission asked for);
     /// clearing it detaches. A write while valid that keeps VALID set is ignored.
-    pub fn write_attachment(&mut self, ctx: usize, slot: usize, value: u32) {
+    ///
+    /// Returns the remote export (index, generation) whose last attachment on this device the
+    /// write detached: the other node is told, so it drops this node's grants.
+    pub fn write_attachment(&mut self, ctx: usize, slot: usize, value: u32) -> Option<(u8, u32)> {
         let exports = &self.exports;
-        let Some(attachment) = self
+        let attachment = self
             .attachments
             .get_mut(ctx)
-            .and_then(|slots| slots.get_mut(slot))
-        else {
-            return;
-        };
+            .and_then(|slots| slots.get_mut(slot))?;
         let fields = value & (ATTACH_EXPORT_MASK | ATTACH_WRITABLE);
         if value & ATTACH_VALID == 0 {
             attachment.register = fields;
-            attachment.remote = None;
-            return;
+            let detached = attachment.remote.take()?;
+            return self.last_remote_use(detached);
         }
         if attachment.valid() || value & ATTACH_REMOTE != 0 {
             // Remote attachments go through `attach_remote`.
-            return;
+            return None;
         }
         // CAST: masked to 8 bits.
         let export = exports
@@ -537,6 +554,17 @@ impl SegmentTable {
             Some(export) if export.writable || !wants_write => fields | ATTACH_VALID,
             _ => fields | ATTACH_ERROR,
         };
+        None
+    }
+
+    /// `detached` (export, generation), if no remote attachment of this device uses it any
+    /// more.
+    fn last_remote_use(&self, detached: RemoteAttachment) -> Option<(u8, u32)> {
+        let still_used = self.attachments.iter().flatten().any(|a| {
+            a.remote
+                .is_some_and(|r| r.export == detached.export && r.generation == detached.generation)
+        });
+        (!still_used).then_some((detached.export, detached.generation))
     }
 
     /// Resolves `len` bytes (at least 1 is checked) at segment address `address` for context
@@ -821,13 +849,13 @@ mod tests {
         export(&mut table, 1, 2, 0x20_0000, 0x2000, true);
         table.write_attachment(2, 0, ATTACH_VALID);
         table.write_attachment(3, 0, 1 | ATTACH_VALID);
-        assert_eq!(table.context_disabled(1), vec![(0, 1)]);
+        assert_eq!(table.context_disabled(1).revoked, vec![(0, 1)]);
         assert_eq!(
             table.resolve(2, segment_address(0, 0), 8, false),
             Err(SegmentRefusal::Invalid)
         );
         assert!(table.resolve(3, segment_address(0, 0), 8, false).is_ok());
-        assert_eq!(table.context_disabled(3), vec![]);
+        assert_eq!(table.context_disabled(3), Disabled::default());
         assert_eq!(
             table.resolve(3, segment_address(0, 0), 8, false),
             Err(SegmentRefusal::Invalid)

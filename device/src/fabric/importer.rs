@@ -121,6 +121,18 @@ impl Shared {
         }
     }
 
+    /// The last attachment of this device to the other node's export went: tell the exporter,
+    /// which drops this node's attachment and grants (and stops forwarding invalidations of
+    /// it here), and forget its grants.
+    pub(crate) fn remote_detach(&self, export: u8, generation: u32) {
+        self.fabric
+            .remote_tlb()
+            .invalidate(export, generation, 0, u64::MAX);
+        if let Some(port) = self.fabric.port() {
+            let _ = port.send(Message::Detach { export, generation });
+        }
+    }
+
     /// Answers a message of the peer in the importer's role; None for messages that need no
     /// answer.
     pub(crate) fn serve_as_importer(&self, _peer: NodeId, message: Message) -> Option<Message> {

@@ -349,3 +349,29 @@ fn a_lost_link_fences_an_attached_importer_and_invalidates_remote_attachments() 
     let after = p.b.run(&mut p.b_queue, &seg(Opcode::Read64, 2, 0, 0));
     assert_eq!(after.status, Status::SegmentInvalid);
 }
+
+#[test]
+fn detaching_the_last_remote_attachment_releases_the_importers_grants() {
+    let mut p = pair();
+    assert_eq!(
+        p.b.run(&mut p.b_queue, &seg(Opcode::Read64, 1, 0, 0))
+            .status,
+        Status::Ok
+    );
+    let a_endpoint = p.a.device.fabric_endpoint();
+    assert!(a_endpoint.peer_attached(B));
+    p.b.ctx_write32(IMPORTER, CTX_ATTACH_BASE, 0);
+    let start = Instant::now();
+    while a_endpoint.peer_attached(B) {
+        assert!(start.elapsed() < Duration::from_secs(5), "never detached");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(p.b.device.fabric_endpoint().remote_tlb_entries(), 0);
+    // Nothing is forwarded to a node that holds nothing any more.
+    p.a.invalidate(
+        &mut p.a_rings,
+        InvalidationDescriptor::range(11, BASE, BASE + 0x1000, 1).expect("valid"),
+    );
+    assert_eq!(p.a.device.counter(GlobalCounter::RemoteShootdowns), 0);
+    assert_eq!(p.a.device.counter(GlobalCounter::Fences), 0);
+}
