@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,6 +23,10 @@ use crate::protocol::{Message, NodeId, HANDSHAKE_TIMEOUT};
 
 /// How long a write to the peer may block (a peer that stopped reading).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Requests of the peer served at once, at most (each on a thread of its own); beyond it the
+/// peer's `Attach`, `Translate` and `Access` are answered `Busy` at once, so a peer cannot
+/// make this node start threads without bound.
+pub const MAX_SERVED: usize = 64;
 
 /// What serves the peer's requests: answers a message (None: no answer needed).
 pub type Handler = Arc<dyn Fn(NodeId, Message) -> Option<Message> + Send + Sync>;
@@ -64,6 +68,27 @@ pub enum NodeError {
     },
 }
 
+/// The `Busy` answer to a request that may wait (`Attach`, `Translate`, `Access`); None for
+/// the others.
+fn busy(message: &Message) -> Option<Message> {
+    use crate::protocol::RemoteError::Busy;
+    Some(match *message {
+        Message::Attach { req, .. } => Message::AttachReply {
+            req,
+            result: Err(Busy),
+        },
+        Message::Translate { req, .. } => Message::TranslateReply {
+            req,
+            result: Err(Busy),
+        },
+        Message::Access { req, .. } => Message::AccessReply {
+            req,
+            result: Err(Busy),
+        },
+        _ => return None,
+    })
+}
+
 /// A connected node: send requests, send messages, and have the peer's requests served.
 pub struct FabricNode {
     me: NodeId,
@@ -73,6 +98,8 @@ pub struct FabricNode {
     pending: Mutex<HashMap<u64, Sender<Message>>>,
     down: AtomicBool,
     on_down: Mutex<Option<OnDown>>,
+    /// Requests being served now.
+    serving: AtomicUsize,
     /// A planted partition (tests): nothing is delivered or sent any more, the link stays up.
     partitioned: AtomicBool,
 }
@@ -177,6 +204,7 @@ impl FabricNode {
             pending: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
             on_down: Mutex::new(None),
+            serving: AtomicUsize::new(0),
             partitioned: AtomicBool::new(false),
         });
         let runner = node.clone();
@@ -217,6 +245,22 @@ impl FabricNode {
             }
             return;
         }
+        if self.serving.fetch_add(1, Ordering::AcqRel) >= MAX_SERVED {
+            self.serving.fetch_sub(1, Ordering::AcqRel);
+            match busy(&message) {
+                Some(answer) => {
+                    let _ = self.send(answer);
+                }
+                // Invalidations, revocations, detaches never wait for anything: served here,
+                // on the reader, rather than refused.
+                None => {
+                    if let Some(answer) = handler(self.peer, message) {
+                        let _ = self.send(answer);
+                    }
+                }
+            }
+            return;
+        }
         let (node, handler) = (self.clone(), handler.clone());
         let spawned = std::thread::Builder::new()
             .name("fabric-serve".into())
@@ -224,8 +268,10 @@ impl FabricNode {
                 if let Some(answer) = handler(node.peer, message) {
                     let _ = node.send(answer);
                 }
+                node.serving.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(error) = spawned {
+            self.serving.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(%error, "rmnic fabric: no thread to serve a request");
         }
     }
@@ -434,6 +480,63 @@ mod tests {
             Err(NodeError::Timeout(_))
         ));
         assert!(!a.is_down() && !b.is_down());
+    }
+
+    #[test]
+    fn requests_beyond_the_served_bound_are_answered_busy_at_once() {
+        use crate::protocol::{Op, RemoteError};
+        // B's handler blocks every Access until released.
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        let blocking: Handler = Arc::new(move |_, message| {
+            let _ = release_rx
+                .lock()
+                .map(|rx| rx.recv_timeout(Duration::from_secs(10)));
+            match message {
+                Message::Access { req, .. } => Some(Message::AccessReply {
+                    req,
+                    result: Err(RemoteError::Unresolved),
+                }),
+                _ => None,
+            }
+        });
+        let (a, b) = pair("busy", blocking);
+        let access = |req| Message::Access {
+            req,
+            export: 0,
+            generation: 1,
+            offset: 0,
+            gpa: crate::protocol::Gpa(0),
+            op: Op::Read64,
+        };
+        let a = Arc::new(a);
+        let waiting: Vec<_> = (0..MAX_SERVED as u64)
+            .map(|req| {
+                let a = a.clone();
+                std::thread::spawn(move || a.request(access(req), Duration::from_secs(20)))
+            })
+            .collect();
+        // Wait until B is serving all of them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.serving.load(Ordering::Acquire) < MAX_SERVED {
+            assert!(Instant::now() < deadline, "B never served all the requests");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let refused = a.request(access(1000), Duration::from_secs(5));
+        assert!(
+            matches!(
+                refused,
+                Ok(Message::AccessReply {
+                    req: 1000,
+                    result: Err(RemoteError::Busy)
+                })
+            ),
+            "{refused:?}"
+        );
+        drop(release_tx);
+        for w in waiting {
+            assert!(w.join().expect("thread").is_ok());
+        }
     }
 
     #[test]
