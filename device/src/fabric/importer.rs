@@ -98,14 +98,30 @@ impl From<RemoteError> for RemoteFailure {
     }
 }
 
+/// No link, no answer in time, or an answer that makes no sense.
+const UNREACHABLE: RemoteFailure = RemoteFailure::Status(Status::RemoteUnreachable);
+
 impl Shared {
+    /// Sends the request `make` builds around a fresh id and waits at most `timeout` for its
+    /// answer; no link or no answer is [`UNREACHABLE`].
+    fn ask(
+        &self,
+        make: impl FnOnce(u64) -> Message,
+        timeout: std::time::Duration,
+    ) -> Result<Message, RemoteFailure> {
+        let port = self.fabric.port().ok_or(UNREACHABLE)?;
+        port.request(make(self.fabric.next_id()), timeout)
+            .map_err(|_| UNREACHABLE)
+    }
+
     /// Asks the exporting node to attach the export published under `key`; None if refused,
     /// unanswered or there is no link.
     pub(crate) fn remote_attach(&self, key: u64, write: bool) -> Option<RemoteAttachment> {
-        let port = self.fabric.port()?;
-        let req = self.fabric.next_id();
-        let reply = port
-            .request(Message::Attach { req, key, write }, ATTACH_REPLY_TIMEOUT)
+        let reply = self
+            .ask(
+                |req| Message::Attach { req, key, write },
+                ATTACH_REPLY_TIMEOUT,
+            )
             .ok()?;
         match reply {
             Message::AttachReply {
@@ -177,25 +193,18 @@ impl Shared {
                 return Ok(grant);
             }
         }
-        let port = self
-            .fabric
-            .port()
-            .ok_or(RemoteFailure::Status(Status::RemoteUnreachable))?;
-        let req = self.fabric.next_id();
-        let reply = port
-            .request(
-                Message::Translate {
-                    req,
-                    export: a.export,
-                    generation: a.generation,
-                    offset,
-                    write,
-                },
-                TRANSLATE_REPLY_TIMEOUT,
-            )
-            .map_err(|_| RemoteFailure::Status(Status::RemoteUnreachable))?;
+        let reply = self.ask(
+            |req| Message::Translate {
+                req,
+                export: a.export,
+                generation: a.generation,
+                offset,
+                write,
+            },
+            TRANSLATE_REPLY_TIMEOUT,
+        )?;
         let Message::TranslateReply { result, .. } = reply else {
-            return Err(RemoteFailure::Status(Status::RemoteUnreachable));
+            return Err(UNREACHABLE);
         };
         let grant = result?;
         let attachment = AttachGrant {
@@ -206,7 +215,7 @@ impl Shared {
         };
         grant
             .check_reply(offset, write, &attachment)
-            .map_err(|_| RemoteFailure::Status(Status::RemoteUnreachable))?;
+            .map_err(|_| UNREACHABLE)?;
         self.fabric
             .remote_tlb()
             .insert(a.export, a.generation, grant);
@@ -223,35 +232,26 @@ impl Shared {
     ) -> Result<AccessDone, RemoteFailure> {
         let a = target.attachment;
         let grant = self.remote_grant(target, offset, op.writes())?;
-        let gpa = grant
-            .gpa_of(offset)
-            .ok_or(RemoteFailure::Status(Status::RemoteUnreachable))?;
-        let port = self
-            .fabric
-            .port()
-            .ok_or(RemoteFailure::Status(Status::RemoteUnreachable))?;
-        let req = self.fabric.next_id();
-        let reply = port
-            .request(
-                Message::Access {
-                    req,
-                    export: a.export,
-                    generation: a.generation,
-                    offset,
-                    gpa,
-                    op: op.clone(),
-                },
-                ACCESS_REPLY_TIMEOUT,
-            )
-            // A write may or may not have happened: the command fails, it is not retried.
-            .map_err(|_| RemoteFailure::Status(Status::RemoteUnreachable))?;
+        let gpa = grant.gpa_of(offset).ok_or(UNREACHABLE)?;
+        // A write whose answer is lost may or may not have happened: the command fails, it is
+        // not retried.
+        let reply = self.ask(
+            |req| Message::Access {
+                req,
+                export: a.export,
+                generation: a.generation,
+                offset,
+                gpa,
+                op: op.clone(),
+            },
+            ACCESS_REPLY_TIMEOUT,
+        )?;
         let Message::AccessReply { result, .. } = reply else {
-            return Err(RemoteFailure::Status(Status::RemoteUnreachable));
+            return Err(UNREACHABLE);
         };
         match result {
             Ok(done) => {
-                op.check_reply(&done)
-                    .map_err(|_| RemoteFailure::Status(Status::RemoteUnreachable))?;
+                op.check_reply(&done).map_err(|_| UNREACHABLE)?;
                 Ok(done)
             }
             Err(RemoteError::NotGranted) => {
