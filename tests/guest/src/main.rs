@@ -215,7 +215,7 @@ fn main() -> ExitCode {
         Command::RemoteExport => remote("remote-export", remote::export),
         Command::FenceExport { importer_killed } => remote("fence-export", |c| {
             remote_fence::export(importer_killed, c).or_else(|e| {
-                c.check("fence-export-stopped", false, format!("{e:#}"));
+                remote::stopped(c, "fence", "export", &e);
                 Ok(())
             })
         }),
@@ -226,7 +226,7 @@ fn main() -> ExitCode {
             partitioned,
         } => remote("fence-import", |c| {
             remote_fence::import(mailbox, data, get_killed, partitioned, c).or_else(|e| {
-                c.check("fence-import-stopped", false, format!("{e:#}"));
+                remote::stopped(c, "fence", "import", &e);
                 Ok(())
             })
         }),

@@ -221,15 +221,17 @@ pub(crate) fn no_leaks(name: &str, baseline: &[(&'static str, u64)], c: &mut Che
 pub fn export(c: &mut Checks) -> Result<()> {
     let baseline = counters(&["segments_live", "contexts_live"])?;
     if let Err(e) = export_steps(c) {
-        stopped(c, "export", &e);
+        stopped(c, "remote", "export", &e);
     }
     no_leaks("remote-export-no-leaks", &baseline, c)
 }
 
-/// Reports that `role`'s program could not go on (a check of its own, not in the host's list).
-fn stopped(c: &mut Checks, role: &str, error: &anyhow::Error) {
+/// Reports that the `role` side (`export`, `import`) of the programs `family` (`remote`,
+/// `changes`, `fence`) could not go on: check `<family>-<role>-stopped`, one of its own, not in
+/// the host's lists.
+pub(crate) fn stopped(c: &mut Checks, family: &str, role: &str, error: &anyhow::Error) {
     c.check(
-        &format!("remote-{role}-stopped"),
+        &format!("{family}-{role}-stopped"),
         false,
         format!("{error:#}"),
     );
@@ -373,7 +375,7 @@ fn export_steps(c: &mut Checks) -> Result<()> {
 pub fn import(ids: Ids, c: &mut Checks) -> Result<()> {
     let baseline = counters(&["attachments_live", "contexts_live"])?;
     if let Err(e) = import_steps(ids, c) {
-        stopped(c, "import", &e);
+        stopped(c, "remote", "import", &e);
     }
     no_leaks("remote-import-no-leaks", &baseline, c)
 }

@@ -39,7 +39,7 @@ use rmnic_abi::{opcode, status, Context};
 use rmnic_guest::Mapping;
 
 use crate::remote::{
-    attach_retrying, counters, no_leaks, poll_remote, read64, signal_local, signal_remote,
+    attach_retrying, counters, no_leaks, poll_remote, read64, signal_local, signal_remote, stopped,
     wait_local, wait_remote, word_op, MailboxWord, Poll, IDS_LINE_PREFIX, IMPORTER_START_WAIT,
 };
 use crate::scenarios::{driver_counter, wait};
@@ -120,15 +120,6 @@ pub struct Ids {
     pub data: u64,
 }
 
-/// Reports that `role`'s side could not go on (a check of its own, not in the host's list).
-fn stopped(c: &mut Checks, role: &str, error: &anyhow::Error) {
-    c.check(
-        &format!("changes-{role}-stopped"),
-        false,
-        format!("{error:#}"),
-    );
-}
-
 /// Counters the exporter's exit must bring back to their start values.
 const EXPORTER_COUNTERS: [&str; 3] = ["segments_live", "contexts_live", "notifiers_live"];
 
@@ -176,12 +167,13 @@ fn exporting_process(c: &mut Checks) -> ! {
         Ok(Ok(_)) => i32::from(c.failed() != 0),
         Ok(Err(e)) => {
             // Everything was dropped on the way out: the context closed before the exit.
-            stopped(c, "export", e);
+            stopped(c, "changes", "export", e);
             1
         }
         Err(_) => {
             stopped(
                 c,
+                "changes",
                 "export",
                 &anyhow::anyhow!("the exporting process panicked"),
             );
@@ -351,7 +343,7 @@ fn fork_step(dev: &Context, mailbox: &Mapping, data: &Mapping, c: &mut Checks) -
 pub fn import(ids: Ids, c: &mut Checks) -> Result<()> {
     let baseline = counters(&["attachments_live", "contexts_live"])?;
     if let Err(e) = import_steps(ids, c) {
-        stopped(c, "import", &e);
+        stopped(c, "changes", "import", &e);
     }
     no_leaks("changes-import-no-leaks", &baseline, c)
 }

@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use rmnic_abi::{opcode, status, Address, Context};
 use rmnic_guest::Mapping;
 
-use crate::remote::IDS_LINE_PREFIX;
+use crate::remote::{attach_retrying, IDS_LINE_PREFIX};
 use crate::scenarios::{driver_counter, munmap};
 use crate::segments::{fill_words, word, Reply};
 use crate::Checks;
@@ -118,20 +118,8 @@ pub fn import(
     };
     let baseline = driver_counter("attachments_live")?;
     let dev = Context::open()?;
-    let attach = |segid: u64| {
-        let start = Instant::now();
-        loop {
-            match dev.attach_remote(segid, true) {
-                Ok(att) => return Ok(att),
-                Err(e) if e.errno() == Some(libc::ENOENT) && start.elapsed() < WAIT => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => bail!("remote attach of {segid}: {e}"),
-            }
-        }
-    };
-    let mailbox = attach(mailbox_id)?;
-    let data = attach(data_id)?;
+    let (mailbox, _) = attach_retrying(&dev, mailbox_id, true)?;
+    let (data, _) = attach_retrying(&dev, data_id, true)?;
     let read =
         |addr: u64| Reply::of_command(dev.word_op(opcode::READ64, Address::Segment(addr), 0, 0));
     let start = Instant::now();
