@@ -1,8 +1,10 @@
 //! Two guests at once, their rmnic devices joined by a fabric link (`docs/fabric.md`), for
 //! segments across guests (`rmnic-guest remote-export` and `remote-import`).
 //!
-//! Qemu mode only: each guest's device runs in its own `rmnic-device-server`, and the two
-//! servers are the link's ends. The exporter's server listens on a Unix socket of this
+//! Side by side on this machine ([`run_pair`], qemu mode; direct mode through [`run_pair_in`]):
+//! each guest's device runs in its own host process (`rmnic-device-server` in qemu mode, the
+//! guest's own rmnic-vmm in direct mode), and the two processes are the link's ends. The
+//! exporter's host listens on a Unix socket of this
 //! machine, unique per run (`--node 1 --fabric-listen SOCK`); the exporter's guest prints its
 //! segment ids ([`IDS_LINE_PREFIX`]); only then does the importer boot, its server connecting
 //! to the socket (`--node 2 --fabric-connect SOCK`) and its guest program getting the ids on
@@ -144,10 +146,7 @@ pub fn run_pair_in(
 ) -> Result<PairOutcome, PairError> {
     match mode {
         HostMode::Emulated => run_pair_emulated(images, exporter, importer),
-        HostMode::Qemu => run_pair(images, exporter, importer),
-        other => Err(PairError::Emulated(format!(
-            "a pair in {other:?} mode is not built yet (qemu and emulated modes are)"
-        ))),
+        HostMode::Qemu | HostMode::Direct => run_side_by_side(mode, images, exporter, importer),
     }
 }
 
@@ -226,6 +225,17 @@ fn run_pair_emulated(
 /// an `exporter | ` or `importer | ` prefix.
 pub fn run_pair(
     images: &Images,
+    exporter: GuestRun,
+    importer: GuestRun,
+) -> Result<PairOutcome, PairError> {
+    run_side_by_side(HostMode::Qemu, images, exporter, importer)
+}
+
+/// [`run_pair`] in `mode`, qemu or direct: two VMs of this machine, whose device hosts
+/// (device servers, or the two rmnic-vmms themselves) are joined by a Unix socket.
+fn run_side_by_side(
+    mode: HostMode,
+    images: &Images,
     mut exporter: GuestRun,
     mut importer: GuestRun,
 ) -> Result<PairOutcome, PairError> {
@@ -250,7 +260,7 @@ pub fn run_pair(
         let images = images.clone();
         // The closure owns the exporter's run, and with it the tap's last sender: when the
         // boot ends, the receiver sees the channel close.
-        std::thread::spawn(move || launch::boot_unserialised(HostMode::Qemu, &images, &exporter))
+        std::thread::spawn(move || launch::boot_unserialised(mode, &images, &exporter))
     };
     let ids = wait_for_ids(&exporter_lines, exporter_echo);
     let ids = match ids {
@@ -286,7 +296,7 @@ pub fn run_pair(
 
     importer.command.extend(ids);
     let importer_started = Instant::now();
-    let importer_outcome = launch::boot_unserialised(HostMode::Qemu, images, &importer);
+    let importer_outcome = launch::boot_unserialised(mode, images, &importer);
     if importer_outcome.is_err() && !killed.load(Ordering::Relaxed) {
         // Nothing will answer the exporter: do not let it wait out its own bounds. (An
         // importer killed on purpose is the test: the exporter runs on.)
