@@ -60,6 +60,9 @@ pub struct GuestRun {
     /// rmnic-device-server (qemu mode, and with `out_of_process_device`), e.g.
     /// `--fault drop-invalidate`.
     pub device_args: Vec<String>,
+    /// More QEMU `-device` values for the guest (qemu mode only; e.g. `edu`, the MMIO
+    /// baseline of `cargo xtask bench`).
+    pub qemu_devices: Vec<String>,
     /// Guest vCPUs.
     pub cpus: u32,
     /// Guest memory in MiB.
@@ -127,6 +130,7 @@ impl GuestRun {
             command: command.iter().map(|s| s.to_string()).collect(),
             out_of_process_device: std::env::var("RMNIC_DEVICE").as_deref() == Ok("vfio-user"),
             device_args: Vec::new(),
+            qemu_devices: Vec::new(),
             cpus: 2,
             memory_mib: 1024,
             timeout: Duration::from_secs(timeout),

@@ -147,8 +147,11 @@ pub fn qemu_command(images: &Images, guest: &GuestRun, socket: &Path) -> Command
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
         .args(["-no-reboot", "-nodefaults"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .args(["-device", &device])
-        .arg("-kernel")
+        .args(["-device", &device]);
+    for extra in &guest.qemu_devices {
+        cmd.args(["-device", extra]);
+    }
+    cmd.arg("-kernel")
         .arg(images.path(BZIMAGE))
         .arg("-initrd")
         .arg(images.path(GUEST_INITRAMFS))

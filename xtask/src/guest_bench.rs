@@ -1,14 +1,168 @@
-//! Benchmarks that boot the guest: the coherence oracle's cost on a device workload in a real
-//! guest (docs/oracle.md, "Cost"). Side by side in one run, alternating, medians reported with
-//! their ratio; nothing here is asserted.
+//! Benchmarks that boot the guest, as rows of `cargo xtask bench`: `rmnic-guest bench` in a
+//! host mode (`tests/guest/src/bench.rs`: each figure and its baseline measured in the same
+//! guest process), and the coherence oracle's cost on a device workload in a real guest
+//! (docs/oracle.md, "Cost"; alternating boots with the oracle off and full). Nothing here is
+//! asserted.
+
+use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _, Result};
 use rmnic_tests::{GuestRun, HostMode, Images};
 
+use crate::bench::{notes_text, Better, Goal, Notes, Row};
 use crate::progress;
 
-/// Rounds of each configuration (alternating, so drift in the host hits both alike).
-const ROUNDS: usize = 3;
+/// Guest memory of the bench boot: the largest region (1 GiB) and the kernel.
+const BENCH_GUEST_MIB: u32 = 1536;
+
+/// What the guest bench measures (passed to `rmnic-guest bench`).
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// Samples of each metric.
+    pub samples: u32,
+    /// Largest munmap/mprotect (and exit) region in MiB.
+    pub max_region_mib: usize,
+    /// Device COPY buffer in MiB.
+    pub copy_mib: usize,
+}
+
+/// The baseline, goal and direction of a guest metric, by name.
+fn describe(metric: &str) -> (&'static str, Option<Goal>) {
+    let large_region = ["-2m", "-64m", "-1g"].iter().any(|s| metric.ends_with(s));
+    match metric {
+        "mmio-read" => (
+            "a register read of QEMU's edu device, same guest",
+            Some(Goal::AtMost(1.0)),
+        ),
+        "doorbell" => (
+            "an ordinary MMIO write (REG_SCRATCH)",
+            Some(Goal::AtMost(0.3)),
+        ),
+        "copy-2m" => ("CPU memcpy of the same buffers", Some(Goal::AtLeast(0.8))),
+        m if m.starts_with("copy-") => ("CPU memcpy of the same buffers", None),
+        m if m.starts_with("submit-batch-") => ("a bare ioctl (RMNIC_IOC_STATS), per call", None),
+        m if m.starts_with("miss-service-") => {
+            ("the CPU's first-touch fault, per 4 KiB page", None)
+        }
+        m if m.starts_with("shootdown-") && large_region => (
+            "the same call with no device context",
+            Some(Goal::AtMost(1.3)),
+        ),
+        m if m.starts_with("shootdown-") => ("the same call with no device context", None),
+        m if m.starts_with("exit-") => ("a child with no device context", None),
+        _ => ("-", None),
+    }
+}
+
+/// One `BENCH name unit=U rmnic=X baseline=Y` line.
+fn parse_sample(line: &str) -> Option<(String, String, f64, Option<f64>)> {
+    let mut words = line.strip_prefix("BENCH ")?.split_whitespace();
+    let name = words.next()?.to_string();
+    let mut unit = None;
+    let mut rmnic = None;
+    let mut baseline = None;
+    for word in words {
+        match word.split_once('=')? {
+            ("unit", u) => unit = Some(u.to_string()),
+            ("rmnic", v) => rmnic = v.parse().ok(),
+            ("baseline", v) => baseline = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((name, unit?, rmnic?, baseline))
+}
+
+/// Boots `rmnic-guest bench` in `mode` and returns its rows.
+pub fn rows(images: &Images, mode: HostMode, plan: Plan) -> Result<Vec<Row>> {
+    let start = progress::step(&format!(
+        "guest benchmarks ({mode} mode): rmnic-guest bench, {} samples, regions up to {} MiB, copies of {} MiB",
+        plan.samples, plan.max_region_mib, plan.copy_mib
+    ));
+    let samples = plan.samples.to_string();
+    let region = plan.max_region_mib.to_string();
+    let copy = plan.copy_mib.to_string();
+    let mut guest = GuestRun::new(&[
+        "bench",
+        "--samples",
+        &samples,
+        "--max-region-mib",
+        &region,
+        "--copy-mib",
+        &copy,
+    ]);
+    guest.memory_mib = BENCH_GUEST_MIB;
+    if mode == HostMode::Qemu {
+        guest.qemu_devices = vec!["edu".into()];
+    }
+    let outcome = rmnic_tests::launch::run_in(mode, images, &guest)
+        .with_context(|| format!("guest bench boot ({mode} mode)"))?;
+    if outcome.status != 0 {
+        bail!(
+            "rmnic-guest bench failed in {mode} mode (status {}):\n{}",
+            outcome.status,
+            outcome.tail()
+        );
+    }
+    // name -> (unit, rmnic samples, baseline samples)
+    let mut metrics: BTreeMap<String, (String, Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let mut order = Vec::new();
+    let mut notes: BTreeMap<String, Notes> = BTreeMap::new();
+    for line in outcome.console.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some((name, unit, rmnic, baseline)) = parse_sample(line) {
+            if !metrics.contains_key(&name) {
+                order.push(name.clone());
+            }
+            let entry = metrics
+                .entry(name)
+                .or_insert((unit, Vec::new(), Vec::new()));
+            entry.1.push(rmnic);
+            entry.2.extend(baseline);
+        } else if let Some(rest) = line.strip_prefix("BENCHINFO ") {
+            let mut words = rest.split_whitespace();
+            let Some(name) = words.next() else { continue };
+            let into = notes.entry(name.to_string()).or_default();
+            for (key, value) in words.filter_map(|w| w.split_once('=')) {
+                if let Ok(v) = value.parse::<f64>() {
+                    into.entry(key.to_string()).or_default().push(v);
+                }
+            }
+        }
+    }
+    if metrics.is_empty() {
+        bail!(
+            "rmnic-guest bench printed no BENCH line:\n{}",
+            outcome.tail()
+        );
+    }
+    let mut rows = Vec::new();
+    for name in order {
+        let (unit, ours, theirs) = &metrics[&name];
+        let better = if unit == "MiB/s" {
+            Better::Higher
+        } else {
+            Better::Lower
+        };
+        let (baseline_is, goal) = describe(&name);
+        if let Some(mut row) = Row::new(
+            &name,
+            &mode.to_string(),
+            unit,
+            better,
+            baseline_is,
+            ours,
+            theirs,
+            goal,
+        ) {
+            if let Some(n) = notes.get(&name) {
+                row.notes = notes_text(n);
+            }
+            rows.push(row);
+        }
+    }
+    progress::done("guest benchmarks", start);
+    Ok(rows)
+}
 
 /// The two workloads: (label, MiB per buffer, warm rounds, what it shows). The device TLB
 /// holds 1024 entries by default: two 1 MiB buffers of 4 KiB pages fit (every warm access hits
@@ -30,20 +184,16 @@ fn parse(console: &str, label: &str) -> Option<(f64, f64)> {
     Some((field("first_touch_ms=")?, field("warm_mib_s=")?))
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// The oracle off versus `full` on `rmnic-guest copy-bench` (device COPY of 16 MiB of 4 KiB
-/// pages, first touch then 8 warm rounds), in qemu mode (the device in rmnic-device-server).
-pub fn oracle_cost(images: &Images) -> Result<()> {
+/// The oracle off versus `full` on `rmnic-guest copy-bench` (device COPY of 4 KiB pages, first
+/// touch then warm rounds), in qemu mode (the device in rmnic-device-server), `rounds` boots
+/// of each, alternating.
+pub fn oracle_cost(images: &Images, rounds: usize) -> Result<Vec<Row>> {
     let start = progress::step(&format!(
-        "rmnic oracle cost in a guest workload: {ROUNDS} boots each with --coherence-check off and full (qemu mode)"
+        "rmnic oracle cost in a guest workload: {rounds} boots each with --coherence-check off and full (qemu mode)"
     ));
     // results[workload][check]: (first-touch ms, warm MiB/s) per round.
     let mut results = vec![[Vec::new(), Vec::new()]; WORKLOADS.len()];
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for (c, check) in ["off", "full"].iter().enumerate() {
             let words =
                 |(label, mib, rounds, _): &(&'static str, &'static str, &'static str, &str)| {
@@ -81,29 +231,32 @@ pub fn oracle_cost(images: &Images) -> Result<()> {
             }
         }
     }
-    println!("rmnic oracle cost, guest workload (device COPY of 4 KiB pages in a qemu-mode guest, median of {ROUNDS} boots each):");
-    println!(
-        "  {:<44} {:>12} {:>12} {:>8}",
-        "metric", "oracle off", "oracle full", "ratio"
-    );
-    for (w, (_, _, _, what)) in WORKLOADS.iter().enumerate() {
-        let first = |c: usize| median(results[w][c].iter().map(|r| r.0).collect());
-        let warm = |c: usize| median(results[w][c].iter().map(|r| r.1).collect());
-        println!(
-            "  {:<44} {:>12.1} {:>12.1} {:>7.2}x",
-            format!("{what}: warm copy (MiB/s)"),
-            warm(0),
-            warm(1),
-            warm(1) / warm(0)
-        );
-        println!(
-            "  {:<44} {:>12.1} {:>12.1} {:>7.2}x",
-            format!("{what}: first-touch copy (ms)"),
-            first(0),
-            first(1),
-            first(1) / first(0)
-        );
+    let mut rows = Vec::new();
+    for (w, (label, _, _, what)) in WORKLOADS.iter().enumerate() {
+        let first = |c: usize| results[w][c].iter().map(|r| r.0).collect::<Vec<f64>>();
+        let warm = |c: usize| results[w][c].iter().map(|r| r.1).collect::<Vec<f64>>();
+        let baseline_is = format!("the oracle off ({what})");
+        rows.extend(Row::new(
+            &format!("oracle-{label}-warm"),
+            "qemu",
+            "MiB/s",
+            Better::Higher,
+            &baseline_is,
+            &warm(1),
+            &warm(0),
+            None,
+        ));
+        rows.extend(Row::new(
+            &format!("oracle-{label}-first-touch"),
+            "qemu",
+            "ms",
+            Better::Lower,
+            &baseline_is,
+            &first(1),
+            &first(0),
+            None,
+        ));
     }
     progress::done("guest oracle benchmark", start);
-    Ok(())
+    Ok(rows)
 }

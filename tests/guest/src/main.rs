@@ -3,6 +3,7 @@
 //! Output lines starting with `CHECK` are read by the host-side integration tests; keep
 //! their format (`CHECK <name> ok|FAILED <detail>`) stable.
 
+mod bench;
 mod coherence;
 mod exit_port;
 mod random;
@@ -161,6 +162,20 @@ enum Command {
         #[arg(long)]
         expect: String,
     },
+    /// The guest-side benchmarks of `cargo xtask bench` (`bench.rs`): MMIO read, doorbell,
+    /// submission, device COPY against memcpy, miss service, shootdowns, exit. One
+    /// `BENCH metric unit=U rmnic=X baseline=Y` line per sample.
+    Bench {
+        /// Samples of each metric.
+        #[arg(long, default_value_t = 5)]
+        samples: u32,
+        /// Largest munmap/mprotect region and the exit's region, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        max_region_mib: usize,
+        /// Device COPY and memcpy buffer size in MiB.
+        #[arg(long, default_value_t = 64)]
+        copy_mib: usize,
+    },
     /// A device workload for benchmarks: device COPY of `mib` MiB between two buffers of 4 KiB
     /// pages, `rounds` times after a first-touch round. Prints one `BENCH copy-4k ...` line.
     CopyBench {
@@ -290,6 +305,16 @@ fn main() -> ExitCode {
             })
         }
         Command::Recover { expect } => recover(&expect),
+        Command::Bench {
+            samples,
+            max_region_mib,
+            copy_mib,
+        } => bench::run(bench::Plan {
+            samples,
+            max_region_mib,
+            copy_mib,
+        })
+        .map(|()| ExitCode::SUCCESS),
         Command::CopyBench { mib, rounds, label } => {
             copy_bench(mib, rounds, &label).map(|()| ExitCode::SUCCESS)
         }

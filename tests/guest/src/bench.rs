@@ -1,0 +1,489 @@
+//! `rmnic-guest bench`: the guest-side figures of `cargo xtask bench` (issue 12), each measured
+//! side by side with its baseline in the same process, alternating, so drift in the (emulated)
+//! machine hits both alike.
+//!
+//! Every sample is one line, `BENCH <metric> unit=<unit> rmnic=<value> baseline=<value>`;
+//! figures that are counts, not timings, are `BENCHINFO <metric> <key>=<value>...` lines. The
+//! harness (`xtask/src/bench.rs`) takes medians, minimums and maximums. Nothing is asserted
+//! here except that the device did what was asked (wrong data or a failed command is an
+//! error, not a figure).
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use rmnic_abi::abi::{opcode, Completion, MAX_BATCH};
+use rmnic_abi::{command, Address, Context};
+use rmnic_guest::{Mapping, PAGE};
+
+/// 2 MiB: a transparent huge page.
+const HUGE: usize = 2 << 20;
+
+/// BAR0 offsets this program reads and writes (docs/device-spec.md §4, §5, §6).
+mod bar0 {
+    /// `REG_ID`: read-only, no side effect.
+    pub const ID: usize = 0x000;
+    /// `REG_SCRATCH`: read-write, no side effect: the "ordinary" MMIO write.
+    pub const SCRATCH: usize = 0x008;
+    /// `STAT_INVAL_RANGE`, `STAT_INVAL_ASID`, `STAT_INVAL_GLOBAL`: 64-bit counters.
+    pub const STAT_INVAL: [usize; 3] = [0x118, 0x120, 0x128];
+    /// Context block *i* at `CTX_BLOCK_BASE + i * CTX_BLOCK_SIZE`.
+    pub const CTX_BLOCK_BASE: usize = 0x4000;
+    /// Size of a context block.
+    pub const CTX_BLOCK_SIZE: usize = 0x100;
+    /// `CQ_DOORBELL` within a context block.
+    pub const CQ_DOORBELL: usize = 0x40;
+}
+
+/// QEMU's `edu` device (`-device edu`), the baseline of the MMIO read: vendor and device id,
+/// and its identification register (read-only, no side effect).
+const EDU_ID: (&str, &str) = ("0x1234", "0x11e8");
+
+/// What to measure and how often.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// Samples of each metric.
+    pub samples: u32,
+    /// Largest shootdown region in MiB (1024 for the issue's 1 GiB; the guest needs the RAM).
+    pub max_region_mib: usize,
+    /// Device COPY and memcpy buffer size in MiB.
+    pub copy_mib: usize,
+}
+
+/// Runs every guest-side benchmark of `plan`.
+pub fn run(plan: Plan) -> Result<()> {
+    let rmnic = Bar::open(&device_dir_of_driver("rmnic")?)?;
+    let edu = find_device(EDU_ID).map(|dir| Bar::open(&dir)).transpose()?;
+    mmio_read(&plan, &rmnic, edu.as_ref())?;
+    doorbell(&plan, &rmnic)?;
+    submission(&plan)?;
+    copy_and_misses(&plan)?;
+    shootdowns(&plan, &rmnic)?;
+    exit(&plan, &rmnic)?;
+    Ok(())
+}
+
+fn sample(metric: &str, unit: &str, rmnic: f64, baseline: Option<f64>) {
+    let baseline = baseline.map_or_else(|| "none".to_string(), |b| format!("{b:.3}"));
+    println!("BENCH {metric} unit={unit} rmnic={rmnic:.3} baseline={baseline}");
+}
+
+fn per(elapsed: Duration, count: usize) -> f64 {
+    // CAST: counts far below 2^52.
+    elapsed.as_secs_f64() * 1e9 / count as f64
+}
+
+/// MMIO reads: rmnic's `REG_ID` against edu's identification register, ns per read.
+fn mmio_read(plan: &Plan, rmnic: &Bar, edu: Option<&Bar>) -> Result<()> {
+    const READS: usize = 2000;
+    ensure!(
+        rmnic.read32(bar0::ID) == 0x524d_4e43,
+        "BAR0 REG_ID through resource0 is not RMNC"
+    );
+    for _ in 0..plan.samples {
+        let ours = timed(READS, || {
+            rmnic.read32(bar0::ID);
+        });
+        let theirs = edu.map(|edu| {
+            timed(READS, || {
+                edu.read32(0);
+            })
+        });
+        sample("mmio-read", "ns", ours, theirs);
+    }
+    Ok(())
+}
+
+/// Doorbell writes (the context's `CQ_DOORBELL`, nothing queued) against an ordinary MMIO
+/// write (`REG_SCRATCH`), ns per write.
+fn doorbell(plan: &Plan, rmnic: &Bar) -> Result<()> {
+    const WRITES: usize = 2000;
+    let device = Context::open()?;
+    let ctx = device.stats()?.context as usize;
+    let doorbell = bar0::CTX_BLOCK_BASE + ctx * bar0::CTX_BLOCK_SIZE + bar0::CQ_DOORBELL;
+    for _ in 0..plan.samples {
+        let ours = timed(WRITES, || rmnic.write32(doorbell, 1));
+        let theirs = timed(WRITES, || rmnic.write32(bar0::SCRATCH, 0x5a5a));
+        sample("doorbell", "ns", ours, Some(theirs));
+    }
+    // The context still works after the doorbells rang on an empty ring.
+    let buf = Mapping::new(PAGE, false)?;
+    device.write64(buf.addr(), 7)??;
+    ensure!(buf.read_u64(0) == 7, "doorbell: the context broke");
+    Ok(())
+}
+
+/// Runs `f` `count` times; ns per call.
+fn timed(count: usize, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    for _ in 0..count {
+        f();
+    }
+    per(start.elapsed(), count)
+}
+
+/// Cost per command (NOP) submitted in batches of 1, 16 and 256 and waited for, against a bare
+/// ioctl of the same file that touches no device register (`RMNIC_IOC_STATS`), ns.
+fn submission(plan: &Plan) -> Result<()> {
+    const COMMANDS: usize = 2048;
+    let device = Context::open()?;
+    for _ in 0..plan.samples {
+        for batch in [1usize, 16, 256] {
+            let start = Instant::now();
+            let mut done = 0;
+            while done < COMMANDS {
+                run_batch(&device, batch)?;
+                done += batch;
+            }
+            let ours = per(start.elapsed(), done);
+            let syscall = timed(COMMANDS / 4, || {
+                let _ = device.stats();
+            });
+            sample(&format!("submit-batch-{batch}"), "ns", ours, Some(syscall));
+        }
+    }
+    Ok(())
+}
+
+/// Submits `batch` NOPs (in as many submissions as the queue needs) and waits for all.
+fn run_batch(device: &Context, batch: usize) -> Result<()> {
+    debug_assert!(batch <= MAX_BATCH as usize);
+    let nops = vec![command(opcode::NOP, Address::Local(0), Address::Local(0)); batch];
+    let mut out = vec![Completion::default(); batch];
+    let mut queued = 0;
+    let mut completed = 0;
+    while completed < batch {
+        if queued < batch {
+            queued += device.submit(&nops[queued..])?;
+        }
+        // CAST: at most MAX_BATCH.
+        let outstanding = (queued - completed) as u32;
+        let n = device.wait(&mut out[completed..], outstanding.min(1), 10_000)?;
+        ensure!(
+            n > 0 || outstanding == 0,
+            "submission: no completion in 10 s"
+        );
+        for done in &out[completed..completed + n] {
+            ensure!(done.status == 0, "NOP failed: status {}", done.status);
+        }
+        completed += n;
+    }
+    Ok(())
+}
+
+/// A buffer of `len` bytes in 4 KiB or 2 MiB pages (THP, madvised), CPU-touched.
+fn buffer(len: usize, huge: bool, byte: u8) -> Result<Mapping> {
+    let mut map = Mapping::aligned(len, HUGE)?;
+    map.advise(if huge {
+        libc::MADV_HUGEPAGE
+    } else {
+        libc::MADV_NOHUGEPAGE
+    })?;
+    map.bytes_mut().fill(byte);
+    Ok(map)
+}
+
+/// Device COPY against memcpy (MiB/s) for 4 KiB and 2 MiB pages, and the miss service: per
+/// device TLB miss on first touch (µs), against the CPU's own first-touch fault per 4 KiB
+/// page; misses per 2 MiB.
+fn copy_and_misses(plan: &Plan) -> Result<()> {
+    let len = plan.copy_mib << 20;
+    // CAST: MiB counts.
+    let mib = plan.copy_mib as f64;
+    for (label, huge) in [("4k", false), ("2m", true)] {
+        for _ in 0..plan.samples {
+            let src = buffer(len, huge, 0x3c)?;
+            let dst = buffer(len, huge, 0)?;
+            let device = Context::open()?;
+            let before = device.stats()?;
+            let start = Instant::now();
+            device.copy(dst.addr(), src.addr(), len as u64)??;
+            let first = start.elapsed();
+            let after = device.stats()?;
+            ensure!(dst.bytes().iter().all(|&b| b == 0x3c), "copy: wrong data");
+            let misses = after.faults - before.faults;
+            let start = Instant::now();
+            device.copy(dst.addr(), src.addr(), len as u64)??;
+            let warm = start.elapsed();
+            let mut cpu_dst = buffer(len, huge, 0)?;
+            let start = Instant::now();
+            cpu_dst.bytes_mut().copy_from_slice(src.bytes());
+            let memcpy = start.elapsed();
+            ensure!(cpu_dst.bytes()[len - 1] == 0x3c, "memcpy: wrong data");
+            sample(
+                &format!("copy-{label}"),
+                "MiB/s",
+                mib / warm.as_secs_f64(),
+                Some(mib / memcpy.as_secs_f64()),
+            );
+            // The CPU's first touch of fresh 4 KiB pages (a minor fault each), per page.
+            let fresh = Mapping::aligned(len, HUGE)?;
+            fresh.advise(libc::MADV_NOHUGEPAGE)?;
+            let start = Instant::now();
+            for page in (0..len).step_by(PAGE) {
+                fresh.write_u64(page, 1);
+            }
+            let cpu_fault = per(start.elapsed(), len / PAGE) / 1000.0;
+            if misses > 0 {
+                // CAST: counts.
+                let per_miss = first.as_secs_f64() * 1e6 / misses as f64;
+                sample(
+                    &format!("miss-service-{label}"),
+                    "us",
+                    per_miss,
+                    Some(cpu_fault),
+                );
+            }
+            println!(
+                "BENCHINFO miss-service-{label} misses={misses} misses_per_2m={:.2} dropins_4k={} dropins_2m={} first_touch_ms={:.2}",
+                // CAST: counts.
+                misses as f64 / (len / HUGE) as f64,
+                after.dropins_4k - before.dropins_4k,
+                after.dropins_2m - before.dropins_2m,
+                first.as_secs_f64() * 1000.0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The device's invalidation descriptors so far (RANGE + ASID + GLOBAL).
+fn invalidations(rmnic: &Bar) -> u64 {
+    bar0::STAT_INVAL.iter().map(|&off| rmnic.read64(off)).sum()
+}
+
+/// munmap and mprotect of regions whose translations the device cached (a device FILL over
+/// the whole region first) against the same calls on a process with no device context, µs;
+/// device invalidations per call.
+fn shootdowns(plan: &Plan, rmnic: &Bar) -> Result<()> {
+    let sizes: Vec<usize> = [4 << 10, 2 << 20, 64 << 20, 1 << 30]
+        .into_iter()
+        .filter(|&s| s <= plan.max_region_mib << 20)
+        .collect();
+    for &size in &sizes {
+        let label = size_label(size);
+        let huge = size >= HUGE;
+        let samples = if size >= 1 << 30 {
+            plan.samples.min(3)
+        } else {
+            plan.samples
+        };
+        for _ in 0..samples {
+            for call in ["munmap", "mprotect"] {
+                // Baseline first: no device context open in this process.
+                let mut plain = buffer(size, huge, 1)?;
+                let baseline = page_table_change(call, &mut plain)?;
+                drop(plain);
+                let device = Context::open()?;
+                let mut cached = buffer(size, huge, 1)?;
+                device.fill(cached.addr(), size as u64, 0x77)??;
+                let before = (device.stats()?, invalidations(rmnic));
+                let ours = page_table_change(call, &mut cached)?;
+                let after = (device.stats()?, invalidations(rmnic));
+                // The mprotected region's munmap is not part of the figures.
+                drop(cached);
+                sample(
+                    &format!("shootdown-{call}-{label}"),
+                    "us",
+                    ours.as_secs_f64() * 1e6,
+                    Some(baseline.as_secs_f64() * 1e6),
+                );
+                println!(
+                    "BENCHINFO shootdown-{call}-{label} notifier_calls={} driver_invalidations={} device_descriptors={}",
+                    after.0.invalidations_received - before.0.invalidations_received,
+                    after.0.invalidations_sent - before.0.invalidations_sent,
+                    after.1 - before.1
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Times `call` (munmap, or mprotect to read-only) on the whole of `map`.
+fn page_table_change(call: &str, map: &mut Mapping) -> Result<Duration> {
+    let start = Instant::now();
+    match call {
+        "munmap" => map.unmap(),
+        _ => map.protect(libc::PROT_READ)?,
+    }
+    Ok(start.elapsed())
+}
+
+fn size_label(size: usize) -> String {
+    if size >= 1 << 30 {
+        format!("{}g", size >> 30)
+    } else if size >= 1 << 20 {
+        format!("{}m", size >> 20)
+    } else {
+        format!("{}k", size >> 10)
+    }
+}
+
+/// Process exit after the device cached the largest region (2 MiB pages): exit time (from the
+/// child's last word to the parent's waitpid) against a child with no context, ms; device
+/// invalidation descriptors the exit caused.
+fn exit(plan: &Plan, rmnic: &Bar) -> Result<()> {
+    let size = (plan.max_region_mib << 20).max(HUGE);
+    for _ in 0..plan.samples.min(3) {
+        let (baseline, _) = child_exit(size, false, rmnic)?;
+        let (ours, descriptors) = child_exit(size, true, rmnic)?;
+        sample(
+            &format!("exit-{}", size_label(size)),
+            "ms",
+            ours.as_secs_f64() * 1e3,
+            Some(baseline.as_secs_f64() * 1e3),
+        );
+        println!(
+            "BENCHINFO exit-{} device_descriptors={descriptors}",
+            size_label(size)
+        );
+    }
+    Ok(())
+}
+
+/// Forks a child that maps `size` bytes of 2 MiB pages, touches them (with the device, when
+/// `with_device`), tells the parent, and exits; the time from its word to waitpid's return,
+/// and the device's invalidation descriptors over that time.
+fn child_exit(size: usize, with_device: bool, rmnic: &Bar) -> Result<(Duration, u64)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: a valid two-int array.
+    ensure!(unsafe { libc::pipe(fds.as_mut_ptr()) } == 0, "pipe failed");
+    // SAFETY: the child only maps, touches, writes one byte and exits.
+    let pid = unsafe { libc::fork() };
+    ensure!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let status = (|| -> Result<()> {
+            let map = buffer(size, true, 1)?;
+            let device = if with_device {
+                let device = Context::open()?;
+                device.fill(map.addr(), size as u64, 0x55)??;
+                Some(device)
+            } else {
+                None
+            };
+            // SAFETY: writes one byte from a valid buffer to our pipe end.
+            unsafe { libc::write(fds[1], [1u8].as_ptr().cast(), 1) };
+            std::mem::forget(map);
+            std::mem::forget(device);
+            Ok(())
+        })();
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(i32::from(status.is_err())) };
+    }
+    // SAFETY: closing our copy of the write end.
+    unsafe { libc::close(fds[1]) };
+    let mut byte = [0u8];
+    // SAFETY: reads one byte into a valid buffer.
+    let n = unsafe { libc::read(fds[0], byte.as_mut_ptr().cast(), 1) };
+    let before = invalidations(rmnic);
+    let start = Instant::now();
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    let elapsed = start.elapsed();
+    let descriptors = invalidations(rmnic) - before;
+    // SAFETY: closing our read end.
+    unsafe { libc::close(fds[0]) };
+    ensure!(
+        n == 1 && waited == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "exit child failed (read {n}, status {status:#x})"
+    );
+    Ok((elapsed, descriptors))
+}
+
+/// BAR0 of a PCI device, mapped from its sysfs `resource0`.
+struct Bar {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Bar {
+    fn open(device_dir: &Path) -> Result<Self> {
+        let path = device_dir.join("resource0");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        let len = usize::try_from(file.metadata()?.len())?;
+        ensure!(len >= 0x100, "{}: BAR too small", path.display());
+        // SAFETY: maps the BAR file shared; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!(
+                "mmap {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Self {
+            ptr: NonNull::new(ptr.cast()).context("mmap returned null")?,
+            len,
+        })
+    }
+
+    fn read32(&self, offset: usize) -> u32 {
+        assert!(offset + 4 <= self.len);
+        // SAFETY: in bounds of the mapping (asserted), 4-byte aligned MMIO.
+        unsafe { self.ptr.as_ptr().add(offset).cast::<u32>().read_volatile() }
+    }
+
+    fn read64(&self, offset: usize) -> u64 {
+        u64::from(self.read32(offset)) | (u64::from(self.read32(offset + 4)) << 32)
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        assert!(offset + 4 <= self.len);
+        // SAFETY: in bounds of the mapping (asserted), 4-byte aligned MMIO.
+        unsafe {
+            self.ptr
+                .as_ptr()
+                .add(offset)
+                .cast::<u32>()
+                .write_volatile(value)
+        }
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        // SAFETY: unmaps what `open` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The sysfs directory of the device bound to `driver`.
+fn device_dir_of_driver(driver: &str) -> Result<PathBuf> {
+    let dir = Path::new("/sys/bus/pci/drivers").join(driver);
+    std::fs::read_dir(&dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("0000:"))
+        .map(|e| Path::new("/sys/bus/pci/devices").join(e.file_name()))
+        .with_context(|| format!("no device bound to {driver}"))
+}
+
+/// The sysfs directory of the first PCI device with `(vendor, device)` ids, if any.
+fn find_device((vendor, device): (&str, &str)) -> Option<PathBuf> {
+    std::fs::read_dir("/sys/bus/pci/devices")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|dir| {
+            let id = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            id("vendor").trim() == vendor && id("device").trim() == device
+        })
+}
