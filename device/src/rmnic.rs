@@ -24,7 +24,7 @@ use crate::pci::configuration::{
     BarConfig, BarKind, ConfigurationError, ConfigurationSpace, PciIdentity, COMMAND_OFFSET,
 };
 use crate::pci::msix::{Delivery, Msix, MsixCapability, MsixError, MSIX_CAPABILITY_ID};
-use crate::pci::{BarRegion, PciDevice};
+use crate::pci::{BarRegion, Doorbell, PciDevice};
 use crate::regs::{
     RegisterError, BAR0_INDEX, BAR0_SIZE, CTX_BLOCK_BASE, CTX_BLOCK_SIZE, MSIX_PBA_OFFSET,
     MSIX_TABLE_OFFSET, MSIX_WINDOW_SIZE, NUM_CONTEXTS, REGISTER_WINDOW_SIZE,
@@ -642,6 +642,19 @@ impl PciDevice for RmnicDevice {
 
     fn bar_regions(&self) -> Vec<BarRegion> {
         self.config.bar_regions()
+    }
+
+    /// Every context's `CQ_DOORBELL` (spec §5: any write makes the engine look at the ring;
+    /// the write's value is ignored and nothing is returned to the writer).
+    fn doorbells(&self) -> Vec<Doorbell> {
+        (0..crate::regs::NUM_CONTEXTS as u64)
+            .map(|ctx| Doorbell {
+                bar: 0,
+                offset: crate::regs::CTX_BLOCK_BASE
+                    + ctx * crate::regs::CTX_BLOCK_SIZE
+                    + crate::regs::CQ_DOORBELL,
+            })
+            .collect()
     }
 }
 

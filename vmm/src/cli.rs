@@ -64,6 +64,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = rmnic_device::rmnic::DEFAULT_WORKERS)]
     pub device_workers: usize,
 
+    /// How the in-process device's command-queue doorbells reach it: `ioeventfd` (KVM
+    /// signals an eventfd and a relay thread rings the device; the vCPU does not leave the
+    /// kernel) or `exit` (an MMIO exit to this process, like every other register).
+    #[arg(long, value_enum, default_value = "ioeventfd")]
+    pub doorbells: crate::config::DoorbellPath,
+
     /// Where the rmnic function's model runs: `rmnic` (in this process) or
     /// `vfio-user:SOCKET` (another process serving it over vfio-user, e.g.
     /// `rmnic-device-server --socket SOCKET`).
@@ -158,6 +164,7 @@ impl Cli {
             tlb_sets: self.tlb_sets,
             tlb_ways: self.tlb_ways,
             device_workers: self.device_workers,
+            doorbells: self.doorbells,
             device: self.device,
             coherence_check: self.coherence_check,
             violations_fail: self.violations == "fail",

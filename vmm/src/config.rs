@@ -23,6 +23,17 @@ pub const MIN_MEMORY_MIB: u64 = 64;
 /// Most guest RAM in MiB (1 TiB).
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 
+/// How doorbell writes reach the in-process device (`--doorbells`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DoorbellPath {
+    /// KVM ioeventfd: the write signals an eventfd in the kernel; a relay thread rings the
+    /// device (`crate::pci::doorbells`).
+    #[default]
+    Ioeventfd,
+    /// An MMIO exit to user space on the vCPU thread, like every other register.
+    Exit,
+}
+
 /// Errors in a VM configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -121,6 +132,8 @@ pub struct VmConfig {
     pub tlb_ways: u32,
     /// Device worker threads executing commands and invalidations.
     pub device_workers: usize,
+    /// How command-queue doorbells reach the in-process device.
+    pub doorbells: DoorbellPath,
     /// Where the device model runs.
     pub device: DeviceSource,
     /// What the coherence oracle checks (in-process device only).
@@ -156,6 +169,7 @@ impl VmConfig {
             tlb_sets: DEFAULT_TLB_SETS,
             tlb_ways: DEFAULT_TLB_WAYS,
             device_workers: rmnic_device::rmnic::DEFAULT_WORKERS,
+            doorbells: DoorbellPath::Ioeventfd,
             device: DeviceSource::InProcess,
             coherence_check: rmnic_device::oracle::CheckMode::Full,
             violations_fail: true,

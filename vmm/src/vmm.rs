@@ -17,7 +17,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::boot::layout::{ram_regions, RamRegion, PCI_MMIO_END, PCI_MMIO_START};
 use crate::boot::{load_linux, BootError};
 use crate::bus::{Bus, BusError, BusRange, SharedBusDevice};
-use crate::config::{ConfigError, DeviceSource, VmConfig};
+use crate::config::{ConfigError, DeviceSource, DoorbellPath, VmConfig};
 use crate::devices::exit_port::{ExitPort, EXIT_PORT, EXIT_PORT_LEN};
 use crate::devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_COMMAND_PORT_LEN};
 use crate::devices::serial::IrqTrigger;
@@ -26,6 +26,7 @@ use crate::exit::{ExitLatch, ExitReason};
 use crate::interrupts::{DeviceMsi, GsiRouter, InterruptError, IrqBackend};
 use crate::memory::{create_guest_ram, GuestRam, MemoryError};
 use crate::pci::bars::{probe_bars, program_bar};
+use crate::pci::doorbells::{DoorbellError, DoorbellRelay, IoEventRegistry};
 use crate::pci::vfio_user::{VfioUserError, VfioUserFunction};
 use crate::pci::{
     assign_bars, BarError, BarPlacement, HostBridge, PciConfigIo, PciError, PciRoot,
@@ -72,6 +73,9 @@ pub enum VmmError {
     /// Interrupt routing.
     #[error(transparent)]
     Interrupts(#[from] InterruptError),
+    /// The doorbell relay (ioeventfd) could not start.
+    #[error(transparent)]
+    Doorbells(#[from] DoorbellError),
     /// Device placement on the port or MMIO bus.
     #[error("Cannot place {0} on the bus")]
     Bus(&'static str, #[source] BusError),
@@ -106,6 +110,8 @@ pub struct Vmm {
     events: Option<Arc<EventLog>>,
     /// The in-process device's fabric side, for the end-of-run summary.
     fabric: Option<rmnic_device::rmnic::FabricEndpoint>,
+    /// The in-process device's doorbells through ioeventfd (`--doorbells ioeventfd`).
+    doorbells: Option<Arc<DoorbellRelay>>,
     /// Kept alive for as long as vCPUs may run: KVM's memory slots point into it. Last
     /// field, so it is unmapped only after the VM and vCPU fds are closed.
     ram: GuestRam,
@@ -189,6 +195,7 @@ impl Vmm {
         let mut api = None;
         let mut events = None;
         let mut fabric = None;
+        let mut doorbells = None;
         match &config.device {
             DeviceSource::InProcess => {
                 let rmnic = RmnicDevice::with_memory(ram.memory.clone(), device_config, msi)?;
@@ -212,7 +219,17 @@ impl Vmm {
                     api = Some(ApiServer::start(path, control)?);
                     eprintln!("rmnic-vmm: control API on {}", path.display());
                 }
-                pci.add_device(RMNIC_SLOT, Arc::new(Mutex::new(rmnic)))?;
+                let rmnic: Arc<Mutex<RmnicDevice>> = Arc::new(Mutex::new(rmnic));
+                if config.doorbells == DoorbellPath::Ioeventfd {
+                    let registry: Arc<dyn IoEventRegistry> = vm.fd().clone();
+                    if let Some(relay) = DoorbellRelay::start(rmnic.clone(), registry)? {
+                        let relay = Arc::new(relay);
+                        let watcher = relay.clone();
+                        pci.watch_bars(RMNIC_SLOT, Arc::new(move || watcher.bars_changed()));
+                        doorbells = Some(relay);
+                    }
+                }
+                pci.add_device(RMNIC_SLOT, rmnic)?;
             }
             DeviceSource::VfioUser(socket) => {
                 let function = VfioUserFunction::attach(socket, &ram.memory, msi)?;
@@ -272,6 +289,7 @@ impl Vmm {
             api,
             events,
             fabric,
+            doorbells,
             oracle: match config.device {
                 DeviceSource::InProcess => oracle,
                 DeviceSource::VfioUser(_) => None,
@@ -339,6 +357,13 @@ impl Vmm {
         }
         let _ = std::io::stdout().flush();
         drop(self.api);
+        if let Some(relay) = &self.doorbells {
+            eprintln!(
+                "rmnic-vmm: doorbells: {} delivered through ioeventfd ({} registered at the end)",
+                relay.delivered(),
+                relay.registered()
+            );
+        }
         if let Some(endpoint) = &self.fabric {
             eprintln!(
                 "rmnic-vmm: {}",

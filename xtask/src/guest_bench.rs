@@ -72,16 +72,101 @@ fn parse_sample(line: &str) -> Option<(String, String, f64, Option<f64>)> {
     Some((name, unit?, rmnic?, baseline))
 }
 
-/// Boots `rmnic-guest bench` in `mode` and returns its rows.
-pub fn rows(images: &Images, mode: HostMode, plan: Plan) -> Result<Vec<Row>> {
+/// What one `rmnic-guest bench` boot printed.
+#[derive(Default)]
+pub struct Samples {
+    /// Metric names in the order they first appeared.
+    order: Vec<String>,
+    /// name -> (unit, rmnic samples, baseline samples).
+    metrics: BTreeMap<String, (String, Vec<f64>, Vec<f64>)>,
+    /// name -> `BENCHINFO` figures.
+    notes: BTreeMap<String, Notes>,
+}
+
+impl Samples {
+    fn parse(console: &str) -> Self {
+        let mut out = Self::default();
+        for line in console.lines() {
+            let line = line.trim_end_matches('\r');
+            if let Some((name, unit, rmnic, baseline)) = parse_sample(line) {
+                if !out.metrics.contains_key(&name) {
+                    out.order.push(name.clone());
+                }
+                let entry = out
+                    .metrics
+                    .entry(name)
+                    .or_insert((unit, Vec::new(), Vec::new()));
+                entry.1.push(rmnic);
+                entry.2.extend(baseline);
+            } else if let Some(rest) = line.strip_prefix("BENCHINFO ") {
+                let mut words = rest.split_whitespace();
+                let Some(name) = words.next() else { continue };
+                let into = out.notes.entry(name.to_string()).or_default();
+                for (key, value) in words.filter_map(|w| w.split_once('=')) {
+                    if let Ok(v) = value.parse::<f64>() {
+                        into.entry(key.to_string()).or_default().push(v);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// rmnic's samples of `metric` (empty when it was not measured).
+    fn rmnic(&self, metric: &str) -> &[f64] {
+        self.metrics.get(metric).map_or(&[], |m| &m.1)
+    }
+
+    /// One row per metric, each against its own baseline.
+    pub fn rows(&self, mode: HostMode) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for name in &self.order {
+            let (unit, ours, theirs) = &self.metrics[name];
+            let better = if unit == "MiB/s" {
+                Better::Higher
+            } else {
+                Better::Lower
+            };
+            let (baseline_is, goal) = describe(name);
+            if let Some(mut row) = Row::new(
+                name,
+                &mode.to_string(),
+                unit,
+                better,
+                baseline_is,
+                ours,
+                theirs,
+                goal,
+            ) {
+                if let Some(n) = self.notes.get(name) {
+                    row.notes = notes_text(n);
+                }
+                rows.push(row);
+            }
+        }
+        rows
+    }
+}
+
+/// Boots `rmnic-guest bench` in `mode` (`only`: its groups; `device_args`: more options for
+/// the device's host) and returns what it printed.
+pub fn sample(
+    images: &Images,
+    mode: HostMode,
+    plan: Plan,
+    only: &[&str],
+    device_args: &[&str],
+) -> Result<Samples> {
     let start = progress::step(&format!(
-        "guest benchmarks ({mode} mode): rmnic-guest bench, {} samples, regions up to {} MiB, copies of {} MiB",
+        "guest benchmarks ({mode} mode{}{}): rmnic-guest bench, {} samples, regions up to {} MiB, copies of {} MiB",
+        if only.is_empty() { String::new() } else { format!(", only {}", only.join(",")) },
+        if device_args.is_empty() { String::new() } else { format!(", device {}", device_args.join(" ")) },
         plan.samples, plan.max_region_mib, plan.copy_mib
     ));
     let samples = plan.samples.to_string();
     let region = plan.max_region_mib.to_string();
     let copy = plan.copy_mib.to_string();
-    let mut guest = GuestRun::new(&[
+    let mut words = vec![
         "bench",
         "--samples",
         &samples,
@@ -89,8 +174,14 @@ pub fn rows(images: &Images, mode: HostMode, plan: Plan) -> Result<Vec<Row>> {
         &region,
         "--copy-mib",
         &copy,
-    ]);
+    ];
+    // One flag per group: the guest's command line turns commas into spaces.
+    for group in only {
+        words.extend(["--only", group]);
+    }
+    let mut guest = GuestRun::new(&words);
     guest.memory_mib = BENCH_GUEST_MIB;
+    guest.device_args = device_args.iter().map(ToString::to_string).collect();
     if mode == HostMode::Qemu {
         guest.qemu_devices = vec!["edu".into()];
     }
@@ -103,64 +194,51 @@ pub fn rows(images: &Images, mode: HostMode, plan: Plan) -> Result<Vec<Row>> {
             outcome.tail()
         );
     }
-    // name -> (unit, rmnic samples, baseline samples)
-    let mut metrics: BTreeMap<String, (String, Vec<f64>, Vec<f64>)> = BTreeMap::new();
-    let mut order = Vec::new();
-    let mut notes: BTreeMap<String, Notes> = BTreeMap::new();
-    for line in outcome.console.lines() {
-        let line = line.trim_end_matches('\r');
-        if let Some((name, unit, rmnic, baseline)) = parse_sample(line) {
-            if !metrics.contains_key(&name) {
-                order.push(name.clone());
-            }
-            let entry = metrics
-                .entry(name)
-                .or_insert((unit, Vec::new(), Vec::new()));
-            entry.1.push(rmnic);
-            entry.2.extend(baseline);
-        } else if let Some(rest) = line.strip_prefix("BENCHINFO ") {
-            let mut words = rest.split_whitespace();
-            let Some(name) = words.next() else { continue };
-            let into = notes.entry(name.to_string()).or_default();
-            for (key, value) in words.filter_map(|w| w.split_once('=')) {
-                if let Ok(v) = value.parse::<f64>() {
-                    into.entry(key.to_string()).or_default().push(v);
-                }
-            }
-        }
-    }
-    if metrics.is_empty() {
+    let parsed = Samples::parse(&outcome.console);
+    if parsed.metrics.is_empty() {
         bail!(
             "rmnic-guest bench printed no BENCH line:\n{}",
             outcome.tail()
         );
     }
-    let mut rows = Vec::new();
-    for name in order {
-        let (unit, ours, theirs) = &metrics[&name];
-        let better = if unit == "MiB/s" {
-            Better::Higher
-        } else {
-            Better::Lower
-        };
-        let (baseline_is, goal) = describe(&name);
-        if let Some(mut row) = Row::new(
-            &name,
-            &mode.to_string(),
-            unit,
-            better,
-            baseline_is,
-            ours,
-            theirs,
-            goal,
-        ) {
-            if let Some(n) = notes.get(&name) {
-                row.notes = notes_text(n);
-            }
-            rows.push(row);
-        }
-    }
     progress::done("guest benchmarks", start);
+    Ok(parsed)
+}
+
+/// The doorbell fast path under rmnic-vmm, before and after: the doorbell and submission
+/// figures of `with` (the default, `--doorbells ioeventfd`) against a boot with
+/// `--doorbells exit` (every doorbell an MMIO exit to rmnic-vmm, as before).
+pub fn doorbell_path_rows(
+    images: &Images,
+    mode: HostMode,
+    plan: Plan,
+    with: &Samples,
+) -> Result<Vec<Row>> {
+    let without = sample(
+        images,
+        mode,
+        plan,
+        &["doorbell", "submission"],
+        &["--doorbells", "exit"],
+    )?;
+    let mut rows = Vec::new();
+    for metric in [
+        "doorbell",
+        "submit-batch-1",
+        "submit-batch-16",
+        "submit-batch-256",
+    ] {
+        rows.extend(Row::new(
+            &format!("{metric}-via-ioeventfd"),
+            &mode.to_string(),
+            "ns",
+            Better::Lower,
+            "the same with --doorbells exit (an MMIO exit to rmnic-vmm), separate boot",
+            with.rmnic(metric),
+            without.rmnic(metric),
+            None,
+        ));
+    }
     Ok(rows)
 }
 

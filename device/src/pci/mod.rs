@@ -77,4 +77,21 @@ pub trait PciDevice: Send {
     /// The memory BARs the function decodes right now: empty while memory-space decoding
     /// is disabled in the command register.
     fn bar_regions(&self) -> Vec<BarRegion>;
+
+    /// Doorbells: registers a write to which has one effect whatever its value and width,
+    /// and returns nothing a vCPU must wait for. A host may deliver such writes out of band
+    /// (KVM's ioeventfd: the vCPU does not leave the kernel) as a later
+    /// [`PciDevice::write_bar`] of any value. None by default.
+    fn doorbells(&self) -> Vec<Doorbell> {
+        Vec::new()
+    }
+}
+
+/// A doorbell register ([`PciDevice::doorbells`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Doorbell {
+    /// Memory BAR holding it.
+    pub bar: u8,
+    /// Byte offset within the BAR.
+    pub offset: u64,
 }

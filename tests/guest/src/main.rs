@@ -175,6 +175,9 @@ enum Command {
         /// Device COPY and memcpy buffer size in MiB.
         #[arg(long, default_value_t = 64)]
         copy_mib: usize,
+        /// Only these groups: mmio, doorbell, submission, copy, shootdown, exit.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// A device workload for benchmarks: device COPY of `mib` MiB between two buffers of 4 KiB
     /// pages, `rounds` times after a first-touch round. Prints one `BENCH copy-4k ...` line.
@@ -309,10 +312,12 @@ fn main() -> ExitCode {
             samples,
             max_region_mib,
             copy_mib,
-        } => bench::run(bench::Plan {
+            only,
+        } => bench::run(&bench::Plan {
             samples,
             max_region_mib,
             copy_mib,
+            only,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::CopyBench { mib, rounds, label } => {

@@ -80,7 +80,12 @@ pub struct PciRoot {
     /// Rebuilt for a device after each configuration write to it; read on every MMIO
     /// exit. Never held while a device lock is taken.
     mapped: RwLock<Vec<MappedBar>>,
+    /// Told after each refresh of a slot's BARs ([`PciRoot::watch_bars`]).
+    watchers: Vec<(u8, BarWatcher)>,
 }
+
+/// Called after the BARs of a watched slot were re-read ([`PciRoot::watch_bars`]).
+pub type BarWatcher = Arc<dyn Fn() + Send + Sync>;
 
 impl Default for PciRoot {
     fn default() -> Self {
@@ -94,6 +99,7 @@ impl PciRoot {
         Self {
             slots: vec![None; SLOTS],
             mapped: RwLock::new(Vec::new()),
+            watchers: Vec::new(),
         }
     }
 
@@ -109,6 +115,12 @@ impl PciRoot {
         *entry = Some(device);
         self.refresh_bars(slot);
         Ok(())
+    }
+
+    /// Calls `watcher` after every refresh of the BARs of `slot` (a configuration write to
+    /// it, memory decoding turned on), e.g. to move ioeventfds along with a BAR.
+    pub fn watch_bars(&mut self, slot: u8, watcher: BarWatcher) {
+        self.watchers.push((slot, watcher));
     }
 
     /// The device at `00:slot.0`, if any.
@@ -181,6 +193,10 @@ impl PciRoot {
                 }
                 Err(e) => tracing::warn!("BAR {} of 00:{slot:02x}.0 ignored: {e}", r.index),
             }
+        }
+        drop(mapped);
+        for (_, watcher) in self.watchers.iter().filter(|(s, _)| *s == slot) {
+            watcher();
         }
     }
 

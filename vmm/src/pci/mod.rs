@@ -6,6 +6,7 @@
 
 pub mod bars;
 pub mod bus;
+pub mod doorbells;
 pub mod host_bridge;
 pub mod vfio_user;
 
