@@ -275,7 +275,7 @@ mod tests {
         fn write_config_register(&mut self, _: usize, _: u64, _: &[u8]) {}
         fn read_bar(&mut self, _: u8, _: u64, _: &mut [u8]) {}
         fn write_bar(&mut self, _: u8, offset: u64, _: &[u8]) {
-            self.writes.lock().unwrap().push(offset);
+            self.writes.lock().expect("lock").push(offset);
         }
         fn bar_regions(&self) -> Vec<BarRegion> {
             self.regions.clone()
@@ -293,7 +293,13 @@ mod tests {
 
     impl Registry {
         fn addresses(&self) -> Vec<u64> {
-            let mut a: Vec<u64> = self.0.lock().unwrap().iter().map(|(a, _)| *a).collect();
+            let mut a: Vec<u64> = self
+                .0
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|(a, _)| *a)
+                .collect();
             a.sort_unstable();
             a
         }
@@ -301,7 +307,7 @@ mod tests {
 
     impl IoEventRegistry for Registry {
         fn register(&self, fd: &EventFd, addr: u64) -> std::io::Result<()> {
-            let mut list = self.0.lock().unwrap();
+            let mut list = self.0.lock().expect("lock");
             if list.iter().any(|(a, _)| *a == addr) {
                 return Err(std::io::Error::from_raw_os_error(libc::EEXIST));
             }
@@ -309,7 +315,7 @@ mod tests {
             Ok(())
         }
         fn unregister(&self, _: &EventFd, addr: u64) -> std::io::Result<()> {
-            let mut list = self.0.lock().unwrap();
+            let mut list = self.0.lock().expect("lock");
             let before = list.len();
             list.retain(|(a, _)| *a != addr);
             if list.len() == before {
@@ -319,12 +325,15 @@ mod tests {
         }
     }
 
-    fn setup() -> (
+    /// The function, the registry, the relay and the function's register writes.
+    type Setup = (
         Arc<Mutex<Function>>,
         Arc<Registry>,
         DoorbellRelay,
         Arc<Mutex<Vec<u64>>>,
-    ) {
+    );
+
+    fn setup() -> Setup {
         let writes = Arc::new(Mutex::new(Vec::new()));
         let function = Arc::new(Mutex::new(Function {
             regions: Vec::new(),
@@ -332,13 +341,13 @@ mod tests {
         }));
         let registry = Arc::new(Registry::default());
         let relay = DoorbellRelay::start(function.clone(), registry.clone())
-            .unwrap()
+            .expect("relay")
             .expect("the function has doorbells");
         (function, registry, relay, writes)
     }
 
     fn place(function: &Mutex<Function>, base: Option<u64>) {
-        function.lock().unwrap().regions = base
+        function.lock().expect("lock").regions = base
             .map(|base| BarRegion {
                 index: 0,
                 base,
@@ -385,18 +394,18 @@ mod tests {
         let second = registry
             .0
             .lock()
-            .unwrap()
+            .expect("lock")
             .iter()
             .find(|(a, _)| *a == 0x1000_0140)
-            .map(|(_, fd)| fd.try_clone().unwrap())
+            .map(|(_, fd)| fd.try_clone().expect("dup"))
             .expect("registered");
-        second.write(1).unwrap();
+        second.write(1).expect("signal");
         let start = Instant::now();
-        while writes.lock().unwrap().is_empty() {
+        while writes.lock().expect("lock").is_empty() {
             assert!(start.elapsed() < Duration::from_secs(5), "never delivered");
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(*writes.lock().unwrap(), [0x140]);
+        assert_eq!(*writes.lock().expect("lock"), [0x140]);
         assert_eq!(relay.delivered(), 1);
     }
 
@@ -416,7 +425,7 @@ mod tests {
         }
         let relay =
             DoorbellRelay::start(Arc::new(Mutex::new(Plain)), Arc::new(Registry::default()))
-                .unwrap();
+                .expect("relay");
         assert!(relay.is_none());
     }
 }
