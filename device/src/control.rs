@@ -25,15 +25,16 @@ use crate::mmio::{self, MmioWidth};
 use crate::regs::{
     check_access, RegisterError, CONTEXT_REGISTERS, CQ_DOORBELL, CTX_BLOCK_BASE, CTX_BLOCK_SIZE,
     CTX_CMD_ABORT, CTX_CMD_ABORT_STATUS_MASK, CTX_CMD_ABORT_STATUS_SHIFT, CTX_CMD_DROPIN,
-    CTX_CMD_RESUME, CTX_COMMAND, CTX_COMMAND_OP_MASK, CTX_CONTROL, CTX_CONTROL_ENABLE,
-    CTX_PTROOT_LO, CTX_STATS_BASE, CTX_STATUS, DEV_CONTROL_ENABLE, DEV_CONTROL_FLR,
-    DEV_STATUS_ENABLED, DEV_STATUS_ERROR, DROPIN_ATTR, DROPIN_ATTR_2M, DROPIN_GPA_LO, DROPIN_VA_LO,
-    FAULT_INFO, FAULT_VA_HI, FAULT_VA_LO, GLOBAL_REGISTERS, REGISTER_WINDOW_SIZE, REG_DEV_CONTROL,
-    REG_DEV_ERROR, REG_DEV_STATUS, REG_FAULT_BASE_LO, REG_FAULT_HEAD, REG_FAULT_SIZE,
-    REG_FAULT_TAIL, REG_INVQ_BASE_LO, REG_INVQ_DONE_ADDR_LO, REG_INVQ_DONE_SEQ_HI,
-    REG_INVQ_DONE_SEQ_LO, REG_INVQ_HEAD, REG_INVQ_SIZE, REG_INVQ_TAIL, REG_REMOTE_ANSWER,
-    REG_SCRATCH, REG_STATS_BASE, REG_TLB_GEOMETRY, TLB_GEOMETRY_SETS_SHIFT,
-    TLB_GEOMETRY_WAYS_SHIFT,
+    CTX_CMD_DROPIN_LIST, CTX_CMD_RESUME, CTX_COMMAND, CTX_COMMAND_OP_MASK, CTX_CONTROL,
+    CTX_CONTROL_ENABLE, CTX_PTROOT_LO, CTX_STATS_BASE, CTX_STATUS, DEV_CONTROL_ENABLE,
+    DEV_CONTROL_FLR, DEV_STATUS_ENABLED, DEV_STATUS_ERROR, DROPIN_ATTR, DROPIN_ATTR_2M,
+    DROPIN_ATTR_READ, DROPIN_ATTR_WRITE, DROPIN_GPA_LO, DROPIN_LIST_COUNT, DROPIN_LIST_LO,
+    DROPIN_LIST_MAX, DROPIN_RECORD_SIZE, DROPIN_VA_LO, FAULT_INFO, FAULT_VA_HI, FAULT_VA_LO,
+    GLOBAL_REGISTERS, REGISTER_WINDOW_SIZE, REG_DEV_CONTROL, REG_DEV_ERROR, REG_DEV_STATUS,
+    REG_FAULT_BASE_LO, REG_FAULT_HEAD, REG_FAULT_SIZE, REG_FAULT_TAIL, REG_INVQ_BASE_LO,
+    REG_INVQ_DONE_ADDR_LO, REG_INVQ_DONE_SEQ_HI, REG_INVQ_DONE_SEQ_LO, REG_INVQ_HEAD,
+    REG_INVQ_SIZE, REG_INVQ_TAIL, REG_REMOTE_ANSWER, REG_SCRATCH, REG_STATS_BASE, REG_TLB_GEOMETRY,
+    TLB_GEOMETRY_SETS_SHIFT, TLB_GEOMETRY_WAYS_SHIFT,
 };
 use crate::rmnic::VECTOR_FAULT;
 use crate::segments::{
@@ -651,6 +652,7 @@ impl Shared {
         }
         match op {
             CTX_CMD_DROPIN => self.drop_in(ctx),
+            CTX_CMD_DROPIN_LIST => self.drop_in_list(ctx),
             CTX_CMD_RESUME if ctx.state == ContextState::Faulted => self.resume(ctx, None),
             CTX_CMD_ABORT if ctx.state == ContextState::Faulted => {
                 let code = (value & CTX_CMD_ABORT_STATUS_MASK) >> CTX_CMD_ABORT_STATUS_SHIFT;
@@ -671,6 +673,52 @@ impl Shared {
         let va = VirtAddr(ctx.regs.value64(DROPIN_VA_LO));
         let gpa = ctx.regs.value64(DROPIN_GPA_LO);
         let attr = ctx.regs.value(DROPIN_ATTR);
+        self.drop_in_one(ctx, va, gpa, attr);
+    }
+
+    /// CTX_COMMAND DROPIN_LIST (since 1.4): installs the records of the list at
+    /// `DROPIN_LIST_*` in order, each as DROPIN would; a list that cannot be read, a count
+    /// outside 1..=`DROPIN_LIST_MAX` or a bad record is a DROPIN error of the context (the
+    /// records before a bad one stay installed, as separate DROPINs would have).
+    fn drop_in_list(&self, ctx: &mut Context) {
+        let addr = ctx.regs.value64(DROPIN_LIST_LO);
+        let count = ctx.regs.value(DROPIN_LIST_COUNT);
+        if count == 0 || count > DROPIN_LIST_MAX || addr % DROPIN_RECORD_SIZE != 0 {
+            self.context_error(ctx, ErrorCode::DropIn);
+            return;
+        }
+        // CAST: at most DROPIN_LIST_MAX * 16 bytes.
+        let mut list = vec![0u8; count as usize * DROPIN_RECORD_SIZE as usize];
+        if self
+            .dma(DmaPurpose::DropInList)
+            .read(GuestAddress(addr), &mut list)
+            .is_err()
+        {
+            self.context_error(ctx, ErrorCode::DropIn);
+            return;
+        }
+        for record in list.chunks_exact(DROPIN_RECORD_SIZE as usize) {
+            let word = |at: usize| {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(&record[at..at + 8]);
+                u64::from_le_bytes(bytes)
+            };
+            let (va_attr, gpa) = (word(0), word(8));
+            // CAST: bits 11:0.
+            let attr = (va_attr & 0xfff) as u32;
+            if attr & !(DROPIN_ATTR_READ | DROPIN_ATTR_WRITE | DROPIN_ATTR_2M) != 0 {
+                self.context_error(ctx, ErrorCode::DropIn);
+                return;
+            }
+            if !self.drop_in_one(ctx, VirtAddr(va_attr & !0xfff), gpa, attr) {
+                return;
+            }
+        }
+    }
+
+    /// One drop-in of `va` to `gpa` with `attr` (DROPIN and each DROPIN_LIST record); false
+    /// when it was refused (the context is then in ERROR).
+    fn drop_in_one(&self, ctx: &mut Context, va: VirtAddr, gpa: u64, attr: u32) -> bool {
         let size = if attr & DROPIN_ATTR_2M != 0 {
             PageSize::Size2M
         } else {
@@ -687,7 +735,7 @@ impl Shared {
         if perms == Perms::NONE || !va.is_aligned(size.bytes()) || gpa & size.mask() != 0 || !in_ram
         {
             self.context_error(ctx, ErrorCode::DropIn);
-            return;
+            return false;
         }
         let fill = TlbFill {
             asid: ctx.asid,
@@ -698,6 +746,7 @@ impl Shared {
             ctx: ctx.index,
         };
         self.install(fill, ctx.regs.value64(CTX_PTROOT_LO));
+        true
     }
 
     /// Installs `fill` (for a context whose page tables are rooted at `pt_root`), reports it

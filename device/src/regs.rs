@@ -109,8 +109,8 @@ pub const VERSION_MAJOR_MASK: u32 = 0xffff << VERSION_MAJOR_SHIFT;
 pub const VERSION_MINOR_SHIFT: u32 = 0;
 /// [`REG_VERSION`] field mask: minor version.
 pub const VERSION_MINOR_MASK: u32 = 0xffff << VERSION_MINOR_SHIFT;
-/// The version of `docs/device-spec.md` the device implements: 1.0.
-pub const RMNIC_SPEC_VERSION: u32 = (1 << VERSION_MAJOR_SHIFT) | (3 << VERSION_MINOR_SHIFT);
+/// The version of `docs/device-spec.md` the device implements: 1.4.
+pub const RMNIC_SPEC_VERSION: u32 = (1 << VERSION_MAJOR_SHIFT) | (4 << VERSION_MINOR_SHIFT);
 
 /// [`REG_CAPS`] field: number of contexts.
 pub const CAPS_CONTEXTS_SHIFT: u32 = 0;
@@ -120,6 +120,8 @@ pub const CAPS_CONTEXTS_MASK: u32 = 0xff << CAPS_CONTEXTS_SHIFT;
 pub const CAPS_HUGE_PAGES: u32 = 1 << 8;
 /// [`REG_CAPS`] bit 9: segments (export table, attachment slots; since 1.2).
 pub const CAPS_SEGMENTS: u32 = 1 << 9;
+/// [`REG_CAPS`] bit 10: drop-in lists (`CTX_CMD_DROPIN_LIST`; since 1.4).
+pub const CAPS_DROPIN_LIST: u32 = 1 << 10;
 /// [`REG_CAPS`] field: number of MSI-X vectors.
 pub const CAPS_VECTORS_SHIFT: u32 = 16;
 /// [`REG_CAPS`] field mask: number of MSI-X vectors.
@@ -128,6 +130,7 @@ pub const CAPS_VECTORS_MASK: u32 = 0xff << CAPS_VECTORS_SHIFT;
 pub const RMNIC_CAPS: u32 = ((NUM_CONTEXTS as u32) << CAPS_CONTEXTS_SHIFT)
     | CAPS_HUGE_PAGES
     | CAPS_SEGMENTS
+    | CAPS_DROPIN_LIST
     | ((crate::rmnic::RMNIC_MSIX_VECTORS as u32) << CAPS_VECTORS_SHIFT);
 
 /// [`REG_TLB_GEOMETRY`] field: number of sets.
@@ -201,6 +204,12 @@ pub const FAULT_VA_LO: u64 = 0x60;
 pub const FAULT_VA_HI: u64 = 0x64;
 /// Access type and reason of the pending or last fault.
 pub const FAULT_INFO: u64 = 0x68;
+/// Guest-physical address of a drop-in list, low half (since 1.4; `CTX_CMD_DROPIN_LIST`).
+pub const DROPIN_LIST_LO: u64 = 0x70;
+/// Guest-physical address of a drop-in list, high half (since 1.4).
+pub const DROPIN_LIST_HI: u64 = 0x74;
+/// Records in the drop-in list: 1..=[`DROPIN_LIST_MAX`] (since 1.4).
+pub const DROPIN_LIST_COUNT: u64 = 0x78;
 /// First per-context statistics counter (see `stats::CONTEXT_COUNTERS`).
 pub const CTX_STATS_BASE: u64 = 0x80;
 
@@ -244,6 +253,16 @@ pub const CTX_CMD_DROPIN: u32 = 1;
 pub const CTX_CMD_RESUME: u32 = 2;
 /// [`CTX_COMMAND`] command: fail the stalled command with the status in bits 15:8.
 pub const CTX_CMD_ABORT: u32 = 3;
+/// [`CTX_COMMAND`] command (since 1.4): install every drop-in of the list at
+/// [`DROPIN_LIST_LO`] ([`DROPIN_LIST_COUNT`] records of [`DROPIN_RECORD_SIZE`] bytes), in order,
+/// each as DROPIN would.
+pub const CTX_CMD_DROPIN_LIST: u32 = 4;
+/// Most records one `CTX_CMD_DROPIN_LIST` installs.
+pub const DROPIN_LIST_MAX: u32 = 512;
+/// Bytes of a drop-in list record: `u64` VA with the `DROPIN_ATTR` bits in bits 11:0 (the
+/// rest of those bits zero), then `u64` frame address; little-endian; the list is 16-byte
+/// aligned.
+pub const DROPIN_RECORD_SIZE: u64 = 16;
 /// [`FAULT_INFO`] field mask: access type (`FAULT_ACCESS_*` bits).
 pub const FAULT_INFO_ACCESS_MASK: u32 = 0xff;
 /// [`FAULT_INFO`] field: reason (`FAULT_REASON_*`).
@@ -368,7 +387,7 @@ pub const GLOBAL_REGISTERS: [RegisterSpec; 23] = [
 
 /// The per-context registers, sorted by block offset.
 #[rustfmt::skip]
-pub const CONTEXT_REGISTERS: [RegisterSpec; 23] = [
+pub const CONTEXT_REGISTERS: [RegisterSpec; 26] = [
     reg(CTX_CONTROL, "CTX_CONTROL", 0, RW, CTX_CONTROL_ENABLE, "Enable"),
     live(CTX_STATUS, "CTX_STATUS", 0, "State and error code"),
     reg(CTX_ASID, "CTX_ASID", 0, RWL, CTX_ASID_MASK, "ASID"),
@@ -392,6 +411,9 @@ pub const CONTEXT_REGISTERS: [RegisterSpec; 23] = [
     live(FAULT_VA_LO, "FAULT_VA_LO", 0, "Fault address low"),
     live(FAULT_VA_HI, "FAULT_VA_HI", 0, "Fault address high"),
     live(FAULT_INFO, "FAULT_INFO", 0, "Fault access and reason"),
+    reg(DROPIN_LIST_LO, "DROPIN_LIST_LO", 0, RW, 0xffff_fff0, "Drop-in list low"),
+    reg(DROPIN_LIST_HI, "DROPIN_LIST_HI", 0, RW, 0xffff_ffff, "Drop-in list high"),
+    reg(DROPIN_LIST_COUNT, "DROPIN_LIST_COUNT", 0, RW, 0xffff, "Drop-in list records"),
 ];
 
 /// Whether a register table is well formed: sorted, unique, aligned offsets inside `window`,
@@ -573,9 +595,9 @@ mod tests {
     fn blocks_read_their_reset_values() {
         let block = RegisterBlock::new(&GLOBAL_REGISTERS);
         assert_eq!(block.value(REG_ID), RMNIC_ID_MAGIC);
-        assert_eq!(block.value(REG_VERSION), 0x0001_0003);
+        assert_eq!(block.value(REG_VERSION), 0x0001_0004);
         assert_eq!(block.value(REG_SCRATCH), 0);
-        assert_eq!(block.value(REG_CAPS), 0x0004_0340);
+        assert_eq!(block.value(REG_CAPS), 0x0004_0740);
         let context = RegisterBlock::new(&CONTEXT_REGISTERS);
         assert_eq!(context.value(CTX_CONTROL), 0);
     }
@@ -586,10 +608,10 @@ mod tests {
     }
 
     #[test]
-    fn version_fields_decode_to_1_3() {
+    fn version_fields_decode_to_1_4() {
         let major = (RMNIC_SPEC_VERSION & VERSION_MAJOR_MASK) >> VERSION_MAJOR_SHIFT;
         let minor = (RMNIC_SPEC_VERSION & VERSION_MINOR_MASK) >> VERSION_MINOR_SHIFT;
-        assert_eq!((major, minor), (1, 3));
+        assert_eq!((major, minor), (1, 4));
     }
 
     #[test]

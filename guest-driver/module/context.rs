@@ -14,7 +14,7 @@
 //! No spinlock is held across an allocation or a sleep; the two mutexes are never taken by the
 //! notifier.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, CondVar, CondVarTimeoutResult, Mutex, SpinLock};
@@ -25,6 +25,7 @@ use kernel::c_str;
 use kernel::str::CStr;
 
 use crate::cmdq::{CommandQueue, Indices, SLOTS};
+use crate::dma::CoherentBuffer;
 use crate::debugfs::Dir;
 use crate::device::Rmnic;
 use crate::hmm::{self, Access};
@@ -174,6 +175,11 @@ pub(crate) struct Context {
     mm: MmRef,
     notifier: IntervalNotifier<Arc<Mirror>>,
     queue_mem: CommandQueue,
+    /// Where the miss path writes drop-in lists (device 1.4), used only under the mirror's
+    /// update lock; None when the device has no drop-in lists (one DROPIN per translation).
+    dropin_list: Option<CoherentBuffer>,
+    /// Fault-ahead window in pages (`RMNIC_IOC_FAULT_AHEAD`): 1..=`MAX_FAULT_AHEAD`.
+    fault_ahead: AtomicU32,
     #[pin]
     queue: Mutex<QueueState>,
     /// Woken by the completion interrupt.
@@ -208,6 +214,11 @@ impl Context {
             GFP_KERNEL,
         )?;
         let queue_mem = CommandQueue::new(dev)?;
+        let dropin_list = if rmnic.has_dropin_lists() {
+            Some(CoherentBuffer::alloc(dev, DROPIN_LIST_MAX * DROPIN_RECORD_SIZE)?)
+        } else {
+            None
+        };
         let debugfs = rmnic.debugfs_context_dir(index, asid, &mirror);
         let notifier = IntervalNotifier::insert_all(&users, mirror.clone())?;
         let mm = users.grab();
@@ -217,6 +228,8 @@ impl Context {
                 mm,
                 notifier,
                 queue_mem,
+                dropin_list,
+                fault_ahead: AtomicU32::new(uapi::DEFAULT_FAULT_AHEAD),
                 queue <- new_mutex!(QueueState { indices: Indices { submitted: 0, collected: 0 } },
                                     "rmnic::Context::queue"),
                 completed <- new_condvar!("rmnic::Context::completed"),
@@ -250,6 +263,16 @@ impl Context {
     /// The command queue memory (for programming the device).
     pub(crate) fn queue_mem(&self) -> &CommandQueue {
         &self.queue_mem
+    }
+
+    /// `RMNIC_IOC_FAULT_AHEAD`: the miss path's window, in pages (1: a miss resolves only its
+    /// own page).
+    pub(crate) fn set_fault_ahead(&self, pages: u32) -> Result {
+        if !(1..=uapi::MAX_FAULT_AHEAD).contains(&pages) {
+            return Err(EINVAL);
+        }
+        self.fault_ahead.store(pages, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Marks the context closing: the miss path stops touching the device slot from here on.
@@ -484,21 +507,28 @@ impl Context {
 
     /// Drops the translation of `va` in this context's address space into the device, under
     /// this context's ASID (the miss path proper; `answer` then resumes the stalled context,
-    /// which is this one or an importer of its segment).
+    /// which is this one or an importer of its segment). With a fault-ahead window of more
+    /// than one page, the pages after `va` in the window that the CPU page tables already map
+    /// go in with it (nothing else is faulted), in one drop-in list when the device takes
+    /// lists.
     fn fill(&self, va: u64, write: bool) -> Result {
         let mirror = &self.mirror;
         // The address space may be exiting: then there is nothing to map.
         let users = self.mm.mmget_not_zero().ok_or(EFAULT)?;
         let page = (va & !(PAGE - 1)) as usize;
         let access = if write { Access::Write } else { Access::Read };
+        let window = self.fault_ahead.load(Ordering::Relaxed).max(1) as usize;
+        // Inside the notifier's interval (the whole address space) and `MAX_FAULT_PAGES`.
+        let end = page
+            .saturating_add(window.min(hmm::MAX_FAULT_PAGES) * PAGE as usize)
+            .min(self.notifier.end());
         for _ in 0..MAX_FAULT_RETRIES {
-            let faulted = match hmm::fault_range(
-                &users,
-                &self.notifier,
-                page,
-                page + PAGE as usize,
-                access,
-            ) {
+            let result = if end > page + PAGE as usize {
+                hmm::fault_first(&users, &self.notifier, page, end, access)
+            } else {
+                hmm::fault_range(&users, &self.notifier, page, page + PAGE as usize, access)
+            };
+            let faulted = match result {
                 Ok(faulted) => faulted,
                 Err(e) if e == EBUSY => {
                     bump(&mirror.stats.retries);
@@ -506,16 +536,10 @@ impl Context {
                 }
                 Err(e) => return Err(e),
             };
-            let entry = faulted.entry(0).ok_or(EFAULT)?;
-            if write && !entry.writable() {
+            let first = faulted.entry(0).ok_or(EFAULT)?;
+            if write && !first.writable() {
                 return Err(EPERM);
             }
-            let (entry_va, entry_pa, huge) = if entry.map_size() as u64 >= HUGE_PAGE {
-                (entry.map_va() as u64, entry.map_pfn() * PAGE, true)
-            } else {
-                (page as u64, entry.phys_addr(), false)
-            };
-            let size = if huge { HUGE_PAGE } else { PAGE };
             // Step 3 of the hmm.rst protocol: under the update lock, check the sequence and
             // program the device before dropping the lock.
             let mut cov = mirror.update.lock();
@@ -527,34 +551,70 @@ impl Context {
             if cov.dead {
                 return Err(EFAULT);
             }
-            let mut attr = DROPIN_ATTR_READ;
-            if write {
-                attr |= DROPIN_ATTR_WRITE;
-                // The kernel must learn that the device may dirty the page: a PTE can be
-                // writable and clean (after MADV_FREE, after a read swap-in), and then nothing
-                // else would tell reclaim or writeback. The kernel cleans a page only after an
-                // invalidation removed the entry, and a later write faults again and marks it
-                // again (docs/driver.md, "Dirty pages").
-                // SAFETY: under `Mirror::update` with `read_retry` false: no invalidation of
-                // this page has started since `hmm_range_fault`, and unmap, truncate and
-                // reclaim all start with one, which waits for this lock: the page is still
-                // mapped, and a file page's mapping cannot be truncated meanwhile.
-                unsafe { entry.mark_dirty() };
-                crate::counters::up(&crate::counters::PAGES_DIRTIED);
+            let mut listed = 0;
+            // The next address not yet covered (a 2 MiB entry covers the pages after it).
+            let mut next = page as u64;
+            for index in 0..faulted.pages() {
+                let at = page as u64 + index as u64 * PAGE;
+                if at < next {
+                    continue;
+                }
+                let Some(entry) = faulted.entry(index) else {
+                    continue;
+                };
+                let huge = entry.map_size() as u64 >= HUGE_PAGE;
+                // The 2 MiB page around `at` (a 1 GiB mapping is dropped in 2 MiB at a time).
+                let (entry_va, entry_pa, size) = if huge {
+                    let base = at & !(HUGE_PAGE - 1);
+                    (base, entry.phys_addr() - (at - base), HUGE_PAGE)
+                } else {
+                    (at, entry.phys_addr(), PAGE)
+                };
+                let mut attr = DROPIN_ATTR_READ;
+                // Only a write miss gets writable translations, and only where the CPU
+                // mapping allows writes: a read-only neighbour stays read-only (COW).
+                if write && entry.writable() {
+                    attr |= DROPIN_ATTR_WRITE;
+                    // The kernel must learn that the device may dirty the page: a PTE can be
+                    // writable and clean (after MADV_FREE, after a read swap-in), and then
+                    // nothing else would tell reclaim or writeback. The kernel cleans a page
+                    // only after an invalidation removed the entry, and a later write faults
+                    // again and marks it again (docs/driver.md, "Dirty pages").
+                    // SAFETY: under `Mirror::update` with `read_retry` false: no invalidation
+                    // of this page has started since `hmm_range_fault`, and unmap, truncate
+                    // and reclaim all start with one, which waits for this lock: the page is
+                    // still mapped, and a file page's mapping cannot be truncated meanwhile.
+                    unsafe { entry.mark_dirty() };
+                    crate::counters::up(&crate::counters::PAGES_DIRTIED);
+                }
+                if huge {
+                    attr |= DROPIN_ATTR_2M;
+                }
+                match &self.dropin_list {
+                    Some(list) if listed < DROPIN_LIST_MAX => {
+                        let record = listed * DROPIN_RECORD_SIZE;
+                        list.write::<u64>(record, entry_va | u64::from(attr))?;
+                        list.write::<u64>(record + 8, entry_pa)?;
+                        listed += 1;
+                    }
+                    _ => mirror
+                        .rmnic
+                        .drop_in(mirror.index, entry_va, entry_pa, attr)?,
+                }
+                cov.lo = cov.lo.min(entry_va);
+                cov.hi = cov.hi.max(entry_va + size);
+                bump(if huge {
+                    &mirror.stats.dropins_2m
+                } else {
+                    &mirror.stats.dropins_4k
+                });
+                next = entry_va + size;
             }
-            if huge {
-                attr |= DROPIN_ATTR_2M;
+            if let (Some(list), true) = (&self.dropin_list, listed > 0) {
+                mirror
+                    .rmnic
+                    .drop_in_list(mirror.index, list.dma_addr(), listed)?;
             }
-            mirror
-                .rmnic
-                .drop_in(mirror.index, entry_va, entry_pa, attr)?;
-            cov.lo = cov.lo.min(entry_va);
-            cov.hi = cov.hi.max(entry_va + size);
-            bump(if huge {
-                &mirror.stats.dropins_2m
-            } else {
-                &mirror.stats.dropins_4k
-            });
             return Ok(());
         }
         Err(EBUSY)

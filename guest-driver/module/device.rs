@@ -208,6 +208,24 @@ impl Rmnic {
         self.hw.ctx_write(ctx, CTX_COMMAND, command)
     }
 
+    /// Installs the `count` records of the drop-in list at bus address `list` for context
+    /// `ctx` (device 1.4: one command instead of six register writes per translation).
+    pub(crate) fn drop_in_list(&self, ctx: usize, list: u64, count: usize) -> Result {
+        // CAST: count <= DROPIN_LIST_MAX.
+        self.hw.ctx_write(ctx, DROPIN_LIST_LO, list as u32)?;
+        self.hw.ctx_write(ctx, DROPIN_LIST_HI, (list >> 32) as u32)?;
+        self.hw.ctx_write(ctx, DROPIN_LIST_COUNT, count as u32)?;
+        self.context_command(ctx, CTX_CMD_DROPIN_LIST)?;
+        // The command write may be posted: the read flushes it, so the device has read the
+        // list before the caller writes the next one into the same memory (spec §5).
+        self.hw.ctx_read(ctx, CTX_STATUS).map(|_| ())
+    }
+
+    /// Whether the device takes drop-in lists (`REG_CAPS` bit 10, device 1.4).
+    pub(crate) fn has_dropin_lists(&self) -> bool {
+        self.hw.read(REG_CAPS).is_ok_and(|caps| caps & CAPS_DROPIN_LIST != 0)
+    }
+
     /// Installs a translation in the device TLB for context `ctx`.
     pub(crate) fn drop_in(&self, ctx: usize, va: u64, gpa: u64, attr: u32) -> Result {
         self.hw.ctx_write(ctx, DROPIN_VA_LO, va as u32)?;
@@ -643,6 +661,14 @@ impl misc::FileOps for RmnicDriver {
                     .read()?;
                 ctx.check_usable()?;
                 shared.segments.lock().detach(&shared.hw, ctx.index(), slot)?;
+                Ok(0)
+            }
+            uapi::IOC_FAULT_AHEAD => {
+                let pages: u32 = UserSlice::new(arg, core::mem::size_of::<u32>())
+                    .reader()
+                    .read()?;
+                ctx.check_usable()?;
+                ctx.set_fault_ahead(pages)?;
                 Ok(0)
             }
             uapi::IOC_WAIT => wait(ctx, arg),

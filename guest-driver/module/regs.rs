@@ -62,6 +62,8 @@ pub(crate) const DEV_STATUS_ENABLED: u32 = 1 << 0;
 pub(crate) const CAPS_CONTEXTS_MASK: u32 = 0xff;
 /// `REG_CAPS` bit 9: segments (export table, attachment slots; device 1.2).
 pub(crate) const CAPS_SEGMENTS: u32 = 1 << 9;
+/// `REG_CAPS` bit 10: drop-in lists (`CTX_CMD_DROPIN_LIST`; device 1.4).
+pub(crate) const CAPS_DROPIN_LIST: u32 = 1 << 10;
 
 // --- Per-context register blocks.
 /// Offset of context 0's register block.
@@ -111,6 +113,12 @@ pub(crate) const DROPIN_GPA_HI: usize = 0x54;
 pub(crate) const DROPIN_ATTR: usize = 0x58;
 /// Context command: drop-in, resume, abort.
 pub(crate) const CTX_COMMAND: usize = 0x5C;
+/// Drop-in list address, low half (device 1.4).
+pub(crate) const DROPIN_LIST_LO: usize = 0x70;
+/// Drop-in list address, high half (device 1.4).
+pub(crate) const DROPIN_LIST_HI: usize = 0x74;
+/// Records in the drop-in list (device 1.4).
+pub(crate) const DROPIN_LIST_COUNT: usize = 0x78;
 
 /// `CTX_CONTROL.ENABLE`.
 pub(crate) const CTX_CONTROL_ENABLE: u32 = 1;
@@ -132,6 +140,12 @@ pub(crate) const CTX_CMD_DROPIN: u32 = 1;
 pub(crate) const CTX_CMD_RESUME: u32 = 2;
 /// `CTX_COMMAND`: fail the stalled command; status in bits 15:8.
 pub(crate) const CTX_CMD_ABORT: u32 = 3;
+/// `CTX_COMMAND`: install every record of the drop-in list (device 1.4).
+pub(crate) const CTX_CMD_DROPIN_LIST: u32 = 4;
+/// Most records in one drop-in list.
+pub(crate) const DROPIN_LIST_MAX: usize = 512;
+/// Bytes per drop-in list record: `u64` VA | attributes, `u64` frame address.
+pub(crate) const DROPIN_RECORD_SIZE: usize = 16;
 /// `CTX_COMMAND[15:8]`: abort status shift.
 pub(crate) const CTX_CMD_ABORT_STATUS_SHIFT: u32 = 8;
 

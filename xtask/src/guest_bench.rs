@@ -50,6 +50,10 @@ fn describe(metric: &str) -> (&'static str, Option<Goal>) {
         ),
         m if m.starts_with("shootdown-") => ("the same call with no device context", None),
         m if m.starts_with("exit-") => ("a child with no device context", None),
+        m if m.starts_with("fault-ahead-") => (
+            "the same first-touch copy with fault-ahead off (window 1)",
+            None,
+        ),
         _ => ("-", None),
     }
 }

@@ -40,6 +40,8 @@ pub enum DmaPurpose {
     Invalidation,
     /// Data of a command, at a translated address.
     Data,
+    /// A drop-in list (`CTX_CMD_DROPIN_LIST`, since 1.4).
+    DropInList,
 }
 
 /// One DMA the device is about to perform.

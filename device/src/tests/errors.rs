@@ -502,3 +502,92 @@ fn a_forced_eviction_turns_a_hit_into_a_fault() {
     h.resume(0);
     assert_eq!(h.wait_completion(&mut queue).1.status, Status::Ok);
 }
+
+/// Writes `records` (VA | attributes, frame) as a drop-in list and issues DROPIN_LIST for
+/// context 0 with `count` records at `list`.
+fn drop_in_list(h: &mut Harness, list: u64, records: &[(u64, u64)], count: u32) {
+    for (i, (va_attr, gpa)) in records.iter().enumerate() {
+        let at = list + i as u64 * DROPIN_RECORD_SIZE;
+        h.write_mem(at, &va_attr.to_le_bytes());
+        h.write_mem(at + 8, &gpa.to_le_bytes());
+    }
+    h.ctx_write64(0, DROPIN_LIST_LO, list);
+    h.ctx_write32(0, DROPIN_LIST_COUNT, count);
+    h.ctx_write32(0, CTX_COMMAND, CTX_CMD_DROPIN_LIST);
+}
+
+#[test]
+fn a_drop_in_list_installs_every_record_as_separate_drop_ins_would() {
+    let mut h = Harness::new();
+    h.bring_up(64, 64);
+    h.open_context(0, 7, 16);
+    let list = h.alloc(4096, 4096);
+    let frames = h.alloc(3 * 4096, 4096);
+    let huge = h.alloc(2 << 20, 2 << 20);
+    let records = [
+        (0x10_0000 | u64::from(RW), frames),
+        (0x10_1000 | u64::from(DROPIN_ATTR_READ), frames + 0x1000),
+        (0x20_0000 | u64::from(RW | DROPIN_ATTR_2M), huge),
+    ];
+    drop_in_list(&mut h, list, &records, 3);
+    assert_eq!(h.ctx_state(0), CTX_STATE_ACTIVE);
+    let mut entries: Vec<_> = h
+        .device
+        .tlb_entries()
+        .into_iter()
+        .map(|e| (e.fill.asid, e.fill.va.0, e.fill.gpa.0, e.fill.size.bytes()))
+        .collect();
+    entries.sort_unstable();
+    assert_eq!(
+        entries,
+        [
+            (7, 0x10_0000, frames, 4096),
+            (7, 0x10_1000, frames + 0x1000, 4096),
+            (7, 0x20_0000, huge, 2 << 20)
+        ]
+    );
+}
+
+#[test]
+fn bad_drop_in_lists_are_err_dropin_and_stop_at_the_bad_record() {
+    // (list address offset, count, second record's VA | attributes)
+    let cases: [(u64, u32, u64); 4] = [
+        (0, 0, 0x11_0000 | u64::from(RW)),        // no records
+        (0, 513, 0x11_0000 | u64::from(RW)),      // more than DROPIN_LIST_MAX
+        (8, 2, 0x11_0000 | u64::from(RW)),        // list not 16-byte aligned
+        (0, 2, 0x11_0000 | 0x10 | u64::from(RW)), // reserved attribute bits
+    ];
+    for (offset, count, second) in cases {
+        let mut h = Harness::new();
+        h.bring_up(64, 64);
+        h.open_context(0, 1, 16);
+        let list = h.alloc(16384, 4096) + offset;
+        let frame = h.alloc(2 * 4096, 4096);
+        drop_in_list(
+            &mut h,
+            list,
+            &[(0x10_0000 | u64::from(RW), frame), (second, frame + 0x1000)],
+            count,
+        );
+        assert_eq!(
+            h.ctx_state(0),
+            CTX_STATE_ERROR,
+            "{offset} {count} {second:#x}"
+        );
+        assert_eq!(h.ctx_error(0), u32::from(ErrorCode::DropIn.code()));
+        // STAT_FILLS: drop-ins installed.
+        let fills = h.read64(REG_STATS_BASE + 0x10);
+        let good_first = count == 2 && offset == 0;
+        // The good first record went in before the bad second one stopped the list;
+        // otherwise nothing was read, so nothing went in.
+        assert_eq!(fills, u64::from(good_first), "{offset} {count} {second:#x}");
+    }
+    // A list outside guest RAM.
+    let mut h = Harness::new();
+    h.bring_up(64, 64);
+    h.open_context(0, 1, 16);
+    h.ctx_write64(0, DROPIN_LIST_LO, crate::tests::harness::RAM_SIZE);
+    h.ctx_write32(0, DROPIN_LIST_COUNT, 1);
+    h.ctx_write32(0, CTX_COMMAND, CTX_CMD_DROPIN_LIST);
+    assert_eq!(h.ctx_error(0), u32::from(ErrorCode::DropIn.code()));
+}

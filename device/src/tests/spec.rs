@@ -43,6 +43,7 @@ fn code_constants() -> BTreeMap<String, u64> {
         ("CAPS_CONTEXTS_MASK", CAPS_CONTEXTS_MASK),
         ("CAPS_HUGE_PAGES", CAPS_HUGE_PAGES),
         ("CAPS_SEGMENTS", CAPS_SEGMENTS),
+        ("CAPS_DROPIN_LIST", CAPS_DROPIN_LIST),
         ("CAPS_VECTORS_MASK", CAPS_VECTORS_MASK),
         ("TLB_GEOMETRY_SETS_MASK", TLB_GEOMETRY_SETS_MASK),
         ("TLB_GEOMETRY_WAYS_MASK", TLB_GEOMETRY_WAYS_MASK),
@@ -68,6 +69,8 @@ fn code_constants() -> BTreeMap<String, u64> {
         ("CTX_CMD_DROPIN", CTX_CMD_DROPIN),
         ("CTX_CMD_RESUME", CTX_CMD_RESUME),
         ("CTX_CMD_ABORT", CTX_CMD_ABORT),
+        ("CTX_CMD_DROPIN_LIST", CTX_CMD_DROPIN_LIST),
+        ("DROPIN_LIST_MAX", DROPIN_LIST_MAX),
         ("FAULT_INFO_ACCESS_MASK", FAULT_INFO_ACCESS_MASK),
         ("FAULT_INFO_REASON_MASK", FAULT_INFO_REASON_MASK),
         ("FAULT_INFO_SEGMENT", FAULT_INFO_SEGMENT),
@@ -75,6 +78,7 @@ fn code_constants() -> BTreeMap<String, u64> {
     ] {
         all.push((name, u64::from(value)));
     }
+    all.push(("DROPIN_RECORD_SIZE", DROPIN_RECORD_SIZE));
     all.extend(crate::commands::SPEC_CONSTANTS);
     all.extend(crate::fault_ring::SPEC_CONSTANTS);
     all.extend(crate::invalidation::SPEC_CONSTANTS);

@@ -10,7 +10,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define RMNIC_ABI_VERSION 4
+#define RMNIC_ABI_VERSION 5
 
 struct rmnic_version_info {
 	__u32 abi_version;
@@ -148,5 +148,10 @@ struct rmnic_segment_attach {
 #define RMNIC_IOC_REMOVE _IOW('r', 0x06, __u64)	/* argument: pointer to the segid */
 #define RMNIC_IOC_ATTACH _IOWR('r', 0x07, struct rmnic_segment_attach)
 #define RMNIC_IOC_DETACH _IOW('r', 0x08, __u32)	/* argument: pointer to the slot */
+
+/* ABI 5: the context's fault-ahead window in pages (1..RMNIC_MAX_FAULT_AHEAD; 1: off). */
+#define RMNIC_MAX_FAULT_AHEAD 512
+#define RMNIC_DEFAULT_FAULT_AHEAD 16
+#define RMNIC_IOC_FAULT_AHEAD _IOW('r', 0x09, __u32)	/* argument: pointer to the window */
 
 #endif /* RMNIC_UAPI_H */

@@ -6,10 +6,10 @@
 //! (`include/rmnic.h`) and both Rust sides agree byte for byte.
 
 /// Version of this ABI. Bumped on every incompatible change; reported by [`IOC_VERSION`].
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Driver version as `major << 16 | minor << 8 | patch`.
-pub const DRIVER_VERSION: u32 = 0x00_04_00;
+pub const DRIVER_VERSION: u32 = 0x00_05_00;
 
 /// The ioctl "type" byte of every rmnic ioctl (`'r'`).
 pub const IOC_TYPE: u32 = b'r' as u32;
@@ -342,3 +342,14 @@ pub const IOC_ATTACH: u32 = ioc(
 );
 /// `_IOW('r', 0x08, u32)`: detach the attachment at a slot.
 pub const IOC_DETACH: u32 = ioc(IOC_WRITE, 0x08, core::mem::size_of::<u32>());
+
+/// Sets the context's fault-ahead window (ABI 5): on a device miss the driver faults in the
+/// missing page and drops in, with it, the pages after it (up to this many pages in all)
+/// that the CPU page tables already map. Argument: pointer to a `u32` in
+/// 1..=[`MAX_FAULT_AHEAD`]; 1 turns fault-ahead off. A context starts at
+/// [`DEFAULT_FAULT_AHEAD`].
+pub const IOC_FAULT_AHEAD: u32 = ioc(IOC_WRITE, 0x09, core::mem::size_of::<u32>());
+/// Largest fault-ahead window, in pages (one 2 MiB page worth of 4 KiB pages).
+pub const MAX_FAULT_AHEAD: u32 = 512;
+/// The fault-ahead window a context starts with, in pages.
+pub const DEFAULT_FAULT_AHEAD: u32 = 16;

@@ -448,6 +448,13 @@ impl Context {
         self.ioctl("RMNIC_IOC_DETACH", abi::IOC_DETACH, &mut arg)
     }
 
+    /// Sets this context's fault-ahead window to `pages` (1..=`MAX_FAULT_AHEAD`; 1: off;
+    /// EINVAL otherwise).
+    pub fn set_fault_ahead(&self, pages: u32) -> Result<(), Error> {
+        let mut arg = pages;
+        self.ioctl("RMNIC_IOC_FAULT_AHEAD", abi::IOC_FAULT_AHEAD, &mut arg)
+    }
+
     /// Device COPY of `len` bytes from segment address `src` to `dst` in this process.
     pub fn copy_from_segment(
         &self,
@@ -603,6 +610,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<abi::SegmentAttach>(), 24);
         assert_eq!(abi::IOC_ATTACH, 0xc018_7207);
         assert_eq!(abi::IOC_DETACH, 0x4004_7208);
+        // _IOW('r', 9, 4).
+        assert_eq!(abi::IOC_FAULT_AHEAD, 0x4004_7209);
     }
 
     #[test]

@@ -76,6 +76,16 @@ impl Access {
     }
 }
 
+/// Which pages of a range a walk must fault in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// Every page, for the access (`default_flags`).
+    All(Access),
+    /// The first page for the access; the others are only read from the page tables as they
+    /// are (valid if present, nothing faulted, no error for holes): fault-ahead.
+    First(Access),
+}
+
 /// One decoded `hmm_pfn`: the page behind a virtual page, and the CPU mapping that contains it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PageEntry {
@@ -178,7 +188,7 @@ impl PageEntry {
 /// sequence number they were read under.
 pub(crate) struct Faulted {
     start: usize,
-    access: Access,
+    want: Want,
     seq: Seq,
     pfns: KVec<c_ulong>,
 }
@@ -228,7 +238,7 @@ impl Faulted {
     pub(crate) fn refault(mut self, mm: &MmUsers, notifier: &Handle) -> Result<Self> {
         let end = self.end();
         check_range(mm, notifier, self.start, end)?;
-        self.seq = fault_loop(mm, notifier, self.start, end, self.access, &mut self.pfns)?;
+        self.seq = fault_loop(mm, notifier, self.start, end, self.want, &mut self.pfns)?;
         Ok(self)
     }
 }
@@ -253,10 +263,35 @@ pub(crate) fn fault_range(
     // Allocate before anything else: the notifier's update lock must never be held across a
     // sleeping allocation (reclaim invalidates), and we hold no lock here.
     let mut pfns = KVec::from_elem(0, pages, GFP_KERNEL)?;
-    let seq = fault_loop(mm, notifier, start, end, access, &mut pfns)?;
+    let want = Want::All(access);
+    let seq = fault_loop(mm, notifier, start, end, want, &mut pfns)?;
     Ok(Faulted {
         start,
-        access,
+        want,
+        seq,
+        pfns,
+    })
+}
+
+/// [`fault_range`] that faults in only the first page of `[start, end)` for `access` and
+/// reads the rest from the CPU page tables as they are: a page present there comes back
+/// valid (with its own write permission), a page that is not, or a hole without a VMA,
+/// comes back invalid, and nothing but the first page makes the call fail. The miss path's
+/// fault-ahead window: the device gets the neighbours of a miss that are already mapped.
+pub(crate) fn fault_first(
+    mm: &MmUsers,
+    notifier: &Handle,
+    start: usize,
+    end: usize,
+    access: Access,
+) -> Result<Faulted> {
+    let pages = check_range(mm, notifier, start, end)?;
+    let mut pfns = KVec::from_elem(0, pages, GFP_KERNEL)?;
+    let want = Want::First(access);
+    let seq = fault_loop(mm, notifier, start, end, want, &mut pfns)?;
+    Ok(Faulted {
+        start,
+        want,
         seq,
         pfns,
     })
@@ -287,7 +322,7 @@ fn fault_loop(
     notifier: &Handle,
     start: usize,
     end: usize,
-    access: Access,
+    want: Want,
     pfns: &mut KVec<c_ulong>,
 ) -> Result<Seq> {
     // `check_range` guarantees this; the C walk would write past the array otherwise.
@@ -302,15 +337,26 @@ fn fault_loop(
             return Err(EBUSY);
         }
         let seq = notifier.read_begin();
+        // A page's request is `(hmm_pfns[i] & pfn_flags_mask) | default_flags`; the walk
+        // overwrites the array, so the per-page requests are written again on every try.
+        let (default_flags, pfn_flags_mask) = match want {
+            Want::All(access) => (access.default_flags(), 0),
+            Want::First(access) => {
+                pfns.iter_mut().for_each(|p| *p = 0);
+                if let Some(first) = pfns.first_mut() {
+                    *first = access.default_flags();
+                }
+                (0, HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE)
+            }
+        };
         let mut range = bindings::hmm_range {
             notifier: notifier.as_raw(),
             notifier_seq: seq.raw(),
             start,
             end,
             hmm_pfns: pfns.as_mut_ptr(),
-            default_flags: access.default_flags(),
-            // Only `default_flags` matter; the array's input values are ignored.
-            pfn_flags_mask: 0,
+            default_flags,
+            pfn_flags_mask,
             dev_private_owner: core::ptr::null_mut(),
         };
         let ret = {

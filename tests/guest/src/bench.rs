@@ -66,11 +66,12 @@ impl Plan {
 pub fn run(plan: &Plan) -> Result<()> {
     let rmnic = Bar::open(&device_dir_of_driver("rmnic")?)?;
     let edu = find_device(EDU_ID).map(|dir| Bar::open(&dir)).transpose()?;
-    const GROUPS: [&str; 6] = [
+    const GROUPS: [&str; 7] = [
         "mmio",
         "doorbell",
         "submission",
         "copy",
+        "faultahead",
         "shootdown",
         "exit",
     ];
@@ -88,6 +89,9 @@ pub fn run(plan: &Plan) -> Result<()> {
     }
     if plan.wants("copy") {
         copy_and_misses(plan)?;
+    }
+    if plan.wants("faultahead") {
+        fault_ahead(plan)?;
     }
     if plan.wants("shootdown") {
         shootdowns(plan, &rmnic)?;
@@ -314,6 +318,48 @@ fn copy_and_misses(plan: &Plan) -> Result<()> {
                 after.dropins_4k - before.dropins_4k,
                 after.dropins_2m - before.dropins_2m,
                 first.as_secs_f64() * 1000.0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Fault-ahead windows: the first-touch device COPY of `copy_mib` MiB of 4 KiB pages (CPU
+/// populated) with a window of 16 and 64 pages, each against a window of 1 (off) in the same
+/// sample, ms; misses per 2 MiB for each window.
+fn fault_ahead(plan: &Plan) -> Result<()> {
+    let len = plan.copy_mib << 20;
+    for _ in 0..plan.samples {
+        let mut first_touch = Vec::new();
+        let mut per_2m = Vec::new();
+        for window in [1u32, 16, 64] {
+            let src = buffer(len, false, 0x5a)?;
+            let dst = buffer(len, false, 0)?;
+            let device = Context::open()?;
+            device.set_fault_ahead(window)?;
+            let start = Instant::now();
+            copy_chunked(&device, dst.addr(), src.addr(), len)?;
+            let elapsed = start.elapsed();
+            ensure!(
+                dst.bytes().iter().all(|&b| b == 0x5a),
+                "fault-ahead copy: wrong data"
+            );
+            let stats = device.stats()?;
+            // CAST: counts.
+            per_2m.push(stats.faults as f64 / (2 * len / HUGE) as f64);
+            first_touch.push(elapsed.as_secs_f64() * 1e3);
+        }
+        for (i, window) in [16, 64].iter().enumerate() {
+            sample(
+                &format!("fault-ahead-{window}"),
+                "ms",
+                first_touch[i + 1],
+                Some(first_touch[0]),
+            );
+            println!(
+                "BENCHINFO fault-ahead-{window} misses_per_2m={:.1} off_misses_per_2m={:.1}",
+                per_2m[i + 1],
+                per_2m[0]
             );
         }
     }

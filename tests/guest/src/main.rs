@@ -175,7 +175,7 @@ enum Command {
         /// Device COPY and memcpy buffer size in MiB.
         #[arg(long, default_value_t = 64)]
         copy_mib: usize,
-        /// Only these groups: mmio, doorbell, submission, copy, shootdown, exit.
+        /// Only these groups: mmio, doorbell, submission, copy, faultahead, shootdown, exit.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
