@@ -59,6 +59,8 @@ const CHECKS: &[&str] = &[
     "compaction-under-device-use",
     "soft-offline-migration-under-device",
     "large-range-invalidate",
+    "large-fault-ahead-window",
+    "large-fault-ahead-skips-holes",
     "asid-pressure",
     "close-with-commands-in-flight",
     "mrelease-nonblocking-invalidation",

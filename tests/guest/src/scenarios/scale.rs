@@ -1,6 +1,6 @@
-//! `large`, `asid`, `leaks`: one invalidation of a range much larger than the TLB, more
-//! processes over time than the device has contexts, and everything the driver allocates back
-//! to its baseline.
+//! `large`, `asid`, `leaks`: one invalidation of a range much larger than the TLB, the miss
+//! path's fault-ahead window, more processes over time than the device has contexts, and
+//! everything the driver allocates back to its baseline.
 
 use anyhow::Result;
 use rmnic_abi::{status, Context};
@@ -30,6 +30,73 @@ pub fn large(dev: &Context, c: &mut Checks) -> Result<()> {
             && status_of(&first) == status::FAULT_UNRESOLVED
             && status_of(&last) == status::FAULT_UNRESOLVED,
         format!("{sent} invalidation(s) for 4096 pages; afterwards {first:?} / {last:?}"),
+    );
+    fault_ahead(c)
+}
+
+/// The fault-ahead window (`RMNIC_IOC_FAULT_AHEAD`): out-of-range windows are refused; a
+/// device read of 64 CPU-mapped pages misses once per page with the window off and once per
+/// 16 pages with 16; a window skips a page the CPU has not mapped (a hole) and takes the
+/// mapped pages after it; and the neighbours it dropped in are shot down with the rest (a
+/// munmap, then every device access of them fails).
+fn fault_ahead(c: &mut Checks) -> Result<()> {
+    const PAGES: usize = 64;
+    let dev = Context::open()?;
+    let refused = [0u32, rmnic_abi::abi::MAX_FAULT_AHEAD + 1]
+        .map(|w| dev.set_fault_ahead(w).err().and_then(|e| e.errno()));
+    let mut misses = Vec::new();
+    for window in [1u32, 16] {
+        let dev = Context::open()?;
+        dev.set_fault_ahead(window)?;
+        let mut buf = Mapping::aligned(PAGES * PAGE, 2 << 20)?;
+        buf.advise(libc::MADV_NOHUGEPAGE)?;
+        buf.bytes_mut().fill(0x42);
+        let before = dev.stats()?.faults;
+        for page in 0..PAGES {
+            dev.read64(buf.addr() + (page * PAGE) as u64)??;
+        }
+        misses.push(dev.stats()?.faults - before);
+    }
+    c.check(
+        "large-fault-ahead-window",
+        refused == [Some(libc::EINVAL); 2] && misses == [PAGES as u64, (PAGES / 16) as u64],
+        format!(
+            "windows 0 and 513 refused: {refused:?}; misses over {PAGES} mapped pages: window 1 {}, window 16 {}",
+            misses[0], misses[1]
+        ),
+    );
+    // A hole: 8 mapped pages, one unmapped, 8 mapped; window 16 from the first page.
+    let dev = Context::open()?;
+    dev.set_fault_ahead(16)?;
+    let mut region = Mapping::aligned(17 * PAGE, 2 << 20)?;
+    region.advise(libc::MADV_NOHUGEPAGE)?;
+    region.bytes_mut().fill(7);
+    let hole = region.addr() + (8 * PAGE) as u64;
+    super::munmap(hole, PAGE)?;
+    let before = dev.stats()?;
+    dev.read64(region.addr())??;
+    let after_first = dev.stats()?;
+    let in_hole = dev.read64(hole)?;
+    dev.read64(hole + PAGE as u64)??;
+    let after = dev.stats()?;
+    let ahead = after_first.dropins_4k - before.dropins_4k;
+    let later_misses = after.faults - after_first.faults;
+    // munmap of the whole region: the neighbours dropped in ahead must go too.
+    let base = region.addr();
+    region.unmap();
+    let mut gone = Vec::new();
+    for page in (0..17u64).filter(|p| *p != 8) {
+        gone.push(status_of(&dev.read64(base + page * PAGE as u64)?));
+    }
+    c.check(
+        "large-fault-ahead-skips-holes",
+        ahead == 15
+            && status_of(&in_hole) == status::FAULT_UNRESOLVED
+            && later_misses == 1
+            && gone.iter().all(|s| *s == status::FAULT_UNRESOLVED),
+        format!(
+            "first miss dropped in {ahead} page(s) (want 15: the window of 16 but the hole); hole {in_hole:?}; {later_misses} later miss(es) (want 1: the hole; the page after it was dropped in ahead); after munmap: {gone:?}"
+        ),
     );
     Ok(())
 }
