@@ -66,12 +66,13 @@ impl Plan {
 pub fn run(plan: &Plan) -> Result<()> {
     let rmnic = Bar::open(&device_dir_of_driver("rmnic")?)?;
     let edu = find_device(EDU_ID).map(|dir| Bar::open(&dir)).transpose()?;
-    const GROUPS: [&str; 7] = [
+    const GROUPS: [&str; 8] = [
         "mmio",
         "doorbell",
         "submission",
         "copy",
         "faultahead",
+        "peer",
         "shootdown",
         "exit",
     ];
@@ -92,6 +93,9 @@ pub fn run(plan: &Plan) -> Result<()> {
     }
     if plan.wants("faultahead") {
         fault_ahead(plan)?;
+    }
+    if plan.wants("peer") {
+        peer_device(plan)?;
     }
     if plan.wants("shootdown") {
         shootdowns(plan, &rmnic)?;
@@ -214,15 +218,26 @@ fn run_batch(device: &Context, batch: usize) -> Result<()> {
 /// complete within the driver's wait bound; a first touch of 4 KiB pages under emulation
 /// takes milliseconds per miss), queued together and waited for.
 fn copy_chunked(device: &Context, dst: u64, src: u64, len: usize) -> Result<()> {
-    let commands: Vec<_> = (0..len)
+    let copies: Vec<_> = (0..len)
         .step_by(COPY_CHUNK)
-        .map(|off| rmnic_abi::abi::Command {
-            length: COPY_CHUNK.min(len - off) as u64,
-            ..command(
-                opcode::COPY,
-                Address::Local(dst + off as u64),
-                Address::Local(src + off as u64),
+        .map(|off| {
+            (
+                dst + off as u64,
+                src + off as u64,
+                COPY_CHUNK.min(len - off),
             )
+        })
+        .collect();
+    copy_all(device, &copies)
+}
+
+/// Device COPYs `(dst, src, len)`, queued as the ring allows and all waited for.
+fn copy_all(device: &Context, copies: &[(u64, u64, usize)]) -> Result<()> {
+    let commands: Vec<_> = copies
+        .iter()
+        .map(|&(dst, src, len)| rmnic_abi::abi::Command {
+            length: len as u64,
+            ..command(opcode::COPY, Address::Local(dst), Address::Local(src))
         })
         .collect();
     let mut out = vec![Completion::default(); commands.len()];
@@ -362,6 +377,137 @@ fn fault_ahead(plan: &Plan) -> Result<()> {
                 per_2m[0]
             );
         }
+    }
+    Ok(())
+}
+
+/// Linux's reference mirror device (`lib/test_hmm.c`): its user ABI (`test_hmm_uapi.h`).
+mod dmirror {
+    /// `struct hmm_dmirror_cmd`.
+    #[repr(C)]
+    #[derive(Default)]
+    pub struct Cmd {
+        pub addr: u64,
+        pub ptr: u64,
+        pub npages: u64,
+        pub cpages: u64,
+        pub faults: u64,
+    }
+    /// `_IOWR('H', 0x00, struct hmm_dmirror_cmd)`: the device reads `npages` at `addr` (its
+    /// mirror of the process's page tables, faulting through `hmm_range_fault` on a miss, 64
+    /// pages per walk) into `ptr`.
+    pub const READ: u64 = 0xc028_4800;
+    /// `_IOWR('H', 0x01, ...)`: the device writes `npages` at `addr` from `ptr`.
+    pub const WRITE: u64 = 0xc028_4801;
+    /// The first mirror device.
+    pub const PATH: &str = "/dev/hmm_dmirror0";
+}
+
+/// One dmirror READ or WRITE of `len` bytes at `addr` through the bounce buffer `ptr`.
+fn dmirror_op(fd: &std::fs::File, op: u64, addr: u64, ptr: u64, len: usize) -> Result<u64> {
+    let mut cmd = dmirror::Cmd {
+        addr,
+        ptr,
+        npages: (len / PAGE) as u64,
+        ..dmirror::Cmd::default()
+    };
+    // SAFETY: a valid `hmm_dmirror_cmd` for the call; `addr` and `ptr` name `len` bytes of
+    // this process's mappings, which the caller keeps alive.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), op as _, &mut cmd) };
+    ensure!(
+        rc == 0 && cmd.cpages == cmd.npages,
+        "dmirror ioctl {op:#x}: rc {rc} ({}), {} of {} pages",
+        std::io::Error::last_os_error(),
+        cmd.cpages,
+        cmd.npages
+    );
+    Ok(cmd.faults)
+}
+
+/// The peer device: Linux's dmirror and rmnic in the same guest, doing the same first-touch
+/// reads and writes of CPU-populated 4 KiB pages and the same munmap of what they mirror,
+/// each with no other device open. µs per page (reads, writes) and per munmap. rmnic runs
+/// with a fault-ahead window of 64 pages, dmirror's walk per miss. Skipped (with a line
+/// saying so) when the kernel has no dmirror.
+fn peer_device(plan: &Plan) -> Result<()> {
+    const CHUNK: usize = 64 * PAGE;
+    let len = plan.copy_mib << 20;
+    let pages = (len / PAGE) as f64;
+    if !Path::new(dmirror::PATH).exists() {
+        println!("BENCHINFO peer-read-first-touch dmirror_missing=1");
+        return Ok(());
+    }
+    for _ in 0..plan.samples {
+        // dmirror.
+        let fd = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dmirror::PATH)?;
+        let bounce = buffer(len, false, 0)?;
+        let mut region = buffer(len, false, 0x33)?;
+        let start = Instant::now();
+        let read_faults = dmirror_op(&fd, dmirror::READ, region.addr(), bounce.addr(), len)?;
+        let their_read = start.elapsed();
+        ensure!(bounce.bytes()[len - 1] == 0x33, "dmirror read: wrong data");
+        let start = Instant::now();
+        region.unmap();
+        let their_munmap = start.elapsed();
+        let target = buffer(len, false, 0)?;
+        let start = Instant::now();
+        let write_faults = dmirror_op(&fd, dmirror::WRITE, target.addr(), bounce.addr(), len)?;
+        let their_write = start.elapsed();
+        ensure!(target.bytes()[len - 1] == 0x33, "dmirror write: wrong data");
+        drop((fd, target));
+        // rmnic: the same reads (into one small device-cached buffer) and writes.
+        let device = Context::open()?;
+        device.set_fault_ahead(64)?;
+        let small = buffer(CHUNK, false, 0x44)?;
+        device.fill(small.addr(), CHUNK as u64, 0x44)??;
+        let mut region = buffer(len, false, 0x33)?;
+        let reads: Vec<_> = (0..len)
+            .step_by(CHUNK)
+            .map(|off| (small.addr(), region.addr() + off as u64, CHUNK))
+            .collect();
+        let before = device.stats()?.faults;
+        let start = Instant::now();
+        copy_all(&device, &reads)?;
+        let our_read = start.elapsed();
+        let our_read_faults = device.stats()?.faults - before;
+        let start = Instant::now();
+        region.unmap();
+        let our_munmap = start.elapsed();
+        let target = buffer(len, false, 0)?;
+        let writes: Vec<_> = (0..len)
+            .step_by(CHUNK)
+            .map(|off| (target.addr() + off as u64, small.addr(), CHUNK))
+            .collect();
+        let start = Instant::now();
+        copy_all(&device, &writes)?;
+        let our_write = start.elapsed();
+        ensure!(target.bytes()[len - 1] == 0x44, "rmnic write: wrong data");
+        let us_per_page = |d: Duration| d.as_secs_f64() * 1e6 / pages;
+        sample(
+            "peer-read-first-touch",
+            "us",
+            us_per_page(our_read),
+            Some(us_per_page(their_read)),
+        );
+        sample(
+            "peer-write-first-touch",
+            "us",
+            us_per_page(our_write),
+            Some(us_per_page(their_write)),
+        );
+        sample(
+            "peer-munmap",
+            "us",
+            our_munmap.as_secs_f64() * 1e6,
+            Some(their_munmap.as_secs_f64() * 1e6),
+        );
+        println!(
+            "BENCHINFO peer-read-first-touch rmnic_misses={our_read_faults} dmirror_faults={read_faults} pages={pages}"
+        );
+        println!("BENCHINFO peer-write-first-touch dmirror_faults={write_faults}");
     }
     Ok(())
 }

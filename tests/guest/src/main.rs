@@ -175,7 +175,8 @@ enum Command {
         /// Device COPY and memcpy buffer size in MiB.
         #[arg(long, default_value_t = 64)]
         copy_mib: usize,
-        /// Only these groups: mmio, doorbell, submission, copy, faultahead, shootdown, exit.
+        /// Only these groups: mmio, doorbell, submission, copy, faultahead, peer, shootdown,
+        /// exit.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
