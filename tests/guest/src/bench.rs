@@ -462,7 +462,7 @@ fn peer_device(plan: &Plan) -> Result<()> {
         let device = Context::open()?;
         device.set_fault_ahead(64)?;
         let small = buffer(CHUNK, false, 0x44)?;
-        device.fill(small.addr(), CHUNK as u64, 0x44)??;
+        device.fill(small.addr(), CHUNK as u64, 0x4444_4444_4444_4444)??;
         let mut region = buffer(len, false, 0x33)?;
         let reads: Vec<_> = (0..len)
             .step_by(CHUNK)
@@ -484,7 +484,13 @@ fn peer_device(plan: &Plan) -> Result<()> {
         let start = Instant::now();
         copy_all(&device, &writes)?;
         let our_write = start.elapsed();
-        ensure!(target.bytes()[len - 1] == 0x44, "rmnic write: wrong data");
+        ensure!(
+            // The reads left the region's bytes in `small`.
+            target.bytes().iter().all(|&b| b == 0x33),
+            "rmnic write: wrong data: {:?} at the start, {:?} at the end",
+            &target.bytes()[..8],
+            &target.bytes()[len - 8..]
+        );
         let us_per_page = |d: Duration| d.as_secs_f64() * 1e6 / pages;
         sample(
             "peer-read-first-touch",
