@@ -64,6 +64,10 @@ pub struct Plan {
 fn describe(metric: &str) -> (&'static str, Option<Goal>) {
     let large_region = ["-2m", "-64m", "-1g"].iter().any(|s| metric.ends_with(s));
     match metric {
+        "boot" => (
+            "QEMU -enable-kvm in the same host: not measured (no QEMU inside the emulated host)",
+            Some(Goal::AtMost(0.5)),
+        ),
         "mmio-read" => (
             "a register read of QEMU's edu device, same guest",
             Some(Goal::AtMost(1.0)),
@@ -247,6 +251,15 @@ pub fn sample(
         );
     }
     let mut parsed = Samples::parse(&outcome.console);
+    if matches!(mode, HostMode::Emulated | HostMode::Direct) {
+        if let Some(boot) = outcome.vmm_start_to_guest_init() {
+            parsed.order.push("boot".to_string());
+            parsed.metrics.insert(
+                "boot".to_string(),
+                ("ms".to_string(), vec![boot.as_secs_f64() * 1e3], Vec::new()),
+            );
+        }
+    }
     if mode == HostMode::Emulated {
         let (idle, load) = footprint(&outcome.console);
         // Idle: the last samples before the first figure (the VMM grows while it boots).

@@ -465,16 +465,16 @@ fn boot(args: &[String], cpus: u32, control: Control) -> Result<ExitCode> {
 /// Metrics of issue 12 that `cargo xtask bench` does not measure yet, and why.
 const NOT_MEASURED: [(&str, &str); 3] = [
     (
-        "Boot (rmnic-vmm against QEMU -enable-kvm in the same emulated host)",
-        "the emulated host's initramfs carries no QEMU yet; rmnic-vmm's own VMM-start-to-init time is printed by `cargo xtask run` under `--host emulated`",
+        "Boot: QEMU -enable-kvm in the same emulated host, the baseline of the `boot` row",
+        "the emulated host's initramfs carries no QEMU (it would need QEMU, its libraries and firmware inside, about 20 MB more in every emulated boot); the `boot` row is rmnic-vmm's own VMM-start-to-init time",
     ),
     (
-        "Peer device (Linux's dmirror, lib/test_hmm.c)",
-        "the guest kernel is not built with CONFIG_TEST_HMM yet (it needs ZONE_DEVICE, DEVICE_PRIVATE and MEMORY_HOTREMOVE: a kernel rebuild)",
+        "Footprint baseline (QEMU's resident memory beyond guest RAM)",
+        "no QEMU inside the emulated host, as for the boot; the `footprint-*` rows are rmnic-vmm's own figures, sampled in emulated mode only",
     ),
     (
-        "Footprint (rmnic-vmm resident memory beyond guest RAM)",
-        "not sampled yet: the emulated host's init would have to read rmnic-vmm's /proc status while the guest idles and works",
+        "User-level submission (the issue's fast path)",
+        "not built: the command ring carries guest-physical addresses of command and completion records, which a process must never write; it needs a queue format with commands inline and a per-context doorbell page (a new device version)",
     ),
 ];
 

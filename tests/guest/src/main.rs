@@ -467,7 +467,9 @@ fn probe(want_cpus: usize) -> Result<ExitCode> {
             format!("missing: {}", missing.join(" "))
         },
     );
-    // The guest CLI runs an operation end to end and prints the counters.
+    // The guest CLI runs an operation end to end and prints the counters: a FILL of two fresh
+    // pages misses once, the default fault-ahead window dropping the second page in with
+    // the first.
     let cli = std::process::Command::new("/bin/rmnic")
         .args(["fill", "--len", "8192"])
         .output();
@@ -480,7 +482,7 @@ fn probe(want_cpus: usize) -> Result<ExitCode> {
     };
     checks.check(
         "rmnic-cli",
-        ok && out.contains("data verified") && out.contains("faults 2"),
+        ok && out.contains("data verified") && out.contains("faults 1 drop-ins"),
         out.trim().replace('\n', " | "),
     );
     println!(
