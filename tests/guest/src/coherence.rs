@@ -126,7 +126,9 @@ fn ops(dev: &Context, c: &mut Checks) -> Result<()> {
     Ok(())
 }
 
-/// First touch of a fresh buffer faults exactly once per page; 2 MiB pages fault once.
+/// First touch of a fresh buffer drops every page in once, in at most one miss per page
+/// (fewer with fault-ahead: pages the first miss's fault mapped go in with it), and a second
+/// pass misses nothing; 2 MiB pages fault once.
 fn faults(dev: &Context, c: &mut Checks) -> Result<()> {
     let buf = Mapping::new(16 * PAGE, false)?;
     let before = dev.stats()?;
@@ -138,7 +140,7 @@ fn faults(dev: &Context, c: &mut Checks) -> Result<()> {
     let (f2, _, _, _) = delta(&second, &first);
     c.check(
         "fault-once-per-page",
-        f1 == 16 && d1 == 16 && f2 == 0,
+        (1..=16).contains(&f1) && d1 == 16 && f2 == 0,
         format!("first pass {f1} faults / {d1} drop-ins, second pass {f2} faults"),
     );
 

