@@ -175,6 +175,19 @@ fn spread_text(s: &Spread) -> String {
     format!("{} ({}..{})", fig(s.median), fig(s.min), fig(s.max))
 }
 
+/// The baseline's spread, or `-` without a baseline.
+fn baseline_text(row: &Row) -> String {
+    row.baseline_spread
+        .as_ref()
+        .map_or_else(|| "-".to_string(), spread_text)
+}
+
+/// The ratio as `0.42x`, or `-` without a baseline.
+fn ratio_text(row: &Row) -> String {
+    row.ratio
+        .map_or_else(|| "-".to_string(), |r| format!("{r:.2}x"))
+}
+
 fn goal_text(row: &Row) -> String {
     match (row.goal, row.goal_met) {
         (Some(goal), Some(true)) => format!("{} met", goal.text()),
@@ -199,11 +212,8 @@ pub fn table(rows: &[Row]) -> String {
             row.name,
             row.mode,
             spread_text(&row.rmnic_spread),
-            row.baseline_spread
-                .as_ref()
-                .map_or_else(|| "-".to_string(), spread_text),
-            row.ratio
-                .map_or_else(|| "-".to_string(), |r| format!("{r:.2}x")),
+            baseline_text(row),
+            ratio_text(row),
             row.unit,
             row.runs,
             goal_text(row)
@@ -264,11 +274,8 @@ pub fn markdown(report: &Report<'_>) -> String {
             row.name,
             row.mode,
             spread_text(&row.rmnic_spread),
-            row.baseline_spread
-                .as_ref()
-                .map_or_else(|| "-".to_string(), spread_text),
-            row.ratio
-                .map_or_else(|| "-".to_string(), |r| format!("{r:.2}x")),
+            baseline_text(row),
+            ratio_text(row),
             row.unit,
             match row.better {
                 Better::Lower => "lower",

@@ -159,6 +159,13 @@ impl Samples {
         out
     }
 
+    /// Adds `metric`, measured by the harness rather than the guest, without a baseline.
+    fn push(&mut self, metric: &str, unit: &str, values: Vec<f64>) {
+        self.order.push(metric.to_string());
+        self.metrics
+            .insert(metric.to_string(), (unit.to_string(), values, Vec::new()));
+    }
+
     /// rmnic's samples of `metric` (empty when it was not measured).
     fn rmnic(&self, metric: &str) -> &[f64] {
         self.metrics.get(metric).map_or(&[], |m| &m.1)
@@ -253,11 +260,7 @@ pub fn sample(
     let mut parsed = Samples::parse(&outcome.console);
     if matches!(mode, HostMode::Emulated | HostMode::Direct) {
         if let Some(boot) = outcome.vmm_start_to_guest_init() {
-            parsed.order.push("boot".to_string());
-            parsed.metrics.insert(
-                "boot".to_string(),
-                ("ms".to_string(), vec![boot.as_secs_f64() * 1e3], Vec::new()),
-            );
+            parsed.push("boot", "ms", vec![boot.as_secs_f64() * 1e3]);
         }
     }
     if mode == HostMode::Emulated {
@@ -266,10 +269,7 @@ pub fn sample(
         let idle: Vec<f64> = idle.iter().rev().take(3).copied().collect();
         for (name, values) in [("footprint-idle", idle), ("footprint-load", load)] {
             if !values.is_empty() {
-                parsed.order.push(name.to_string());
-                parsed
-                    .metrics
-                    .insert(name.to_string(), ("MiB".to_string(), values, Vec::new()));
+                parsed.push(name, "MiB", values);
             }
         }
     }

@@ -259,18 +259,7 @@ pub(crate) fn fault_range(
     end: usize,
     access: Access,
 ) -> Result<Faulted> {
-    let pages = check_range(mm, notifier, start, end)?;
-    // Allocate before anything else: the notifier's update lock must never be held across a
-    // sleeping allocation (reclaim invalidates), and we hold no lock here.
-    let mut pfns = KVec::from_elem(0, pages, GFP_KERNEL)?;
-    let want = Want::All(access);
-    let seq = fault_loop(mm, notifier, start, end, want, &mut pfns)?;
-    Ok(Faulted {
-        start,
-        want,
-        seq,
-        pfns,
-    })
+    fault(mm, notifier, start, end, Want::All(access))
 }
 
 /// [`fault_range`] that faults in only the first page of `[start, end)` for `access` and
@@ -285,9 +274,15 @@ pub(crate) fn fault_first(
     end: usize,
     access: Access,
 ) -> Result<Faulted> {
+    fault(mm, notifier, start, end, Want::First(access))
+}
+
+/// [`fault_range`] and [`fault_first`]: a fresh pfn array, walked for `want`.
+fn fault(mm: &MmUsers, notifier: &Handle, start: usize, end: usize, want: Want) -> Result<Faulted> {
     let pages = check_range(mm, notifier, start, end)?;
+    // Allocate before anything else: the notifier's update lock must never be held across a
+    // sleeping allocation (reclaim invalidates), and we hold no lock here.
     let mut pfns = KVec::from_elem(0, pages, GFP_KERNEL)?;
-    let want = Want::First(access);
     let seq = fault_loop(mm, notifier, start, end, want, &mut pfns)?;
     Ok(Faulted {
         start,

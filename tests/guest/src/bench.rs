@@ -192,22 +192,35 @@ fn submission(plan: &Plan) -> Result<()> {
 fn run_batch(device: &Context, batch: usize) -> Result<()> {
     debug_assert!(batch <= MAX_BATCH as usize);
     let nops = vec![command(opcode::NOP, Address::Local(0), Address::Local(0)); batch];
-    let mut out = vec![Completion::default(); batch];
-    let mut queued = 0;
-    let mut completed = 0;
-    while completed < batch {
-        if queued < batch {
-            queued += device.submit(&nops[queued..])?;
+    run_all(device, &nops, 10_000)
+}
+
+/// Queues `commands` as the ring takes them and waits for every completion, each wait at
+/// most `timeout_ms`; any status but OK is an error.
+fn run_all(device: &Context, commands: &[rmnic_abi::abi::Command], timeout_ms: u32) -> Result<()> {
+    let mut out = vec![Completion::default(); commands.len()];
+    let (mut queued, mut completed) = (0, 0);
+    while completed < commands.len() {
+        if queued < commands.len() {
+            queued += device.submit(&commands[queued..])?;
         }
-        // CAST: at most MAX_BATCH.
+        // CAST: at most the ring's size.
         let outstanding = (queued - completed) as u32;
-        let n = device.wait(&mut out[completed..], outstanding.min(1), 10_000)?;
+        let n = device.wait(&mut out[completed..], outstanding.min(1), timeout_ms)?;
         ensure!(
             n > 0 || outstanding == 0,
-            "submission: no completion in 10 s"
+            "no completion within {timeout_ms} ms"
         );
-        for done in &out[completed..completed + n] {
-            ensure!(done.status == 0, "NOP failed: status {}", done.status);
+        for (done, sent) in out[completed..completed + n]
+            .iter()
+            .zip(&commands[completed..])
+        {
+            ensure!(
+                done.status == 0,
+                "opcode {} failed: status {}",
+                sent.opcode,
+                done.status
+            );
         }
         completed += n;
     }
@@ -240,24 +253,7 @@ fn copy_all(device: &Context, copies: &[(u64, u64, usize)]) -> Result<()> {
             ..command(opcode::COPY, Address::Local(dst), Address::Local(src))
         })
         .collect();
-    let mut out = vec![Completion::default(); commands.len()];
-    let (mut queued, mut completed) = (0, 0);
-    while completed < commands.len() {
-        if queued < commands.len() {
-            queued += device.submit(&commands[queued..])?;
-        }
-        let n = device.wait(
-            &mut out[completed..queued],
-            1,
-            rmnic_abi::EXECUTE_TIMEOUT_MS,
-        )?;
-        ensure!(n > 0, "copy: no completion within the driver's bound");
-        for done in &out[completed..completed + n] {
-            ensure!(done.status == 0, "COPY failed: status {}", done.status);
-        }
-        completed += n;
-    }
-    Ok(())
+    run_all(device, &commands, rmnic_abi::EXECUTE_TIMEOUT_MS)
 }
 
 /// Largest COPY command of [`copy_chunked`].
