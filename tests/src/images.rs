@@ -9,6 +9,10 @@ pub const BZIMAGE: &str = "bzImage";
 pub const GUEST_INITRAMFS: &str = "guest-initramfs.cpio";
 /// The emulated host's initramfs (rmnic-vmm, the guest kernel and initramfs).
 pub const HOST_INITRAMFS: &str = "host-initramfs.cpio";
+/// The emulated host's initramfs with QEMU (and its libraries and firmware) added, to run
+/// the guest under QEMU -enable-kvm: the level-1 baseline of `cargo xtask bench`, which
+/// writes it (`images::Level1::Qemu`).
+pub const HOST_QEMU_INITRAMFS: &str = "host-initramfs-with-qemu.cpio";
 /// The rmnic-vmm binary matching the images.
 pub const VMM: &str = "rmnic-vmm";
 /// The vfio-user device server matching the images (`qemu` mode).

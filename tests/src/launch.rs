@@ -18,8 +18,8 @@ use wait_timeout::ChildExt;
 use crate::emulated::{BadSetting, EmulatedHost};
 use crate::host::{BadHostMode, HostMode};
 use crate::images::{
-    Images, MissingImage, BZIMAGE, DEVICE_SERVER, GUEST_INITRAMFS, HOST_INITRAMFS, QEMU, QEMU_DATA,
-    VMM,
+    Images, MissingImage, BZIMAGE, DEVICE_SERVER, GUEST_INITRAMFS, HOST_INITRAMFS,
+    HOST_QEMU_INITRAMFS, QEMU, QEMU_DATA, VMM,
 };
 use crate::qemu_host::{qemu_command, DeviceServer};
 use crate::verdict::{self, Verdict};
@@ -33,8 +33,9 @@ pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4 acpi=of
 const EMULATED_HOST_MEMORY: &str = "3G";
 /// Printed by the guest's init when it starts (images/initramfs/guest-init).
 const GUEST_INIT_MARKER: &str = "rmnic-guest: init reached";
-/// Printed by the emulated host's init right before it starts rmnic-vmm.
-const HOST_VMM_START_MARKER: &str = "rmnic-host: starting rmnic-vmm";
+/// Printed by the emulated host's init right before it starts the guest's VMM
+/// (`rmnic-host: starting rmnic-vmm` or `rmnic-host: starting qemu-system-x86_64`).
+const HOST_VMM_START_MARKER: &str = "rmnic-host: starting ";
 /// Lines of console output an error message carries.
 const TAIL_LINES: usize = 40;
 
@@ -60,9 +61,11 @@ pub struct GuestRun {
     /// rmnic-device-server (qemu mode, and with `out_of_process_device`), e.g.
     /// `--fault drop-invalidate`.
     pub device_args: Vec<String>,
-    /// More QEMU `-device` values for the guest (qemu mode only; e.g. `edu`, the MMIO
-    /// baseline of `cargo xtask bench`).
+    /// More QEMU `-device` values for the guest (qemu mode, and emulated mode with
+    /// [`Level1::Qemu`]; e.g. `edu`, the MMIO baseline of `cargo xtask bench`).
     pub qemu_devices: Vec<String>,
+    /// Emulated mode only: which VMM the emulated host runs the guest under.
+    pub level1: Level1,
     /// Guest vCPUs.
     pub cpus: u32,
     /// Guest memory in MiB.
@@ -92,6 +95,18 @@ pub struct GuestRun {
     /// Lets another thread end the run early ([`Stop::stop`]): the VM is killed as on a
     /// timeout and the run fails with [`LaunchError::Stopped`].
     pub stop: Option<Stop>,
+}
+
+/// The VMM the emulated host runs the guest under ([`GuestRun::level1`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Level1 {
+    /// rmnic-vmm with the device: every test and the demo.
+    #[default]
+    RmnicVmm,
+    /// `qemu-system-x86_64 -enable-kvm` with the same guest kernel, initramfs and RAM, and no
+    /// rmnic device: the baseline VMM of `cargo xtask bench` (boot time, footprint, MMIO). The
+    /// emulated host then boots [`HOST_QEMU_INITRAMFS`], which carries QEMU.
+    Qemu,
 }
 
 /// Ends a running boot from another thread ([`GuestRun::stop`]).
@@ -131,6 +146,7 @@ impl GuestRun {
             out_of_process_device: std::env::var("RMNIC_DEVICE").as_deref() == Ok("vfio-user"),
             device_args: Vec::new(),
             qemu_devices: Vec::new(),
+            level1: Level1::RmnicVmm,
             cpus: 2,
             memory_mib: 1024,
             timeout: Duration::from_secs(timeout),
@@ -447,6 +463,9 @@ pub(crate) fn boot_unserialised(
                 Some(host) => host.clone(),
                 None => EmulatedHost::from_env()?,
             };
+            if guest.level1 == Level1::Qemu {
+                images.require(&[HOST_QEMU_INITRAMFS])?;
+            }
             emulated_command(images, guest, &host)
         }
         HostMode::Qemu => {
@@ -581,15 +600,23 @@ fn wait_for_vm(
     }
 }
 
-/// Printed by the emulated host's init after rmnic-vmm exits (images/initramfs/host-init).
-const HOST_STATUS_MARKER: &str = "rmnic-host: rmnic-vmm exited with status ";
+/// Printed by the emulated host's init after the guest's VMM exits
+/// (images/initramfs/host-init): `rmnic-host: <VMM> exited with status N`.
+const HOST_STATUS_MARKER: (&str, &str) = ("rmnic-host: ", " exited with status ");
 
-/// The status the emulated host's init reported for rmnic-vmm, if it got that far.
+/// The guest VMMs the emulated host's init can run ([`GuestRun::level1`]).
+const HOST_VMM_NAMES: [&str; 2] = ["rmnic-vmm", "qemu-system-x86_64"];
+
+/// The status the emulated host's init reported for the guest's VMM, if it got that far.
 fn host_reported_status(console: &str) -> Option<i32> {
     console
         .lines()
         .rev()
-        .find_map(|line| line.trim().strip_prefix(HOST_STATUS_MARKER))
+        .find_map(|line| {
+            let rest = line.trim().strip_prefix(HOST_STATUS_MARKER.0)?;
+            let (vmm, status) = rest.split_once(HOST_STATUS_MARKER.1)?;
+            HOST_VMM_NAMES.contains(&vmm).then_some(status)
+        })
         .and_then(|rest| rest.trim().parse().ok())
 }
 
@@ -620,10 +647,13 @@ fn emulated_command(images: &Images, guest: &GuestRun, host: &EmulatedHost) -> C
         .arg("-kernel")
         .arg(images.path(BZIMAGE))
         .arg("-initrd")
-        .arg(images.path(HOST_INITRAMFS))
+        .arg(images.path(match guest.level1 {
+            Level1::RmnicVmm => HOST_INITRAMFS,
+            Level1::Qemu => HOST_QEMU_INITRAMFS,
+        }))
         .arg("-append")
         .arg(format!(
-            "{HOST_CMDLINE} {} rmnic_cpus={} rmnic_mem={} rmnic_dump={} rmnic_watchdog={} {}{}{}",
+            "{HOST_CMDLINE} {} rmnic_cpus={} rmnic_mem={} rmnic_dump={} rmnic_watchdog={} {}{}{}{}",
             guest.run_word(),
             guest.cpus,
             guest.memory_mib,
@@ -639,6 +669,13 @@ fn emulated_command(images: &Images, guest: &GuestRun, host: &EmulatedHost) -> C
                     "rmnic_vmm_args={} ",
                     host_init_words(&guest.device_args).join(",")
                 )
+            },
+            match guest.level1 {
+                Level1::RmnicVmm => String::new(),
+                Level1::Qemu => format!(
+                    "rmnic_level1=qemu rmnic_qemu_devices={} ",
+                    host_init_words(&guest.qemu_devices).join(",")
+                ),
             },
             host.kernel_append
         ));
@@ -986,6 +1023,14 @@ mod tests {
         assert_eq!(host_reported_status(console), Some(130));
         assert_eq!(
             host_reported_status("rmnic-host: starting rmnic-vmm\n"),
+            None
+        );
+        assert_eq!(
+            host_reported_status("rmnic-host: qemu-system-x86_64 exited with status 3\n"),
+            Some(3)
+        );
+        assert_eq!(
+            host_reported_status("rmnic-host: pair: exited with status 3\n"),
             None
         );
     }

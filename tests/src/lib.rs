@@ -15,5 +15,5 @@ pub mod verdict;
 pub use emulated::EmulatedHost;
 pub use host::HostMode;
 pub use images::Images;
-pub use launch::{run, GuestRun, LaunchError, Outcome};
+pub use launch::{run, GuestRun, LaunchError, Level1, Outcome};
 pub use verdict::{BootTally, Verdict};

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use rmnic_tests::images::{
-    BZIMAGE, DEVICE_SERVER, GUEST_INITRAMFS, HOST_INITRAMFS, QEMU, QEMU_DATA, VMM,
+    BZIMAGE, DEVICE_SERVER, GUEST_INITRAMFS, HOST_INITRAMFS, HOST_QEMU_INITRAMFS, QEMU, QEMU_DATA,
+    VMM,
 };
 use rmnic_tests::Images;
 
@@ -85,4 +86,43 @@ fn link(target: &Path, at: &Path) -> Result<()> {
     }
     std::os::unix::fs::symlink(target, at)
         .with_context(|| format!("Cannot link {} to {}", at.display(), target.display()))
+}
+
+/// Firmware QEMU loads for a `-kernel` boot with `-nodefaults` (SeaBIOS, the option ROM that
+/// loads the kernel, the TPR patching ROM of KVM guests).
+const QEMU_FIRMWARE: [&str; 4] = [
+    "bios-256k.bin",
+    "linuxboot_dma.bin",
+    "linuxboot.bin",
+    "kvmvapic.bin",
+];
+
+/// Writes [`HOST_QEMU_INITRAMFS`] into the images directory `out`: the emulated host's
+/// initramfs with QEMU (debug sections stripped), its libraries and its firmware appended, so
+/// that host-init can run the guest under QEMU -enable-kvm (`rmnic_level1=qemu`), the
+/// level-1 baseline of `cargo xtask bench`. Only the bench needs it, so only the bench
+/// writes it: it makes the emulated host's initramfs about 30 MiB larger.
+pub fn qemu_host_initramfs(out: &Path) -> Result<PathBuf> {
+    let start = progress::step("Packing the emulated host's initramfs with QEMU");
+    let (qemu, data) = (out.join(QEMU), out.join(QEMU_DATA));
+    let appendix = Staging::appendix(&cache::root().join("staging/host-qemu"))?;
+    appendix.add_dynamic(&qemu, "bin/qemu-system-x86_64")?;
+    for firmware in QEMU_FIRMWARE {
+        appendix.add(
+            &data.join(firmware),
+            &format!("share/qemu/{firmware}"),
+            0o644,
+        )?;
+    }
+    let part = cache::root().join("staging/host-qemu.cpio");
+    appendix.pack(&part)?;
+    let target = out.join(HOST_QEMU_INITRAMFS);
+    let mut whole = fs::read(out.join(HOST_INITRAMFS)).context("Cannot read the host initramfs")?;
+    whole.extend(fs::read(&part).context("Cannot read the QEMU part of the initramfs")?);
+    fs::write(&target, &whole).with_context(|| format!("Cannot write {}", target.display()))?;
+    progress::done(
+        &format!("host initramfs with QEMU ({} KiB)", whole.len() / 1024),
+        start,
+    );
+    Ok(target)
 }

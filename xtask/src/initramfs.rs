@@ -34,6 +34,18 @@ impl Staging {
         Ok(staging)
     }
 
+    /// A fresh, empty staging tree at `root`: the second half of an archive that is
+    /// appended to a complete one (the kernel unpacks concatenated newc archives in order).
+    pub fn appendix(root: &Path) -> Result<Self> {
+        if root.exists() {
+            fs::remove_dir_all(root)?;
+        }
+        fs::create_dir_all(root)?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
     /// Copies `src` to `dest` (relative to the archive root) with `mode`.
     pub fn add(&self, src: &Path, dest: &str, mode: u32) -> Result<()> {
         let target = self.root.join(dest);
