@@ -13,11 +13,12 @@ use crate::addr::VirtAddr;
 use crate::commands::Command;
 use crate::engine::dma::Dma;
 use crate::error_code::ErrorCode;
+use crate::inline_queue::InlineQueue;
 use crate::regs::{
-    RegisterBlock, CONTEXT_REGISTERS, CQ_AVAIL_LO, CQ_DESC_LO, CQ_MAX_SIZE, CQ_READY, CQ_READY_BIT,
-    CQ_SIZE, CQ_USED_LO, CTX_ASID, CTX_ASID_MASK, CTX_CONTROL, CTX_CONTROL_ENABLE,
-    CTX_STATE_ACTIVE, CTX_STATE_ERROR, CTX_STATE_FAULTED, CTX_STATE_FREE, CTX_STATUS_ERROR_SHIFT,
-    FAULT_INFO_REASON_SHIFT, FAULT_INFO_SEGMENT, FAULT_INFO_SLOT_SHIFT,
+    RegisterBlock, CONTEXT_REGISTERS, CQ_AVAIL_LO, CQ_DESC_LO, CQ_FORMAT, CQ_FORMAT_INLINE,
+    CQ_MAX_SIZE, CQ_READY, CQ_READY_BIT, CQ_SIZE, CQ_USED_LO, CTX_ASID, CTX_ASID_MASK, CTX_CONTROL,
+    CTX_CONTROL_ENABLE, CTX_STATE_ACTIVE, CTX_STATE_ERROR, CTX_STATE_FAULTED, CTX_STATE_FREE,
+    CTX_STATUS_ERROR_SHIFT, FAULT_INFO_REASON_SHIFT, FAULT_INFO_SEGMENT, FAULT_INFO_SLOT_SHIFT,
 };
 
 /// A context's state, as `CTX_STATUS` bits 1:0 report it.
@@ -67,10 +68,19 @@ pub struct PendingFault {
     pub reason: u8,
 }
 
+/// A context's command queue, in the format `CQ_FORMAT` chose (valid while enabled).
+#[derive(Debug)]
+pub enum CommandQueue {
+    /// A virtio split virtqueue (§7.1).
+    Split(Queue),
+    /// An inline queue (§7.6, since 1.5).
+    Inline(InlineQueue),
+}
+
 /// The command a context popped and has not completed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InFlight {
-    /// Head index of its descriptor chain (for the used ring).
+    /// Head index of its descriptor chain (for the used ring), or its inline slot.
     pub head: u16,
     /// Guest-physical address of its completion record.
     pub completion: GuestAddress,
@@ -98,7 +108,7 @@ pub struct Context {
     /// Whether this context holds `asid` in the device's ASID table.
     pub owns_asid: bool,
     /// The command queue (valid while enabled).
-    pub queue: Queue,
+    pub queue: CommandQueue,
     /// The command in flight.
     pub inflight: Option<InFlight>,
     /// The fault it is stalled on (FAULTED only).
@@ -109,10 +119,14 @@ pub struct Context {
     pub fault_info: u32,
 }
 
-fn new_queue() -> Queue {
+fn new_split_queue() -> Queue {
     // CAST: CQ_MAX_SIZE is 1024. A power of two, so `new` cannot fail; fall back to the
     // default (size 0, never valid) rather than panic if that ever changed.
     Queue::new(CQ_MAX_SIZE as u16).unwrap_or_default()
+}
+
+fn new_queue() -> CommandQueue {
+    CommandQueue::Split(new_split_queue())
 }
 
 impl Context {
@@ -180,16 +194,24 @@ impl Context {
         }
     }
 
-    /// Builds the command queue from the `CQ_*` registers: ready bit set, size a power of
-    /// two up to 1024, descriptor table 16-byte, available ring 2-byte and used ring 4-byte
-    /// aligned (virtio 1.2 §2.7), every ring entirely in guest RAM.
-    pub fn build_queue(&self, dma: &Dma<'_>) -> Result<Queue, ErrorCode> {
+    /// Builds the command queue from the `CQ_*` registers in the format `CQ_FORMAT` names.
+    /// A split queue: ready bit set, size a power of two up to 1024, descriptor table
+    /// 16-byte, available ring 2-byte and used ring 4-byte aligned (virtio 1.2 §2.7), every
+    /// ring entirely in guest RAM. An inline queue: see [`InlineQueue::from_registers`].
+    pub fn build_queue(&self, dma: &Dma<'_>) -> Result<CommandQueue, ErrorCode> {
+        if self.regs.value(CQ_FORMAT) == CQ_FORMAT_INLINE {
+            return InlineQueue::from_registers(&self.regs, dma).map(CommandQueue::Inline);
+        }
+        self.build_split_queue(dma).map(CommandQueue::Split)
+    }
+
+    fn build_split_queue(&self, dma: &Dma<'_>) -> Result<Queue, ErrorCode> {
         let bad = ErrorCode::QueueConfig;
         if self.regs.value(CQ_READY) & CQ_READY_BIT == 0 {
             return Err(bad);
         }
         let size = u16::try_from(self.regs.value(CQ_SIZE)).map_err(|_| bad)?;
-        let mut queue = new_queue();
+        let mut queue = new_split_queue();
         queue.try_set_size(size).map_err(|_| bad)?;
         queue
             .try_set_desc_table_address(GuestAddress(self.regs.value64(CQ_DESC_LO)))
@@ -240,9 +262,18 @@ mod tests {
         let mem = ram();
         let dma = Dma::new(&mem, &NoFaults, DmaPurpose::CommandQueue);
         let ctx = programmed(64, 0x1000, 0x2000, 0x3000, 1);
-        let queue = ctx.build_queue(&dma).expect("valid");
+        let CommandQueue::Split(queue) = ctx.build_queue(&dma).expect("valid") else {
+            panic!("CQ_FORMAT 0 builds a split queue");
+        };
         assert_eq!(queue.size(), 64);
         assert!(queue.ready());
+        // The same registers with CQ_FORMAT = INLINE describe an inline queue.
+        let mut inline = ctx;
+        inline.regs.set(CQ_FORMAT, CQ_FORMAT_INLINE);
+        assert!(matches!(
+            inline.build_queue(&dma),
+            Ok(CommandQueue::Inline(_))
+        ));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod events;
 pub mod fabric;
 pub mod fault_ring;
 pub mod inject;
+pub mod inline_queue;
 pub mod inspect;
 pub mod interrupt;
 pub mod invalidation;

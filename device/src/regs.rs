@@ -20,8 +20,9 @@ use crate::mmio::{MmioError, MmioWidth};
 
 /// BAR0 is the function's only BAR.
 pub const BAR0_INDEX: u8 = 0;
-/// Size of BAR0 in bytes (a 64-bit, non-prefetchable memory BAR).
-pub const BAR0_SIZE: u64 = 0x8000;
+/// Size of BAR0 in bytes (a 64-bit, non-prefetchable memory BAR): the register windows
+/// (32 KiB, all that 1.0 to 1.4 had) and, since 1.5, the user doorbell pages.
+pub const BAR0_SIZE: u64 = 0x8_0000;
 /// BAR0 `[0, REGISTER_WINDOW_SIZE)` holds the global registers.
 pub const REGISTER_WINDOW_SIZE: u64 = 0x1000;
 /// Offset of the MSI-X table in BAR0.
@@ -36,13 +37,21 @@ pub const CTX_BLOCK_BASE: u64 = 0x4000;
 pub const CTX_BLOCK_SIZE: u64 = 0x100;
 /// Number of contexts (and of context register blocks).
 pub const NUM_CONTEXTS: usize = 64;
+/// Offset of context 0's user doorbell page (since 1.5): a page of its own per context, so
+/// the driver can map it into the context's process without exposing any other register.
+pub const UQ_DOORBELL_BASE: u64 = 0x4_0000;
+/// Distance between user doorbell pages: context `i`'s page is at
+/// `UQ_DOORBELL_BASE + i × UQ_DOORBELL_STRIDE`; a write at its offset 0 (`UQ_DOORBELL`) rings
+/// the context's doorbell exactly as `CQ_DOORBELL` does.
+pub const UQ_DOORBELL_STRIDE: u64 = 0x1000;
 
 // The windows are disjoint, in order, and inside a power-of-two BAR.
 const _: () = assert!(
     REGISTER_WINDOW_SIZE <= MSIX_TABLE_OFFSET
         && MSIX_TABLE_OFFSET + MSIX_WINDOW_SIZE <= MSIX_PBA_OFFSET
         && MSIX_PBA_OFFSET + MSIX_WINDOW_SIZE <= CTX_BLOCK_BASE
-        && CTX_BLOCK_BASE + NUM_CONTEXTS as u64 * CTX_BLOCK_SIZE <= BAR0_SIZE
+        && CTX_BLOCK_BASE + NUM_CONTEXTS as u64 * CTX_BLOCK_SIZE <= UQ_DOORBELL_BASE
+        && UQ_DOORBELL_BASE + NUM_CONTEXTS as u64 * UQ_DOORBELL_STRIDE <= BAR0_SIZE
         && BAR0_SIZE.is_power_of_two()
         && NUM_CONTEXTS <= 255
 );
@@ -109,8 +118,8 @@ pub const VERSION_MAJOR_MASK: u32 = 0xffff << VERSION_MAJOR_SHIFT;
 pub const VERSION_MINOR_SHIFT: u32 = 0;
 /// [`REG_VERSION`] field mask: minor version.
 pub const VERSION_MINOR_MASK: u32 = 0xffff << VERSION_MINOR_SHIFT;
-/// The version of `docs/device-spec.md` the device implements: 1.4.
-pub const RMNIC_SPEC_VERSION: u32 = (1 << VERSION_MAJOR_SHIFT) | (4 << VERSION_MINOR_SHIFT);
+/// The version of `docs/device-spec.md` the device implements: 1.5.
+pub const RMNIC_SPEC_VERSION: u32 = (1 << VERSION_MAJOR_SHIFT) | (5 << VERSION_MINOR_SHIFT);
 
 /// [`REG_CAPS`] field: number of contexts.
 pub const CAPS_CONTEXTS_SHIFT: u32 = 0;
@@ -122,6 +131,8 @@ pub const CAPS_HUGE_PAGES: u32 = 1 << 8;
 pub const CAPS_SEGMENTS: u32 = 1 << 9;
 /// [`REG_CAPS`] bit 10: drop-in lists (`CTX_CMD_DROPIN_LIST`; since 1.4).
 pub const CAPS_DROPIN_LIST: u32 = 1 << 10;
+/// [`REG_CAPS`] bit 11: inline command queues and user doorbell pages (`CQ_FORMAT`; since 1.5).
+pub const CAPS_INLINE_QUEUE: u32 = 1 << 11;
 /// [`REG_CAPS`] field: number of MSI-X vectors.
 pub const CAPS_VECTORS_SHIFT: u32 = 16;
 /// [`REG_CAPS`] field mask: number of MSI-X vectors.
@@ -131,6 +142,7 @@ pub const RMNIC_CAPS: u32 = ((NUM_CONTEXTS as u32) << CAPS_CONTEXTS_SHIFT)
     | CAPS_HUGE_PAGES
     | CAPS_SEGMENTS
     | CAPS_DROPIN_LIST
+    | CAPS_INLINE_QUEUE
     | ((crate::rmnic::RMNIC_MSIX_VECTORS as u32) << CAPS_VECTORS_SHIFT);
 
 /// [`REG_TLB_GEOMETRY`] field: number of sets.
@@ -210,6 +222,8 @@ pub const DROPIN_LIST_LO: u64 = 0x70;
 pub const DROPIN_LIST_HI: u64 = 0x74;
 /// Records in the drop-in list: 1..=[`DROPIN_LIST_MAX`] (since 1.4).
 pub const DROPIN_LIST_COUNT: u64 = 0x78;
+/// Command queue format (since 1.5): [`CQ_FORMAT_SPLIT`] or [`CQ_FORMAT_INLINE`].
+pub const CQ_FORMAT: u64 = 0x7c;
 /// First per-context statistics counter (see `stats::CONTEXT_COUNTERS`).
 pub const CTX_STATS_BASE: u64 = 0x80;
 
@@ -235,6 +249,21 @@ pub const CTX_ASID_MASK: u32 = 0xffff;
 pub const CQ_READY_BIT: u32 = 1 << 0;
 /// Largest command queue size.
 pub const CQ_MAX_SIZE: u32 = 1024;
+/// [`CQ_FORMAT`] value: a virtio split virtqueue of descriptor chains (the reset value).
+pub const CQ_FORMAT_SPLIT: u32 = 0;
+/// [`CQ_FORMAT`] value (since 1.5): an inline queue: `CQ_DESC` holds `CQ_SIZE` slots of
+/// [`INLINE_SLOT_SIZE`] bytes (the command record, then 8 ignored bytes), `CQ_USED` holds
+/// `CQ_SIZE` completion records (slot `i`'s at `i × COMPLETION_SIZE`), and `CQ_AVAIL` is the
+/// index block: the producer's `u32` tail at +0 and the device's `u32` head at +4, both
+/// free-running counts of commands. No guest-physical address is written per command, so a
+/// process may own the queue.
+pub const CQ_FORMAT_INLINE: u32 = 1;
+/// Bytes per inline queue slot (64-byte aligned slots).
+pub const INLINE_SLOT_SIZE: u64 = 64;
+/// Offset of the producer's tail in an inline queue's index block.
+pub const INLINE_TAIL_OFFSET: u64 = 0;
+/// Offset of the device's head in an inline queue's index block.
+pub const INLINE_HEAD_OFFSET: u64 = 4;
 /// [`DROPIN_ATTR`] bit: readable.
 pub const DROPIN_ATTR_READ: u32 = 1 << 0;
 /// [`DROPIN_ATTR`] bit: writable.
@@ -387,7 +416,7 @@ pub const GLOBAL_REGISTERS: [RegisterSpec; 23] = [
 
 /// The per-context registers, sorted by block offset.
 #[rustfmt::skip]
-pub const CONTEXT_REGISTERS: [RegisterSpec; 26] = [
+pub const CONTEXT_REGISTERS: [RegisterSpec; 27] = [
     reg(CTX_CONTROL, "CTX_CONTROL", 0, RW, CTX_CONTROL_ENABLE, "Enable"),
     live(CTX_STATUS, "CTX_STATUS", 0, "State and error code"),
     reg(CTX_ASID, "CTX_ASID", 0, RWL, CTX_ASID_MASK, "ASID"),
@@ -414,6 +443,7 @@ pub const CONTEXT_REGISTERS: [RegisterSpec; 26] = [
     reg(DROPIN_LIST_LO, "DROPIN_LIST_LO", 0, RW, 0xffff_fff0, "Drop-in list low"),
     reg(DROPIN_LIST_HI, "DROPIN_LIST_HI", 0, RW, 0xffff_ffff, "Drop-in list high"),
     reg(DROPIN_LIST_COUNT, "DROPIN_LIST_COUNT", 0, RW, 0xffff, "Drop-in list records"),
+    reg(CQ_FORMAT, "CQ_FORMAT", 0, RWL, 0x1, "Command queue format"),
 ];
 
 /// Whether a register table is well formed: sorted, unique, aligned offsets inside `window`,
@@ -595,9 +625,9 @@ mod tests {
     fn blocks_read_their_reset_values() {
         let block = RegisterBlock::new(&GLOBAL_REGISTERS);
         assert_eq!(block.value(REG_ID), RMNIC_ID_MAGIC);
-        assert_eq!(block.value(REG_VERSION), 0x0001_0004);
+        assert_eq!(block.value(REG_VERSION), 0x0001_0005);
         assert_eq!(block.value(REG_SCRATCH), 0);
-        assert_eq!(block.value(REG_CAPS), 0x0004_0740);
+        assert_eq!(block.value(REG_CAPS), 0x0004_0F40);
         let context = RegisterBlock::new(&CONTEXT_REGISTERS);
         assert_eq!(context.value(CTX_CONTROL), 0);
     }
@@ -608,10 +638,10 @@ mod tests {
     }
 
     #[test]
-    fn version_fields_decode_to_1_4() {
+    fn version_fields_decode_to_1_5() {
         let major = (RMNIC_SPEC_VERSION & VERSION_MAJOR_MASK) >> VERSION_MAJOR_SHIFT;
         let minor = (RMNIC_SPEC_VERSION & VERSION_MINOR_MASK) >> VERSION_MINOR_SHIFT;
-        assert_eq!((major, minor), (1, 4));
+        assert_eq!((major, minor), (1, 5));
     }
 
     #[test]

@@ -26,8 +26,9 @@ use crate::pci::configuration::{
 use crate::pci::msix::{Delivery, Msix, MsixCapability, MsixError, MSIX_CAPABILITY_ID};
 use crate::pci::{BarRegion, Doorbell, PciDevice};
 use crate::regs::{
-    RegisterError, BAR0_INDEX, BAR0_SIZE, CTX_BLOCK_BASE, CTX_BLOCK_SIZE, MSIX_PBA_OFFSET,
-    MSIX_TABLE_OFFSET, MSIX_WINDOW_SIZE, NUM_CONTEXTS, REGISTER_WINDOW_SIZE,
+    RegisterError, BAR0_INDEX, BAR0_SIZE, CQ_DOORBELL, CTX_BLOCK_BASE, CTX_BLOCK_SIZE,
+    MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET, MSIX_WINDOW_SIZE, NUM_CONTEXTS, REGISTER_WINDOW_SIZE,
+    UQ_DOORBELL_BASE, UQ_DOORBELL_STRIDE,
 };
 use crate::segments::{EXPORT_ENTRY_SIZE, EXPORT_TABLE_BASE, NUM_EXPORTS};
 use crate::stats::{ContextCounter, GlobalCounter};
@@ -182,6 +183,8 @@ enum Bar0Window {
     Context(usize, u64),
     /// An export table entry: (index, offset in the entry).
     Export(usize, u64),
+    /// A context's user doorbell page (since 1.5): (context, offset in the page).
+    UserDoorbell(usize, u64),
 }
 
 impl Bar0Window {
@@ -219,6 +222,16 @@ impl Bar0Window {
             Self::Context(
                 (relative / CTX_BLOCK_SIZE) as usize,
                 relative % CTX_BLOCK_SIZE,
+            )
+        } else if let Some(relative) = offset
+            .checked_sub(UQ_DOORBELL_BASE)
+            // CAST: NUM_CONTEXTS is 64.
+            .filter(|relative| *relative < NUM_CONTEXTS as u64 * UQ_DOORBELL_STRIDE)
+        {
+            // CAST: relative / UQ_DOORBELL_STRIDE < NUM_CONTEXTS.
+            Self::UserDoorbell(
+                (relative / UQ_DOORBELL_STRIDE) as usize,
+                relative % UQ_DOORBELL_STRIDE,
             )
         } else {
             Self::Reserved
@@ -354,7 +367,7 @@ impl RmnicDevice {
         let capability = MsixCapability {
             vectors: RMNIC_MSIX_VECTORS,
             table_bar: BAR0_INDEX,
-            // CAST: both offsets are below BAR0_SIZE (32 KiB), checked at compile time.
+            // CAST: both offsets are below BAR0_SIZE (512 KiB), checked at compile time.
             table_offset: MSIX_TABLE_OFFSET as u32,
             pba_bar: BAR0_INDEX,
             pba_offset: MSIX_PBA_OFFSET as u32,
@@ -559,7 +572,8 @@ impl RmnicDevice {
                 self.shared
                     .read_window(Window::Export(index), relative, data)?;
             }
-            Bar0Window::Reserved => data.fill(0),
+            // A doorbell page has only the write-only `UQ_DOORBELL`.
+            Bar0Window::Reserved | Bar0Window::UserDoorbell(..) => data.fill(0),
             Bar0Window::MsixTable(relative) => self.msix().read_table(relative, data)?,
             Bar0Window::MsixPba(relative) => self.msix().read_pba(relative, data)?,
         }
@@ -578,7 +592,13 @@ impl RmnicDevice {
                 self.shared
                     .write_window(Window::Export(index), relative, data)?;
             }
-            Bar0Window::Reserved => {}
+            // `UQ_DOORBELL` is the context's `CQ_DOORBELL` seen through its own page; the rest
+            // of the page is reserved.
+            Bar0Window::UserDoorbell(ctx, 0) => {
+                self.shared
+                    .write_window(Window::Context(ctx), CQ_DOORBELL, data)?;
+            }
+            Bar0Window::Reserved | Bar0Window::UserDoorbell(..) => {}
             Bar0Window::MsixTable(relative) => self.msix().write_table(relative, data)?,
             Bar0Window::MsixPba(relative) => self.msix().write_pba(relative, data)?,
         }
@@ -644,17 +664,22 @@ impl PciDevice for RmnicDevice {
         self.config.bar_regions()
     }
 
-    /// Every context's `CQ_DOORBELL` (spec §5: any write makes the engine look at the ring;
-    /// the write's value is ignored and nothing is returned to the writer).
+    /// Every context's `CQ_DOORBELL` and its user doorbell page's `UQ_DOORBELL` (spec §5: any
+    /// write makes the engine look at the ring; the write's value is ignored and nothing is
+    /// returned to the writer).
     fn doorbells(&self) -> Vec<Doorbell> {
-        (0..crate::regs::NUM_CONTEXTS as u64)
-            .map(|ctx| Doorbell {
-                bar: 0,
-                offset: crate::regs::CTX_BLOCK_BASE
-                    + ctx * crate::regs::CTX_BLOCK_SIZE
-                    + crate::regs::CQ_DOORBELL,
-            })
-            .collect()
+        let contexts = 0..crate::regs::NUM_CONTEXTS as u64;
+        let registers = contexts.clone().map(|ctx| Doorbell {
+            bar: 0,
+            offset: crate::regs::CTX_BLOCK_BASE
+                + ctx * crate::regs::CTX_BLOCK_SIZE
+                + crate::regs::CQ_DOORBELL,
+        });
+        let pages = contexts.map(|ctx| Doorbell {
+            bar: 0,
+            offset: UQ_DOORBELL_BASE + ctx * UQ_DOORBELL_STRIDE,
+        });
+        registers.chain(pages).collect()
     }
 }
 
@@ -748,14 +773,14 @@ mod tests {
     }
 
     #[test]
-    fn bar0_is_a_32_kib_64_bit_memory_bar() {
+    fn bar0_is_a_512_kib_64_bit_memory_bar() {
         let (mut device, _) = device();
         assert_eq!(device.read_config_register(4), BAR_MEMORY_64BIT);
         config_write32(&mut device, 4, u32::MAX);
         config_write32(&mut device, 5, u32::MAX);
         assert_eq!(
             device.read_config_register(4),
-            0xffff_8000 | BAR_MEMORY_64BIT
+            0xfff8_0000 | BAR_MEMORY_64BIT
         );
         assert_eq!(device.read_config_register(5), u32::MAX);
         for reg in 6..10 {

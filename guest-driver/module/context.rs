@@ -36,6 +36,8 @@ use crate::pci;
 use crate::poll::{self, PollQueue, PollTable};
 use crate::regs::*;
 use crate::uapi;
+use crate::user_queue::UserQueue;
+use crate::vma::Vma;
 
 /// Miss-path retries before a fault is aborted (each retry means an invalidation raced it).
 const MAX_FAULT_RETRIES: u32 = 16;
@@ -188,6 +190,12 @@ pub(crate) struct Context {
     /// Same, for `poll()`.
     #[pin]
     pollers: PollQueue,
+    /// The queue the process drives itself once it asked for it (`RMNIC_IOC_USER_QUEUE`);
+    /// from then on the kernel queue above is unused. A spinlock of its own: `mmap` reads it
+    /// under the mmap lock, which must not nest inside `queue` (waiters hold `queue` while
+    /// the miss path takes the mmap lock).
+    #[pin]
+    user_queue: SpinLock<Option<Arc<UserQueue>>>,
     /// `rmnic/ctx<N>-asid<A>/` in debugfs: this context's counters.
     _debugfs: Option<Dir>,
     /// The device was reset under this context (`Rmnic::recover`): its commands are gone and
@@ -234,6 +242,7 @@ impl Context {
                                     "rmnic::Context::queue"),
                 completed <- new_condvar!("rmnic::Context::completed"),
                 pollers <- PollQueue::new(),
+                user_queue <- new_spinlock!(None, "rmnic::Context::user_queue"),
                 _debugfs: debugfs,
                 lost: AtomicBool::new(false),
             }),
@@ -327,11 +336,74 @@ impl Context {
         Ok(())
     }
 
+    /// The kernel queue is the process's no more (`RMNIC_IOC_USER_QUEUE`): `EINVAL`.
+    fn check_kernel_queue(&self) -> Result {
+        if self.user_queue.lock().is_some() {
+            return Err(EINVAL);
+        }
+        Ok(())
+    }
+
+    /// `RMNIC_IOC_USER_QUEUE`: hands the context's queue to the calling process (once; a
+    /// second call reports the same layout). Refused with `EBUSY` while commands it submitted
+    /// through the kernel are outstanding. May sleep.
+    pub(crate) fn take_user_queue(&self, dev: &pci::Device) -> Result<uapi::UserQueue> {
+        self.check_caller()?;
+        self.check_lost()?;
+        if !self.mirror.rmnic.has_inline_queues() {
+            return Err(ENOTTY);
+        }
+        if self.user_queue.lock().is_some() {
+            return Ok(UserQueue::layout());
+        }
+        // Allocated before any lock is taken: allocation may sleep and reclaim.
+        let queue = Arc::new(UserQueue::new(dev)?, GFP_KERNEL)?;
+        // Under the queue lock no kernel submission can slip in between the check and the
+        // switch.
+        let q = self.queue.lock();
+        if self.user_queue.lock().is_some() {
+            return Ok(UserQueue::layout());
+        }
+        if q.indices.submitted != q.indices.collected {
+            return Err(EBUSY);
+        }
+        self.mirror
+            .rmnic
+            .switch_to_user_queue(self.mirror.index, &queue)?;
+        *self.user_queue.lock() = Some(queue);
+        drop(q);
+        Ok(UserQueue::layout())
+    }
+
+    /// `mmap` of the context's file: the user queue at `USER_QUEUE_MMAP_OFFSET`, or the
+    /// context's own doorbell page (physical address `doorbell`) at
+    /// `USER_DOORBELL_MMAP_OFFSET`. Only shared mappings of the process the context serves,
+    /// never inherited by a child. Runs under the mmap lock: takes only `user_queue`.
+    pub(crate) fn mmap(&self, vma: &mut Vma<'_>, doorbell: u64) -> Result {
+        self.check_lost()?;
+        if !vma.is_in(&self.mm) {
+            return Err(EPERM);
+        }
+        if !vma.shared() {
+            return Err(EINVAL);
+        }
+        let queue = self.user_queue.lock().clone().ok_or(EINVAL)?;
+        vma.set_not_inherited();
+        match vma.offset() {
+            uapi::USER_QUEUE_MMAP_OFFSET => queue.map_into(vma),
+            uapi::USER_DOORBELL_MMAP_OFFSET if vma.len() == kernel::page::PAGE_SIZE => {
+                vma.map_io_uncached(doorbell, kernel::page::PAGE_SIZE)
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
     /// `RMNIC_IOC_SUBMIT`: queues commands (already copied from user space); returns how many
     /// fit.
     pub(crate) fn submit(&self, commands: &[uapi::Command]) -> Result<u32> {
         self.check_caller()?;
         self.check_lost()?;
+        self.check_kernel_queue()?;
         let mut queued = 0;
         {
             let mut q = self.queue.lock();
@@ -362,6 +434,7 @@ impl Context {
         min: u32,
         timeout_ms: u32,
     ) -> Result<u32> {
+        self.check_kernel_queue()?;
         let min = min.min(out.len() as u32);
         let mut q = self.queue.lock();
         let start = kernel::time::Ktime::ktime_get();

@@ -29,6 +29,7 @@ use crate::misc;
 use crate::pci;
 use crate::regs::*;
 use crate::uapi;
+use crate::user_queue::UserQueue;
 
 /// `PCI_VENDOR_ID` and `PCI_DEVICE_ID` configuration offsets.
 const PCI_CFG_VENDOR_ID: i32 = 0x00;
@@ -226,6 +227,48 @@ impl Rmnic {
         self.hw.read(REG_CAPS).is_ok_and(|caps| caps & CAPS_DROPIN_LIST != 0)
     }
 
+    /// Whether the device has inline queues and user doorbell pages (1.5, `CAPS_INLINE_QUEUE`).
+    pub(crate) fn has_inline_queues(&self) -> bool {
+        self.hw.read(REG_CAPS).is_ok_and(|caps| caps & CAPS_INLINE_QUEUE != 0)
+    }
+
+    /// Physical address of context `ctx`'s user doorbell page.
+    fn doorbell_page(&self, ctx: usize) -> u64 {
+        self.pdev.resource_start(0) + (UQ_DOORBELL_BASE + ctx * UQ_DOORBELL_STRIDE) as u64
+    }
+
+    /// Moves context `ctx` onto `queue` (the caller made sure none of its commands is
+    /// outstanding): disable it, program the inline queue, enable it again. The disable drops
+    /// the context's TLB entries, which the miss path refills on demand. May sleep.
+    pub(crate) fn switch_to_user_queue(&self, ctx: usize, queue: &UserQueue) -> Result {
+        let _serial = self.recovery.lock();
+        self.hw.ctx_write(ctx, CTX_CONTROL, 0)?;
+        if !self.wait_context_free(ctx) {
+            return Err(EIO);
+        }
+        queue.program(&self.hw, ctx)?;
+        self.hw.ctx_write(ctx, CTX_CONTROL, CTX_CONTROL_ENABLE)?;
+        let status = self.hw.ctx_read(ctx, CTX_STATUS)?;
+        if status & CTX_STATUS_STATE_MASK != CTX_STATE_ACTIVE {
+            pr_err!("context {ctx}: the inline queue was refused (status {status:#x})\n");
+            return Err(EIO);
+        }
+        Ok(())
+    }
+
+    /// Waits (up to `DISABLE_WAIT_MS`) for a disabled context to reach FREE.
+    fn wait_context_free(&self, index: usize) -> bool {
+        let start = Ktime::ktime_get();
+        while ktime_ms_delta(Ktime::ktime_get(), start) < i64::from(DISABLE_WAIT_MS) {
+            match self.hw.ctx_read(index, CTX_STATUS) {
+                Ok(status) if status & CTX_STATUS_STATE_MASK == CTX_STATE_FREE => return true,
+                Ok(_) => delay::msleep(1),
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
     /// Installs a translation in the device TLB for context `ctx`.
     pub(crate) fn drop_in(&self, ctx: usize, va: u64, gpa: u64, attr: u32) -> Result {
         self.hw.ctx_write(ctx, DROPIN_VA_LO, va as u32)?;
@@ -288,22 +331,8 @@ impl Rmnic {
         }
         self.segments.lock().detach_all(&self.hw, index);
         ctx.mark_closed();
-        if self.hw.ctx_write(index, CTX_CONTROL, 0).is_ok() {
-            let mut stopped = false;
-            let start = Ktime::ktime_get();
-            while ktime_ms_delta(Ktime::ktime_get(), start) < i64::from(DISABLE_WAIT_MS) {
-                match self.hw.ctx_read(index, CTX_STATUS) {
-                    Ok(status) if status & CTX_STATUS_STATE_MASK == CTX_STATE_FREE => {
-                        stopped = true;
-                        break;
-                    }
-                    Ok(_) => delay::msleep(1),
-                    Err(_) => break,
-                }
-            }
-            if !stopped {
-                pr_err!("context {index} did not stop within {DISABLE_WAIT_MS} ms\n");
-            }
+        if self.hw.ctx_write(index, CTX_CONTROL, 0).is_ok() && !self.wait_context_free(index) {
+            pr_err!("context {index} did not stop within {DISABLE_WAIT_MS} ms\n");
         }
         self.free_context(index);
     }
@@ -625,6 +654,10 @@ impl misc::FileOps for RmnicDriver {
         ctx.poll(table)
     }
 
+    fn mmap(shared: &Rmnic, ctx: &Arc<Context>, vma: &mut crate::vma::Vma<'_>) -> Result {
+        ctx.mmap(vma, shared.doorbell_page(ctx.index()))
+    }
+
     fn ioctl(shared: &Rmnic, ctx: &Arc<Context>, cmd: u32, arg: usize) -> Result<isize> {
         match cmd {
             uapi::IOC_VERSION => {
@@ -672,6 +705,13 @@ impl misc::FileOps for RmnicDriver {
                 Ok(0)
             }
             uapi::IOC_WAIT => wait(ctx, arg),
+            uapi::IOC_USER_QUEUE => {
+                let layout = ctx.take_user_queue(&shared.pdev)?;
+                UserSlice::new(arg, core::mem::size_of::<uapi::UserQueue>())
+                    .writer()
+                    .write(&layout)?;
+                Ok(0)
+            }
             uapi::IOC_STATS => {
                 UserSlice::new(arg, core::mem::size_of::<uapi::ContextStats>())
                     .writer()

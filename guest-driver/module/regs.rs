@@ -7,8 +7,14 @@
 //! host-side test (`tests/tests/abi_consistency.rs`) checks every `pub(crate) const` here
 //! against the device model's constants of the same name.
 
-/// Size of BAR0 the driver requires.
-pub(crate) const BAR0_SIZE: usize = 0x8000;
+/// Size of BAR0 the driver requires (device 1.5: the register windows and, from
+/// [`UQ_DOORBELL_BASE`], one user doorbell page per context).
+pub(crate) const BAR0_SIZE: usize = 0x8_0000;
+/// Context 0's user doorbell page (device 1.5): context `i`'s at
+/// `UQ_DOORBELL_BASE + i * UQ_DOORBELL_STRIDE`, mapped into the context's process.
+pub(crate) const UQ_DOORBELL_BASE: usize = 0x4_0000;
+/// Distance between user doorbell pages (one page each).
+pub(crate) const UQ_DOORBELL_STRIDE: usize = 0x1000;
 
 // --- Global registers.
 /// Identification register: reads [`ID_MAGIC`].
@@ -64,6 +70,8 @@ pub(crate) const CAPS_CONTEXTS_MASK: u32 = 0xff;
 pub(crate) const CAPS_SEGMENTS: u32 = 1 << 9;
 /// `REG_CAPS` bit 10: drop-in lists (`CTX_CMD_DROPIN_LIST`; device 1.4).
 pub(crate) const CAPS_DROPIN_LIST: u32 = 1 << 10;
+/// `REG_CAPS` bit 11: inline command queues and user doorbell pages (device 1.5).
+pub(crate) const CAPS_INLINE_QUEUE: u32 = 1 << 11;
 
 // --- Per-context register blocks.
 /// Offset of context 0's register block.
@@ -119,6 +127,12 @@ pub(crate) const DROPIN_LIST_LO: usize = 0x70;
 pub(crate) const DROPIN_LIST_HI: usize = 0x74;
 /// Records in the drop-in list (device 1.4).
 pub(crate) const DROPIN_LIST_COUNT: usize = 0x78;
+/// Command queue format (device 1.5): [`CQ_FORMAT_INLINE`] for a user queue.
+pub(crate) const CQ_FORMAT: usize = 0x7C;
+/// `CQ_FORMAT`: inline queue (slots, completions, index block; device 1.5).
+pub(crate) const CQ_FORMAT_INLINE: u32 = 1;
+/// Bytes per inline queue slot.
+pub(crate) const INLINE_SLOT_SIZE: usize = 64;
 
 /// `CTX_CONTROL.ENABLE`.
 pub(crate) const CTX_CONTROL_ENABLE: u32 = 1;
@@ -126,6 +140,8 @@ pub(crate) const CTX_CONTROL_ENABLE: u32 = 1;
 pub(crate) const CTX_STATUS_STATE_MASK: u32 = 0x3;
 /// State: disabled.
 pub(crate) const CTX_STATE_FREE: u32 = 0;
+/// `CTX_STATUS` state ACTIVE.
+pub(crate) const CTX_STATE_ACTIVE: u32 = 1;
 
 /// `DROPIN_ATTR`: readable.
 pub(crate) const DROPIN_ATTR_READ: u32 = 1 << 0;

@@ -28,9 +28,10 @@ mod kernel_api;
 #[allow(dead_code, reason = "the register map mirrors the spec")]
 mod regs;
 mod uapi;
+mod user_queue;
 
 // The wrappers keep their short paths (`crate::pci`, ...) for the driver logic.
-use kernel_api::{cred, debugfs, delay, dma, hmm, irq, misc, mm, mmu, pci, poll};
+use kernel_api::{cred, debugfs, delay, dma, hmm, irq, misc, mm, mmu, pci, poll, vma};
 
 #[cfg(not(CONFIG_MMU_NOTIFIER))]
 compile_error!("rmnic needs CONFIG_MMU_NOTIFIER (select it with CONFIG_RMNIC_TESTBED)");

@@ -47,3 +47,6 @@ unsafe impl AsBytes for SegmentExport {}
 unsafe impl FromBytes for SegmentAttach {}
 // SAFETY: as above.
 unsafe impl AsBytes for SegmentAttach {}
+// SAFETY: `UserQueue` is `repr(C)`, 32 bytes of integers (4 × u32, 2 × u64) with no padding
+// (checked by the shared file's const assertion).
+unsafe impl AsBytes for UserQueue {}

@@ -70,6 +70,12 @@ fn every_driver_constant_matches_the_device_model() {
         r::CAPS_CONTEXTS_MASK as CAPS_CONTEXTS_MASK,
         r::CAPS_SEGMENTS as CAPS_SEGMENTS,
         r::CAPS_DROPIN_LIST as CAPS_DROPIN_LIST,
+        r::CAPS_INLINE_QUEUE as CAPS_INLINE_QUEUE,
+        r::UQ_DOORBELL_BASE as UQ_DOORBELL_BASE,
+        r::UQ_DOORBELL_STRIDE as UQ_DOORBELL_STRIDE,
+        r::CQ_FORMAT as CQ_FORMAT,
+        r::CQ_FORMAT_INLINE as CQ_FORMAT_INLINE,
+        r::INLINE_SLOT_SIZE as INLINE_SLOT_SIZE,
         f::FAULT_REC_FLAGS as FAULT_REC_FLAGS,
         f::FAULT_REC_SLOT as FAULT_REC_SLOT,
         f::FAULT_FLAG_SEGMENT as FAULT_FLAG_SEGMENT,
@@ -132,6 +138,7 @@ fn every_driver_constant_matches_the_device_model() {
         r::CTX_CONTROL_ENABLE as CTX_CONTROL_ENABLE,
         r::CTX_STATUS_STATE_MASK as CTX_STATUS_STATE_MASK,
         r::CTX_STATE_FREE as CTX_STATE_FREE,
+        r::CTX_STATE_ACTIVE as CTX_STATE_ACTIVE,
         r::DROPIN_ATTR_READ as DROPIN_ATTR_READ,
         r::DROPIN_ATTR_WRITE as DROPIN_ATTR_WRITE,
         r::DROPIN_ATTR_2M as DROPIN_ATTR_2M,
@@ -212,6 +219,8 @@ fn c_header_matches_rust_abi() {
     assert!(header.contains("_IOW('r', 0x06, __u64)"));
     assert!(header.contains("_IOWR('r', 0x07, struct rmnic_segment_attach)"));
     assert!(header.contains("_IOW('r', 0x08, __u32)"));
+    assert!(header.contains("_IOW('r', 0x09, __u32)"));
+    assert!(header.contains("_IOR('r', 0x0a, struct rmnic_user_queue)"));
 }
 
 /// C expressions over rmnic.h, each with the value the Rust ABI gives it: struct sizes and
@@ -291,6 +300,32 @@ fn c_expressions() -> Vec<(&'static str, u64)> {
         ("RMNIC_IOC_ATTACH", abi::IOC_ATTACH.into()),
         ("RMNIC_IOC_DETACH", abi::IOC_DETACH.into()),
         ("RMNIC_IOC_FAULT_AHEAD", abi::IOC_FAULT_AHEAD.into()),
+        ("RMNIC_IOC_USER_QUEUE", abi::IOC_USER_QUEUE.into()),
+        (
+            "sizeof(struct rmnic_user_queue)",
+            size_of::<abi::UserQueue>() as u64,
+        ),
+        (
+            "offsetof(struct rmnic_user_queue, completions_offset)",
+            offset_of!(abi::UserQueue, completions_offset) as u64,
+        ),
+        (
+            "offsetof(struct rmnic_user_queue, map_length)",
+            offset_of!(abi::UserQueue, map_length) as u64,
+        ),
+        (
+            "offsetof(struct rmnic_user_queue, doorbell_offset)",
+            offset_of!(abi::UserQueue, doorbell_offset) as u64,
+        ),
+        ("RMNIC_USER_QUEUE_MMAP_OFFSET", abi::USER_QUEUE_MMAP_OFFSET),
+        (
+            "RMNIC_USER_DOORBELL_MMAP_OFFSET",
+            abi::USER_DOORBELL_MMAP_OFFSET,
+        ),
+        ("RMNIC_USER_QUEUE_SLOTS", abi::USER_QUEUE_SLOTS.into()),
+        ("RMNIC_USER_SLOT_SIZE", abi::USER_SLOT_SIZE.into()),
+        ("RMNIC_USER_TAIL_OFFSET", abi::USER_TAIL_OFFSET.into()),
+        ("RMNIC_USER_HEAD_OFFSET", abi::USER_HEAD_OFFSET.into()),
         ("RMNIC_OP_NOP", opcode::NOP.into()),
         ("RMNIC_OP_COPY", opcode::COPY.into()),
         ("RMNIC_OP_FILL", opcode::FILL.into()),

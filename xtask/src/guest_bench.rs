@@ -84,6 +84,10 @@ fn describe(metric: &str, mode: HostMode) -> (&'static str, Option<Goal>) {
         "copy-2m" => ("CPU memcpy of the same buffers", Some(Goal::AtLeast(0.8))),
         m if m.starts_with("copy-") => ("CPU memcpy of the same buffers", None),
         m if m.starts_with("submit-batch-") => ("a bare ioctl (RMNIC_IOC_STATS), per call", None),
+        m if m.starts_with("user-submit-batch-") => (
+            "the same batch through the kernel (RMNIC_IOC_SUBMIT + RMNIC_IOC_WAIT), same process",
+            None,
+        ),
         m if m.starts_with("miss-service-") => {
             ("the CPU's first-touch fault, per 4 KiB page", None)
         }

@@ -5,14 +5,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestAddress;
 
 use crate::addr::PageSize;
 use crate::commands::{
     decode, Command, Completion, Operation, Status, COMMAND_SIZE, COMPLETION_SIZE,
 };
-use crate::context::{Context, ContextState, InFlight, PendingFault};
+use crate::context::{CommandQueue, Context, ContextState, InFlight, PendingFault};
 use crate::engine::access::Miss;
+use crate::engine::dma::Dma;
 use crate::engine::exec::Step;
 use crate::engine::scheduler::Job;
 use crate::engine::{lock, Shared};
@@ -101,19 +103,37 @@ impl Shared {
     }
 
     /// Pops the next command of `ctx` into its in-flight slot (or completes it at once if it
-    /// cannot execute). Ok(false) when the available ring is empty.
+    /// cannot execute). Ok(false) when the queue is empty.
     fn pop_command(&self, ctx: &mut Context) -> Result<bool, ErrorCode> {
         let dma = self.dma(DmaPurpose::CommandQueue);
-        let next_avail = ctx.queue.next_avail();
-        let avail = ctx
-            .queue
-            .avail_idx(&dma, std::sync::atomic::Ordering::Acquire)
+        let popped = match &mut ctx.queue {
+            CommandQueue::Split(queue) => Self::pop_split(queue, &dma)?,
+            CommandQueue::Inline(queue) => queue
+                .pop(&dma)?
+                .map(|cmd| (cmd.slot, cmd.completion, cmd.record)),
+        };
+        let Some((head, completion, bytes)) = popped else {
+            return Ok(false);
+        };
+        self.start_command(ctx, head, completion, &bytes)?;
+        Ok(true)
+    }
+
+    /// The next descriptor chain of a split queue: (head, completion address, command
+    /// record), or None when the available ring is empty.
+    fn pop_split(
+        queue: &mut Queue,
+        dma: &Dma<'_>,
+    ) -> Result<Option<(u16, GuestAddress, [u8; COMMAND_SIZE])>, ErrorCode> {
+        let next_avail = queue.next_avail();
+        let avail = queue
+            .avail_idx(dma, std::sync::atomic::Ordering::Acquire)
             .map_err(|_| ErrorCode::QueueDma)?;
         if avail.0 == next_avail {
-            return Ok(false);
+            return Ok(None);
         }
         let chain = {
-            let mut iter = ctx.queue.iter(&dma).map_err(|error| match error {
+            let mut iter = queue.iter(dma).map_err(|error| match error {
                 virtio_queue::Error::InvalidAvailRingIndex => ErrorCode::AvailIndex,
                 _ => ErrorCode::QueueDma,
             })?;
@@ -135,11 +155,23 @@ impl Shared {
         let mut bytes = [0u8; COMMAND_SIZE];
         dma.read(first.addr(), &mut bytes)
             .map_err(|_| ErrorCode::QueueDma)?;
-        match decode(&bytes) {
+        Ok(Some((head, second.addr(), bytes)))
+    }
+
+    /// Decodes a popped command record into the context's in-flight slot, or completes it at
+    /// once when it cannot execute (§7.2's checks).
+    fn start_command(
+        &self,
+        ctx: &mut Context,
+        head: u16,
+        completion: GuestAddress,
+        bytes: &[u8; COMMAND_SIZE],
+    ) -> Result<(), ErrorCode> {
+        match decode(bytes) {
             Ok(command) => {
                 ctx.inflight = Some(InFlight {
                     head,
-                    completion: second.addr(),
+                    completion,
                     command,
                     progress: 0,
                     remote_retries: 0,
@@ -148,7 +180,7 @@ impl Shared {
             Err(rejected) => {
                 let inflight = InFlight {
                     head,
-                    completion: second.addr(),
+                    completion,
                     command: Command {
                         id: rejected.id,
                         interrupt: rejected.interrupt,
@@ -167,7 +199,7 @@ impl Shared {
                 self.complete(ctx, &inflight, completion)?;
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Writes `completion` for `inflight`, then publishes it in the used ring (release
@@ -181,11 +213,17 @@ impl Shared {
         self.dma(DmaPurpose::Completion)
             .write(inflight.completion, &completion.to_bytes())
             .map_err(|_| ErrorCode::QueueDma)?;
-        // CAST: the completion record is 32 bytes.
-        let used_len = COMPLETION_SIZE as u32;
-        ctx.queue
-            .add_used(&self.dma(DmaPurpose::CommandQueue), inflight.head, used_len)
-            .map_err(|_| ErrorCode::QueueDma)?;
+        let dma = self.dma(DmaPurpose::CommandQueue);
+        match &mut ctx.queue {
+            CommandQueue::Split(queue) => {
+                // CAST: the completion record is 32 bytes.
+                let used_len = COMPLETION_SIZE as u32;
+                queue
+                    .add_used(&dma, inflight.head, used_len)
+                    .map_err(|_| ErrorCode::QueueDma)?;
+            }
+            CommandQueue::Inline(queue) => queue.publish(&dma)?,
+        }
         self.stats.count(GlobalCounter::CommandsCompleted, 1);
         if completion.status == Status::DeviceError {
             self.stats.count(GlobalCounter::Errors, 1);

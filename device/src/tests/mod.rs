@@ -7,6 +7,7 @@ mod errors;
 mod fabric;
 mod faults;
 pub(crate) mod harness;
+mod inline_queue;
 mod proptests;
 mod registers;
 mod segments;

@@ -47,8 +47,8 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 fn bring_up_reports_identity_capabilities_geometry_and_enabled() {
     let mut h = Harness::new();
     assert_eq!(h.read32(REG_ID), RMNIC_ID_MAGIC);
-    assert_eq!(h.read32(REG_VERSION), 0x0001_0004);
-    assert_eq!(h.read32(REG_CAPS), 0x0004_0740);
+    assert_eq!(h.read32(REG_VERSION), 0x0001_0005);
+    assert_eq!(h.read32(REG_CAPS), 0x0004_0F40);
     assert_eq!(h.read32(REG_TLB_GEOMETRY), 0x0004_0100);
     assert_eq!(h.read32(REG_DEV_STATUS), 0);
     h.bring_up(64, 64);

@@ -10,7 +10,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define RMNIC_ABI_VERSION 5
+#define RMNIC_ABI_VERSION 6
 
 struct rmnic_version_info {
 	__u32 abi_version;
@@ -153,5 +153,28 @@ struct rmnic_segment_attach {
 #define RMNIC_MAX_FAULT_AHEAD 512
 #define RMNIC_DEFAULT_FAULT_AHEAD 16
 #define RMNIC_IOC_FAULT_AHEAD _IOW('r', 0x09, __u32)	/* argument: pointer to the window */
+
+/*
+ * ABI 6 (device 1.5): user-level submission. RMNIC_IOC_USER_QUEUE hands the context's queue
+ * to the process; mmap the queue at RMNIC_USER_QUEUE_MMAP_OFFSET (map_length bytes) and the
+ * doorbell page at doorbell_offset. Post: command into slot tail % slots, store tail + 1
+ * (release), write 32 bits at the doorbell page's offset 0; done when head passes it.
+ */
+struct rmnic_user_queue {
+	__u32 slots;
+	__u32 slot_size;
+	__u32 completions_offset;
+	__u32 indices_offset;	/* __u32 tail at +0, __u32 head at +4 */
+	__u64 map_length;
+	__u64 doorbell_offset;
+};
+
+#define RMNIC_IOC_USER_QUEUE _IOR('r', 0x0a, struct rmnic_user_queue)
+#define RMNIC_USER_QUEUE_MMAP_OFFSET 0
+#define RMNIC_USER_DOORBELL_MMAP_OFFSET (1 << 20)
+#define RMNIC_USER_QUEUE_SLOTS 256
+#define RMNIC_USER_SLOT_SIZE 64
+#define RMNIC_USER_TAIL_OFFSET 0
+#define RMNIC_USER_HEAD_OFFSET 4
 
 #endif /* RMNIC_UAPI_H */

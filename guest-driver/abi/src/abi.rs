@@ -6,10 +6,10 @@
 //! (`include/rmnic.h`) and both Rust sides agree byte for byte.
 
 /// Version of this ABI. Bumped on every incompatible change; reported by [`IOC_VERSION`].
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Driver version as `major << 16 | minor << 8 | patch`.
-pub const DRIVER_VERSION: u32 = 0x00_05_00;
+pub const DRIVER_VERSION: u32 = 0x00_06_00;
 
 /// The ioctl "type" byte of every rmnic ioctl (`'r'`).
 pub const IOC_TYPE: u32 = b'r' as u32;
@@ -353,3 +353,58 @@ pub const IOC_FAULT_AHEAD: u32 = ioc(IOC_WRITE, 0x09, core::mem::size_of::<u32>(
 pub const MAX_FAULT_AHEAD: u32 = 512;
 /// The fault-ahead window a context starts with, in pages.
 pub const DEFAULT_FAULT_AHEAD: u32 = 16;
+
+// ---------------------------------------------------------------------------------------------
+// User-level submission (ABI 6, device 1.5): the process posts commands into a queue it maps
+// and rings its context's own doorbell page, with no system call (docs/driver.md).
+// ---------------------------------------------------------------------------------------------
+
+/// Answer of [`IOC_USER_QUEUE`]: the layout of the context's user queue.
+///
+/// `mmap(NULL, map_length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, USER_QUEUE_MMAP_OFFSET)`
+/// maps the queue: `slots` command slots of `slot_size` bytes at offset 0 (slot *i* holds a
+/// [`Command`]), `slots` [`Completion`]s at `completions_offset` (slot *i*'s completion at
+/// `completions_offset + i × 32`), and at `indices_offset` the producer's `u32` tail (+0) and
+/// the device's `u32` head (+4), both free-running counts of commands. `mmap(NULL, 4096,
+/// PROT_WRITE, MAP_SHARED, fd, doorbell_offset)` maps the doorbell page: a 32-bit write at its
+/// offset 0 rings the context's doorbell. To post: write the command into slot `tail % slots`,
+/// store `tail + 1` with release ordering, write the doorbell. A command is done when the
+/// head (read with acquire ordering) has passed it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserQueue {
+    /// Command slots (a power of two).
+    pub slots: u32,
+    /// Bytes per slot.
+    pub slot_size: u32,
+    /// Offset of the completion array in the queue mapping.
+    pub completions_offset: u32,
+    /// Offset of the index block (tail, head) in the queue mapping.
+    pub indices_offset: u32,
+    /// Length to map at [`USER_QUEUE_MMAP_OFFSET`].
+    pub map_length: u64,
+    /// The `mmap` offset of the doorbell page ([`USER_DOORBELL_MMAP_OFFSET`]).
+    pub doorbell_offset: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<UserQueue>() == 32);
+
+/// `_IOR('r', 0x0a, UserQueue)`: hands the context's command queue to the calling process
+/// (device 1.5, `CAPS_INLINE_QUEUE`; else `ENOTTY`) and returns its layout. The context must
+/// have no command of [`IOC_SUBMIT`] outstanding (`EBUSY`); from then on [`IOC_SUBMIT`] and
+/// [`IOC_WAIT`] fail with `EINVAL`, and the process posts through the mapped queue. Calling it
+/// again returns the same layout. Only the process that opened the context may call it or map
+/// the queue (`EPERM`); the mappings are not inherited across `fork` (`VM_DONTCOPY`).
+pub const IOC_USER_QUEUE: u32 = ioc(IOC_READ, 0x0a, core::mem::size_of::<UserQueue>());
+/// `mmap` offset of the user queue.
+pub const USER_QUEUE_MMAP_OFFSET: u64 = 0;
+/// `mmap` offset of the context's doorbell page.
+pub const USER_DOORBELL_MMAP_OFFSET: u64 = 1 << 20;
+/// Command slots of a user queue.
+pub const USER_QUEUE_SLOTS: u32 = 256;
+/// Bytes per user queue slot.
+pub const USER_SLOT_SIZE: u32 = 64;
+/// Offset of the tail in the index block.
+pub const USER_TAIL_OFFSET: u32 = 0;
+/// Offset of the head in the index block.
+pub const USER_HEAD_OFFSET: u32 = 4;

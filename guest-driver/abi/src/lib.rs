@@ -9,6 +9,9 @@
 
 #[path = "abi.rs"]
 pub mod abi;
+mod user_queue;
+
+pub use user_queue::UserQueue;
 
 pub use abi::{
     opcode, permit, segment_address, status, Command, Completion, ContextStats, ScratchProbe,
@@ -37,6 +40,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Mapping part of the context's file failed.
+    #[error("Cannot map {what}")]
+    Mmap {
+        /// What was mapped.
+        what: &'static str,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// An ioctl failed.
     #[error("ioctl {name} failed")]
     Ioctl {
@@ -53,7 +65,9 @@ impl Error {
     /// callers can tell EACCES from EPERM, ENOENT, ENOSPC, EINVAL.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Self::Open { source, .. } | Self::Ioctl { source, .. } => source.raw_os_error(),
+            Self::Open { source, .. } | Self::Ioctl { source, .. } | Self::Mmap { source, .. } => {
+                source.raw_os_error()
+            }
         }
     }
 }
@@ -63,7 +77,7 @@ impl Error {
 /// coherent with its page tables.
 #[derive(Debug)]
 pub struct Context {
-    file: File,
+    pub(crate) file: File,
 }
 
 /// A command that completed with a status other than OK.
@@ -264,6 +278,15 @@ impl Context {
             });
         }
         Ok(rc > 0 && fd.revents & libc::POLLIN != 0)
+    }
+
+    /// Takes the context's command queue into this process (ABI 6, device 1.5): commands are
+    /// then posted through the returned [`UserQueue`] with no system call, and
+    /// [`Self::submit`] and [`Self::wait`] fail with `EINVAL` for the rest of the context's
+    /// life. `ENOTTY` on a device without inline queues, `EBUSY` while commands submitted with
+    /// [`Self::submit`] are outstanding.
+    pub fn user_queue(&self) -> Result<UserQueue<'_>, Error> {
+        UserQueue::open(self)
     }
 
     /// This context's counters.
@@ -562,7 +585,12 @@ impl Context {
         Ok(self.execute(cmd)?.map(|c| c.result))
     }
 
-    fn ioctl<T>(&self, name: &'static str, request: u32, arg: &mut T) -> Result<(), Error> {
+    pub(crate) fn ioctl<T>(
+        &self,
+        name: &'static str,
+        request: u32,
+        arg: &mut T,
+    ) -> Result<(), Error> {
         // SAFETY: `request` encodes the size of `T` (see `abi`), so the driver reads and writes
         // at most `size_of::<T>()` bytes through the pointer, which is valid and exclusive for
         // the duration of the call.

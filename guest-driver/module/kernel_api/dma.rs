@@ -143,6 +143,30 @@ impl CoherentBuffer {
         })
     }
 
+    /// Maps the whole buffer into `vma` from its start (`dma_mmap_coherent`), for a device
+    /// queue a process drives itself. Fails with `ENXIO` if the area is longer than the
+    /// buffer (rounded up to pages) or its offset is not 0.
+    pub(crate) fn map_into(&self, vma: &mut crate::vma::Vma<'_>) -> Result {
+        if vma.offset() != 0 {
+            return Err(ENXIO);
+        }
+        // SAFETY: `dev`, `cpu` and `dma` describe a live `dma_alloc_coherent` allocation of
+        // `alloc_len` bytes (type invariant); `vma.as_raw()` is the area of the running `mmap`
+        // call. The mapping (remap_pfn_range, VM_IO | VM_PFNMAP) holds no page references: the
+        // owner keeps the buffer until the file is released, which the mapping's file
+        // reference delays until the area is unmapped.
+        to_result(unsafe {
+            bindings::dma_mmap_attrs(
+                self.dev,
+                vma.as_raw(),
+                self.cpu.as_ptr().cast(),
+                self.dma,
+                self.alloc_len,
+                0,
+            )
+        })
+    }
+
     /// Usable length in bytes (as requested).
     pub(crate) fn len(&self) -> usize {
         self.len

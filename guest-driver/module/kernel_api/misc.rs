@@ -27,6 +27,7 @@ use kernel::sync::Arc;
 use kernel::types::{ForeignOwnable, Opaque};
 
 use crate::poll::PollTable;
+use crate::vma::Vma;
 
 /// `MISC_DYNAMIC_MINOR`: let the misc core pick the minor number.
 const MISC_DYNAMIC_MINOR: c_int = 255;
@@ -50,6 +51,13 @@ pub(crate) trait FileOps {
     /// `poll()`: registers the file's wait queues with `table` and returns the ready mask.
     fn poll(_shared: &Self::Shared, _file: &Self::Open, _table: &PollTable) -> u32 {
         0
+    }
+
+    /// `mmap()`: fills `vma` or refuses (the default: `ENODEV`, the file cannot be mapped).
+    /// Runs with the mmap lock held for writing: must not take a lock that is ever held while
+    /// the mmap lock is taken.
+    fn mmap(_shared: &Self::Shared, _file: &Self::Open, _vma: &mut Vma<'_>) -> Result {
+        Err(ENODEV)
     }
 }
 
@@ -86,6 +94,7 @@ impl<T: FileOps + 'static> FileOperations<T> {
                 release: Some(release_callback::<T>),
                 unlocked_ioctl: Some(ioctl_callback::<T>),
                 poll: Some(poll_callback::<T>),
+                mmap: Some(mmap_callback::<T>),
                 // SAFETY: all-zero is a valid `file_operations`: null pointers and `None`
                 // callbacks for everything not set above.
                 ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
@@ -220,4 +229,19 @@ unsafe extern "C" fn poll_callback<T: FileOps + 'static>(
     // SAFETY: these are the arguments of this running poll call.
     let table = unsafe { PollTable::from_raw(file, table) };
     T::poll(&state.shared, &state.open, &table)
+}
+
+unsafe extern "C" fn mmap_callback<T: FileOps + 'static>(
+    file: *mut bindings::file,
+    vma: *mut bindings::vm_area_struct,
+) -> c_int {
+    // SAFETY: `open_callback` stored a `KBox<OpenFile<T>>` foreign pointer that `release` has
+    // not reclaimed yet (release cannot run while a file operation is in progress).
+    let state = unsafe { KBox::<OpenFile<T>>::borrow((*file).private_data) };
+    // SAFETY: `vma` is the area of this running mmap call, and `area` does not outlive it.
+    let mut area = unsafe { Vma::from_raw(vma) };
+    match T::mmap(&state.shared, &state.open, &mut area) {
+        Ok(()) => 0,
+        Err(err) => err.to_errno(),
+    }
 }

@@ -21,3 +21,4 @@ pub(crate) mod mm;
 pub(crate) mod mmu;
 pub(crate) mod pci;
 pub(crate) mod poll;
+pub(crate) mod vma;

@@ -113,6 +113,13 @@ impl Device {
         Ok(value)
     }
 
+    /// Bus (physical) address where BAR `bar` starts; 0 for an unassigned BAR.
+    pub(crate) fn resource_start(&self, bar: i32) -> u64 {
+        // SAFETY: `self.as_raw()` is a valid device (type invariant); the helper only reads
+        // its resource table.
+        unsafe { bindings::pci_resource_start(self.as_raw(), bar) }
+    }
+
     /// Length in bytes of BAR `bar` (0 if absent).
     pub(crate) fn resource_len(&self, bar: i32) -> u64 {
         // SAFETY: valid device by the type invariant; the helper only reads `pdev->resource`.

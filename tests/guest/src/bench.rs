@@ -194,6 +194,9 @@ fn timed(count: usize, mut f: impl FnMut()) -> f64 {
 fn submission(plan: &Plan) -> Result<()> {
     const COMMANDS: usize = 2048;
     let device = Context::open()?;
+    // User-level submission (ABI 6): a second context whose queue this process drives itself.
+    let user_ctx = Context::open()?;
+    let mut user = user_ctx.user_queue()?;
     for _ in 0..plan.samples {
         for batch in [1usize, 16, 256] {
             let start = Instant::now();
@@ -207,7 +210,48 @@ fn submission(plan: &Plan) -> Result<()> {
                 let _ = device.stats();
             });
             sample(&format!("submit-batch-{batch}"), "ns", ours, Some(syscall));
+            let start = Instant::now();
+            let mut done = 0;
+            while done < COMMANDS {
+                run_user_batch(&mut user, batch)?;
+                done += batch;
+            }
+            let mine = per(start.elapsed(), done);
+            sample(
+                &format!("user-submit-batch-{batch}"),
+                "ns",
+                mine,
+                Some(ours),
+            );
         }
+    }
+    Ok(())
+}
+
+/// Posts `batch` NOPs in the process's own queue, rings once, waits for the head to pass
+/// them (no system call), and checks every completion.
+fn run_user_batch(queue: &mut rmnic_abi::UserQueue<'_>, batch: usize) -> Result<()> {
+    // CAST: batches are at most 256, the queue's slots.
+    let first = queue.tail();
+    for i in 0..batch {
+        let nop = command(opcode::NOP, Address::Local(0), Address::Local(0));
+        let nop = rmnic_abi::Command {
+            id: u64::from(first) + i as u64,
+            ..nop
+        };
+        ensure!(
+            queue.post(&nop).is_some(),
+            "user queue full with {i} of {batch} posted"
+        );
+    }
+    queue.ring();
+    queue.wait_head(queue.tail(), Duration::from_secs(10))?;
+    for n in first..queue.tail() {
+        let done = queue.completion(n);
+        ensure!(
+            done.status == 0 && done.id == u64::from(n),
+            "user queue: NOP {n} completed {done:?}"
+        );
     }
     Ok(())
 }

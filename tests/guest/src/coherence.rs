@@ -123,7 +123,7 @@ fn ops(dev: &Context, c: &mut Checks) -> Result<()> {
         queued == 64 && in_order && dst.read_u64(32) == 64,
         format!("queued {queued}, word {}", dst.read_u64(32)),
     );
-    Ok(())
+    crate::scenarios::user_queue::checks(c)
 }
 
 /// First touch of a fresh buffer drops every page in once, in at most one miss per page

@@ -15,6 +15,7 @@ pub mod remap;
 pub mod scale;
 pub mod setup;
 pub mod share;
+pub mod user_queue;
 
 use anyhow::{bail, Result};
 use rmnic_abi::status;
