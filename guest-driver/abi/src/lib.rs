@@ -80,6 +80,13 @@ pub struct Context {
     pub(crate) file: File,
 }
 
+impl AsRawFd for Context {
+    /// The context's file, for `poll`/`epoll` (and `mmap`, see [`UserQueue`]).
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 /// A command that completed with a status other than OK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("Command {id} failed: {} at {fault_va:#x}", status_name(*status))]

@@ -139,10 +139,24 @@ pub fn checks(c: &mut Checks) -> Result<()> {
         Err(_) => 2,
         Ok(_) => 1,
     })?;
+    // Nor may it map the queue through the file it inherited.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&dev);
+    let len = layout.map_length as usize;
+    let mapped = in_child(move || {
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: a new shared mapping of the inherited file; the kernel picks the address.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        match (p == libc::MAP_FAILED, errno) {
+            (true, Some(libc::EPERM)) => 0,
+            (true, _) => 2,
+            (false, _) => 1,
+        }
+    })?;
     c.check(
         "user-queue-not-inherited",
-        touched == 128 + libc::SIGSEGV && took == 0,
-        format!("child touching the queue: status {touched} (want SIGSEGV, 139); child taking the queue: {took} (want 0, EPERM)"),
+        touched == 128 + libc::SIGSEGV && took == 0 && mapped == 0,
+        format!("child touching the queue: status {touched} (want SIGSEGV, 139); child taking the queue: {took}, child mapping it: {mapped} (want 0, EPERM, for both)"),
     );
     drop(q);
     Ok(())
