@@ -111,6 +111,10 @@ enum Cmd {
         /// Extra words for the guest kernel's command line (e.g. `clocksource=tsc`).
         #[arg(long, allow_hyphen_values = true)]
         guest_append: Option<String>,
+        /// One more option for whatever hosts the device, as for `run` (e.g.
+        /// `--device-arg=--doorbells --device-arg=exit`; repeatable).
+        #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+        device_arg: Vec<String>,
     },
     /// Build QEMU 10.2.2 from Debian's source package (cached) and print how to use it as the
     /// emulated host (`RMNIC_QEMU`, `RMNIC_QEMU_DATA`, or `soak --qemu`).
@@ -275,6 +279,7 @@ fn real_main() -> Result<ExitCode> {
             host_cpu,
             host_append,
             guest_append,
+            device_arg,
         } => {
             deps::ensure()?;
             images::build(&repo)?;
@@ -301,6 +306,7 @@ fn real_main() -> Result<ExitCode> {
                 seconds,
                 host,
                 guest_append,
+                device_args: device_arg,
             }
             .run()
         }

@@ -38,6 +38,8 @@ pub struct Soak {
     pub host: EmulatedHost,
     /// Extra guest kernel words; `None` keeps `RMNIC_GUEST_APPEND`.
     pub guest_append: Option<String>,
+    /// More options for whatever hosts the device (e.g. `--doorbells exit`).
+    pub device_args: Vec<String>,
 }
 
 impl Soak {
@@ -61,6 +63,7 @@ impl Soak {
         let words: Vec<&str> = command.iter().map(String::as_str).collect();
         let mut guest = GuestRun::new(&words);
         guest.host = Some(self.host.clone());
+        guest.device_args = self.device_args.clone();
         if let Some(append) = &self.guest_append {
             guest.guest_append = append.clone();
         }
@@ -86,6 +89,12 @@ impl Soak {
         ));
         if !guest.guest_append.is_empty() {
             eprintln!("    guest kernel gets: {}", guest.guest_append);
+        }
+        if !guest.device_args.is_empty() {
+            eprintln!(
+                "    the device's host gets: {}",
+                guest.device_args.join(" ")
+            );
         }
         eprintln!("    consoles of failed boots go to {}", logs.display());
         let mut results: Vec<(Verdict, Duration)> = Vec::new();
