@@ -62,6 +62,9 @@ impl CommandQueue {
         hw.ctx_write(ctx, CQ_USED_LO, used as u32)?;
         hw.ctx_write(ctx, CQ_USED_HI, (used >> 32) as u32)?;
         hw.ctx_write(ctx, CQ_SIZE, QUEUE_SIZE)?;
+        // A context's registers outlive it: the slot's previous owner may have left an inline
+        // queue's format behind (device 1.5; an older device ignores the write).
+        hw.ctx_write(ctx, CQ_FORMAT, CQ_FORMAT_SPLIT)?;
         hw.ctx_write(ctx, CQ_READY, 1)
     }
 

@@ -180,6 +180,9 @@ pub(crate) struct Context {
     /// Where the miss path writes drop-in lists (device 1.4), used only under the mirror's
     /// update lock; None when the device has no drop-in lists (one DROPIN per translation).
     dropin_list: Option<CoherentBuffer>,
+    /// The record count the device's list registers of this context hold (0: address and
+    /// count not written yet), so a miss writes only what changed; under `Mirror::update`.
+    dropin_list_programmed: AtomicU32,
     /// Fault-ahead window in pages (`RMNIC_IOC_FAULT_AHEAD`): 1..=`MAX_FAULT_AHEAD`.
     fault_ahead: AtomicU32,
     #[pin]
@@ -237,6 +240,7 @@ impl Context {
                 notifier,
                 queue_mem,
                 dropin_list,
+                dropin_list_programmed: AtomicU32::new(0),
                 fault_ahead: AtomicU32::new(uapi::DEFAULT_FAULT_AHEAD),
                 queue <- new_mutex!(QueueState { indices: Indices { submitted: 0, collected: 0 } },
                                     "rmnic::Context::queue"),
@@ -686,7 +690,12 @@ impl Context {
             if let (Some(list), true) = (&self.dropin_list, listed > 0) {
                 mirror
                     .rmnic
-                    .drop_in_list(mirror.index, list.dma_addr(), listed)?;
+                    .drop_in_list(
+                        mirror.index,
+                        list.dma_addr(),
+                        listed,
+                        &self.dropin_list_programmed,
+                    )?;
             }
             return Ok(());
         }

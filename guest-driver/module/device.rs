@@ -5,7 +5,7 @@
 //! kernel APIs go through the wrapper modules.
 
 use core::pin::Pin;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex, SpinLock};
@@ -211,11 +211,28 @@ impl Rmnic {
 
     /// Installs the `count` records of the drop-in list at bus address `list` for context
     /// `ctx` (device 1.4: one command instead of six register writes per translation).
-    pub(crate) fn drop_in_list(&self, ctx: usize, list: u64, count: usize) -> Result {
+    /// `programmed` is the count the context's list registers hold (0: none written yet); the
+    /// caller serialises calls for one context (its `Mirror::update`). The address never
+    /// changes and the count seldom does, and under a VMM every register write is a VM exit,
+    /// so only what changed is written: a miss costs the command and the flushing read.
+    pub(crate) fn drop_in_list(
+        &self,
+        ctx: usize,
+        list: u64,
+        count: usize,
+        programmed: &AtomicU32,
+    ) -> Result {
         // CAST: count <= DROPIN_LIST_MAX.
-        self.hw.ctx_write(ctx, DROPIN_LIST_LO, list as u32)?;
-        self.hw.ctx_write(ctx, DROPIN_LIST_HI, (list >> 32) as u32)?;
-        self.hw.ctx_write(ctx, DROPIN_LIST_COUNT, count as u32)?;
+        let count = count as u32;
+        let last = programmed.load(Ordering::Relaxed);
+        if last == 0 {
+            self.hw.ctx_write(ctx, DROPIN_LIST_LO, list as u32)?;
+            self.hw.ctx_write(ctx, DROPIN_LIST_HI, (list >> 32) as u32)?;
+        }
+        if last != count {
+            self.hw.ctx_write(ctx, DROPIN_LIST_COUNT, count)?;
+            programmed.store(count, Ordering::Relaxed);
+        }
         self.context_command(ctx, CTX_CMD_DROPIN_LIST)?;
         // The command write may be posted: the read flushes it, so the device has read the
         // list before the caller writes the next one into the same memory (spec §5).

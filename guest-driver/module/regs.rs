@@ -129,6 +129,9 @@ pub(crate) const DROPIN_LIST_HI: usize = 0x74;
 pub(crate) const DROPIN_LIST_COUNT: usize = 0x78;
 /// Command queue format (device 1.5): [`CQ_FORMAT_INLINE`] for a user queue.
 pub(crate) const CQ_FORMAT: usize = 0x7C;
+/// `CQ_FORMAT`: split virtqueue (the reset value; a driver writes it anyway, since a context
+/// slot keeps its registers from one owner to the next).
+pub(crate) const CQ_FORMAT_SPLIT: u32 = 0;
 /// `CQ_FORMAT`: inline queue (slots, completions, index block; device 1.5).
 pub(crate) const CQ_FORMAT_INLINE: u32 = 1;
 /// Bytes per inline queue slot.

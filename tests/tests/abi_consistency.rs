@@ -74,6 +74,7 @@ fn every_driver_constant_matches_the_device_model() {
         r::UQ_DOORBELL_BASE as UQ_DOORBELL_BASE,
         r::UQ_DOORBELL_STRIDE as UQ_DOORBELL_STRIDE,
         r::CQ_FORMAT as CQ_FORMAT,
+        r::CQ_FORMAT_SPLIT as CQ_FORMAT_SPLIT,
         r::CQ_FORMAT_INLINE as CQ_FORMAT_INLINE,
         r::INLINE_SLOT_SIZE as INLINE_SLOT_SIZE,
         f::FAULT_REC_FLAGS as FAULT_REC_FLAGS,
