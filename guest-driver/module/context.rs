@@ -379,6 +379,43 @@ impl Context {
         Ok(UserQueue::layout())
     }
 
+    /// `RMNIC_IOC_USER_WAIT`: sleeps until the user queue's head reaches `target`, or
+    /// `timeout_ms` passes (`EAGAIN`; 0: no limit). Every 10 ms without a wake-up it drains the fault
+    /// ring itself, as `wait` does: the process's commands make no completion interrupt, and
+    /// a lost fault interrupt would otherwise stall the context until the next one.
+    /// Interruptible.
+    pub(crate) fn user_wait(&self, target: u32, timeout_ms: u32) -> Result {
+        self.check_caller()?;
+        let queue = self.user_queue.lock().clone().ok_or(EINVAL)?;
+        let start = kernel::time::Ktime::ktime_get();
+        // The condition variable needs a mutex; `queue` is otherwise unused once the process
+        // owns its queue.
+        let mut q = self.queue.lock();
+        loop {
+            self.check_lost()?;
+            if (queue.head()?.wrapping_sub(target) as i32) >= 0 {
+                return Ok(());
+            }
+            if timeout_ms != 0 {
+                let waited = kernel::time::ktime_ms_delta(kernel::time::Ktime::ktime_get(), start);
+                if waited >= i64::from(timeout_ms) {
+                    return Err(EAGAIN);
+                }
+            }
+            match self
+                .completed
+                .wait_interruptible_timeout(&mut q, msecs_to_jiffies(10))
+            {
+                CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
+                CondVarTimeoutResult::Timeout => {
+                    self.mirror.rmnic.check_alive();
+                    self.mirror.rmnic.drain_faults();
+                }
+                CondVarTimeoutResult::Woken { .. } => {}
+            }
+        }
+    }
+
     /// `mmap` of the context's file: the user queue at `USER_QUEUE_MMAP_OFFSET`, or the
     /// context's own doorbell page (physical address `doorbell`) at
     /// `USER_DOORBELL_MMAP_OFFSET`. Only shared mappings of the process the context serves,

@@ -722,6 +722,13 @@ impl misc::FileOps for RmnicDriver {
                 Ok(0)
             }
             uapi::IOC_WAIT => wait(ctx, arg),
+            uapi::IOC_USER_WAIT => {
+                let arg: uapi::UserWait = UserSlice::new(arg, core::mem::size_of::<uapi::UserWait>())
+                    .reader()
+                    .read()?;
+                ctx.user_wait(arg.head, arg.timeout_ms)?;
+                Ok(0)
+            }
             uapi::IOC_USER_QUEUE => {
                 let layout = ctx.take_user_queue(&shared.pdev)?;
                 UserSlice::new(arg, core::mem::size_of::<uapi::UserQueue>())

@@ -50,3 +50,5 @@ unsafe impl AsBytes for SegmentAttach {}
 // SAFETY: `UserQueue` is `repr(C)`, 32 bytes of integers (4 × u32, 2 × u64) with no padding
 // (checked by the shared file's const assertion).
 unsafe impl AsBytes for UserQueue {}
+// SAFETY: `UserWait` is `repr(C)`, two `u32` with no padding; any byte pattern is valid.
+unsafe impl FromBytes for UserWait {}

@@ -78,6 +78,12 @@ impl UserQueue {
         }
     }
 
+    /// Commands the device has completed (the head it publishes, free-running).
+    pub(crate) fn head(&self) -> Result<u32> {
+        self.mem
+            .load_acquire::<u32>(INDICES_OFFSET + uapi::USER_HEAD_OFFSET as usize)
+    }
+
     /// Maps the queue into `vma` (offset 0, at most the whole queue).
     pub(crate) fn map_into(&self, vma: &mut Vma<'_>) -> Result {
         self.mem.map_into(vma)

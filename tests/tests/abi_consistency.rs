@@ -318,6 +318,11 @@ fn c_expressions() -> Vec<(&'static str, u64)> {
             "offsetof(struct rmnic_user_queue, doorbell_offset)",
             offset_of!(abi::UserQueue, doorbell_offset) as u64,
         ),
+        ("RMNIC_IOC_USER_WAIT", abi::IOC_USER_WAIT.into()),
+        (
+            "sizeof(struct rmnic_user_wait)",
+            size_of::<abi::UserWait>() as u64,
+        ),
         ("RMNIC_USER_QUEUE_MMAP_OFFSET", abi::USER_QUEUE_MMAP_OFFSET),
         (
             "RMNIC_USER_DOORBELL_MMAP_OFFSET",

@@ -177,4 +177,12 @@ struct rmnic_user_queue {
 #define RMNIC_USER_TAIL_OFFSET 0
 #define RMNIC_USER_HEAD_OFFSET 4
 
+/* Sleep until the user queue's head reaches `head` (the driver drains faults meanwhile). */
+struct rmnic_user_wait {
+	__u32 head;
+	__u32 timeout_ms;	/* then EAGAIN; 0: no limit */
+};
+
+#define RMNIC_IOC_USER_WAIT _IOW('r', 0x0b, struct rmnic_user_wait)
+
 #endif /* RMNIC_UAPI_H */

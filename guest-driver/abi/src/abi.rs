@@ -408,3 +408,23 @@ pub const USER_SLOT_SIZE: u32 = 64;
 pub const USER_TAIL_OFFSET: u32 = 0;
 /// Offset of the head in the index block.
 pub const USER_HEAD_OFFSET: u32 = 4;
+
+/// Argument of [`IOC_USER_WAIT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserWait {
+    /// Return once the queue's head has reached this count (free-running, compared with
+    /// wrap-around).
+    pub head: u32,
+    /// Give up with `EAGAIN` after this long (0: no limit).
+    pub timeout_ms: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<UserWait>() == 8);
+
+/// `_IOW('r', 0x0b, UserWait)`: sleeps until the user queue's head reaches a count. The slow
+/// path of a process that polls its head: while it sleeps the driver drains the fault ring
+/// every 10 ms itself, so a lost fault interrupt delays the process instead of stalling it
+/// (a context whose queue the kernel owns gets the same from `IOC_WAIT`). `EINVAL` without a
+/// user queue.
+pub const IOC_USER_WAIT: u32 = ioc(IOC_WRITE, 0x0b, core::mem::size_of::<UserWait>());

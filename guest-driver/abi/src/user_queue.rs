@@ -17,7 +17,7 @@ use crate::{Context, Error};
 /// (its kernel submission path refuses with `EINVAL`) until it is closed.
 #[derive(Debug)]
 pub struct UserQueue<'a> {
-    _ctx: &'a Context,
+    ctx: &'a Context,
     layout: abi::UserQueue,
     queue: *mut u8,
     doorbell: *mut u32,
@@ -70,7 +70,7 @@ impl<'a> UserQueue<'a> {
             }
         };
         Ok(Self {
-            _ctx: ctx,
+            ctx,
             layout,
             queue,
             doorbell,
@@ -155,28 +155,60 @@ impl<'a> UserQueue<'a> {
         }
     }
 
-    /// Spins (yielding the CPU) until the head reaches `count` commands, or fails with
-    /// `ETIMEDOUT` after `timeout`.
+    /// Waits until the head reaches `count` commands, or fails with `ETIMEDOUT` after
+    /// `timeout`. It polls the head (yielding the CPU now and then) while the head moves; after
+    /// [`STALL_BEFORE_SLEEP`] without progress it sleeps in the driver (`RMNIC_IOC_USER_WAIT`),
+    /// which drains the fault ring itself meanwhile: a lost fault interrupt then costs
+    /// milliseconds instead of stalling the queue.
     pub fn wait_head(&self, count: u32, timeout: Duration) -> Result<(), Error> {
         let start = Instant::now();
+        let mut last = self.head();
+        let mut moved = start;
         let mut spins = 0u32;
         while (count.wrapping_sub(self.head()) as i32) > 0 {
             spins += 1;
-            if spins.is_multiple_of(64) {
-                if start.elapsed() > timeout {
-                    return Err(Error::Ioctl {
-                        name: "user queue head",
-                        source: std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
-                    });
-                }
-                std::thread::yield_now();
-            } else {
+            if !spins.is_multiple_of(64) {
                 std::hint::spin_loop();
+                continue;
             }
+            let now = Instant::now();
+            let left = timeout.saturating_sub(now - start);
+            if left.is_zero() {
+                return Err(Error::Ioctl {
+                    name: "user queue head",
+                    source: std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                });
+            }
+            let head = self.head();
+            if head != last {
+                (last, moved) = (head, now);
+            }
+            if now - moved < STALL_BEFORE_SLEEP {
+                std::thread::yield_now();
+                continue;
+            }
+            let mut arg = abi::UserWait {
+                head: count,
+                // At least 1 ms: 0 would mean no limit.
+                timeout_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1),
+            };
+            match self
+                .ctx
+                .ioctl("RMNIC_IOC_USER_WAIT", abi::IOC_USER_WAIT, &mut arg)
+            {
+                Ok(()) => {}
+                Err(e) if e.errno() == Some(libc::EAGAIN) => {}
+                Err(e) => return Err(e),
+            }
+            moved = Instant::now();
         }
         Ok(())
     }
 }
+
+/// How long [`UserQueue::wait_head`] polls a head that does not move before it sleeps in the
+/// driver.
+pub const STALL_BEFORE_SLEEP: Duration = Duration::from_millis(5);
 
 /// The doorbell mapping's length.
 const PAGE: usize = 4096;
