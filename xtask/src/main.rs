@@ -39,8 +39,8 @@ struct Cli {
     /// How guests run: `direct` (rmnic-vmm on this machine's KVM), `emulated` (rmnic-vmm
     /// inside a QEMU TCG host with SVM), `qemu` (QEMU runs the guest, the device served over
     /// vfio-user by rmnic-device-server) or `auto` (default: `RMNIC_HOST`, else direct where
-    /// the CPU has SVM/VMX, emulated elsewhere). `test` runs the guest suite in this mode and
-    /// in `qemu` mode.
+    /// the CPU has SVM/VMX, qemu elsewhere). `test` and `bench` boot under rmnic-vmm too
+    /// (direct where the CPU allows, else emulated) as well as in `qemu` mode.
     #[arg(long, global = true)]
     host: Option<String>,
     #[command(subcommand)]
