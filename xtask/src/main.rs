@@ -429,6 +429,11 @@ fn remote_demo() -> Result<ExitCode> {
 fn boot(args: &[String], cpus: u32, control: Control) -> Result<ExitCode> {
     let images = Images::locate()?;
     let mode = HostMode::from_env()?;
+    if control.level1 == rmnic_tests::Level1::Qemu && mode != HostMode::Emulated {
+        anyhow::bail!(
+            "--level1 qemu runs QEMU inside the emulated host; it needs --host emulated (this is {mode} mode)"
+        );
+    }
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut guest = GuestRun::new(&words);
     guest.cpus = cpus;
