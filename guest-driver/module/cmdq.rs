@@ -55,12 +55,9 @@ impl CommandQueue {
         let desc = base + DESC_OFFSET as u64;
         let avail = base + AVAIL_OFFSET as u64;
         let used = base + USED_OFFSET as u64;
-        hw.ctx_write(ctx, CQ_DESC_LO, desc as u32)?;
-        hw.ctx_write(ctx, CQ_DESC_HI, (desc >> 32) as u32)?;
-        hw.ctx_write(ctx, CQ_AVAIL_LO, avail as u32)?;
-        hw.ctx_write(ctx, CQ_AVAIL_HI, (avail >> 32) as u32)?;
-        hw.ctx_write(ctx, CQ_USED_LO, used as u32)?;
-        hw.ctx_write(ctx, CQ_USED_HI, (used >> 32) as u32)?;
+        hw.ctx_write64(ctx, CQ_DESC_LO, desc)?;
+        hw.ctx_write64(ctx, CQ_AVAIL_LO, avail)?;
+        hw.ctx_write64(ctx, CQ_USED_LO, used)?;
         hw.ctx_write(ctx, CQ_SIZE, QUEUE_SIZE)?;
         // A context's registers outlive it: the slot's previous owner may have left an inline
         // queue's format behind (device 1.5; an older device ignores the write).

@@ -17,6 +17,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use kernel::prelude::*;
+use kernel::sync::lock::{mutex::MutexBackend, Guard};
 use kernel::sync::{Arc, CondVar, CondVarTimeoutResult, Mutex, SpinLock};
 use kernel::time::msecs_to_jiffies;
 use kernel::{new_condvar, new_mutex, new_spinlock};
@@ -402,17 +403,7 @@ impl Context {
                     return Err(EAGAIN);
                 }
             }
-            match self
-                .completed
-                .wait_interruptible_timeout(&mut q, msecs_to_jiffies(10))
-            {
-                CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
-                CondVarTimeoutResult::Timeout => {
-                    self.mirror.rmnic.check_alive();
-                    self.mirror.rmnic.drain_faults();
-                }
-                CondVarTimeoutResult::Woken { .. } => {}
-            }
+            self.sleep_or_drain(&mut q)?;
         }
     }
 
@@ -490,20 +481,7 @@ impl Context {
                     break;
                 }
             }
-            // Wake up periodically even without an interrupt: a lost completion or fault
-            // interrupt delays a waiter by 10 ms instead of hanging it.
-            match self
-                .completed
-                .wait_interruptible_timeout(&mut q, msecs_to_jiffies(10))
-            {
-                CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
-                CondVarTimeoutResult::Timeout => {
-                    // Lost interrupts, or a device that reset itself under us.
-                    self.mirror.rmnic.check_alive();
-                    self.mirror.rmnic.drain_faults();
-                }
-                CondVarTimeoutResult::Woken { .. } => {}
-            }
+            self.sleep_or_drain(&mut q)?;
         }
         let ready = self.queue_mem.ready(&q.indices).min(out.len() as u32);
         for slot in out.iter_mut().take(ready as usize) {
@@ -514,6 +492,26 @@ impl Context {
             .completed
             .fetch_add(u64::from(ready), Ordering::Relaxed);
         Ok(ready)
+    }
+
+    /// One sleep of a waiter (`wait`, `user_wait`) on the completion interrupt, at most 10 ms:
+    /// waking up periodically even without an interrupt makes a lost completion or fault
+    /// interrupt delay a waiter by 10 ms instead of hanging it, because a waiter that timed
+    /// out checks the device and drains the fault ring itself. Interruptible.
+    fn sleep_or_drain(&self, q: &mut Guard<'_, QueueState, MutexBackend>) -> Result {
+        match self
+            .completed
+            .wait_interruptible_timeout(q, msecs_to_jiffies(10))
+        {
+            CondVarTimeoutResult::Signal { .. } => Err(ERESTARTSYS),
+            CondVarTimeoutResult::Timeout => {
+                // Lost interrupts, or a device that reset itself under us.
+                self.mirror.rmnic.check_alive();
+                self.mirror.rmnic.drain_faults();
+                Ok(())
+            }
+            CondVarTimeoutResult::Woken { .. } => Ok(()),
+        }
     }
 
     /// `RMNIC_IOC_STATS`.

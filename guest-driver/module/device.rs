@@ -226,8 +226,7 @@ impl Rmnic {
         let count = count as u32;
         let last = programmed.load(Ordering::Relaxed);
         if last == 0 {
-            self.hw.ctx_write(ctx, DROPIN_LIST_LO, list as u32)?;
-            self.hw.ctx_write(ctx, DROPIN_LIST_HI, (list >> 32) as u32)?;
+            self.hw.ctx_write64(ctx, DROPIN_LIST_LO, list)?;
         }
         if last != count {
             self.hw.ctx_write(ctx, DROPIN_LIST_COUNT, count)?;
@@ -288,10 +287,8 @@ impl Rmnic {
 
     /// Installs a translation in the device TLB for context `ctx`.
     pub(crate) fn drop_in(&self, ctx: usize, va: u64, gpa: u64, attr: u32) -> Result {
-        self.hw.ctx_write(ctx, DROPIN_VA_LO, va as u32)?;
-        self.hw.ctx_write(ctx, DROPIN_VA_HI, (va >> 32) as u32)?;
-        self.hw.ctx_write(ctx, DROPIN_GPA_LO, gpa as u32)?;
-        self.hw.ctx_write(ctx, DROPIN_GPA_HI, (gpa >> 32) as u32)?;
+        self.hw.ctx_write64(ctx, DROPIN_VA_LO, va)?;
+        self.hw.ctx_write64(ctx, DROPIN_GPA_LO, gpa)?;
         self.hw.ctx_write(ctx, DROPIN_ATTR, attr)?;
         self.context_command(ctx, CTX_CMD_DROPIN)
     }
@@ -329,9 +326,7 @@ impl Rmnic {
         let index = ctx.index();
         let pgd = ctx.pgd_phys();
         self.hw.ctx_write(index, CTX_ASID, u32::from(ctx.asid()))?;
-        self.hw.ctx_write(index, CTX_PTROOT_LO, pgd as u32)?;
-        self.hw
-            .ctx_write(index, CTX_PTROOT_HI, (pgd >> 32) as u32)?;
+        self.hw.ctx_write64(index, CTX_PTROOT_LO, pgd)?;
         ctx.queue_mem().program(&self.hw, index)?;
         self.contexts.lock().slots[index] = Some(ctx.clone());
         self.hw.ctx_write(index, CTX_CONTROL, CTX_CONTROL_ENABLE)
@@ -825,8 +820,7 @@ fn attach_remote(shared: &Rmnic, ctx: &Arc<Context>, req: &mut uapi::SegmentAtta
         value |= ATTACH_WRITABLE;
     }
     let attached = (|| -> Result<u64> {
-        shared.hw.ctx_write(index, CTX_RKEY_LO, req.segid as u32)?;
-        shared.hw.ctx_write(index, CTX_RKEY_HI, (req.segid >> 32) as u32)?;
+        shared.hw.ctx_write64(index, CTX_RKEY_LO, req.segid)?;
         shared.hw.ctx_write(index, register, value)?;
         if shared.hw.ctx_read(index, register)? & ATTACH_VALID == 0 {
             // Unknown id, refused permission, or no answer: the device does not say which.

@@ -11,6 +11,19 @@ use kernel::sync::SpinLock;
 use crate::pci;
 use crate::regs::*;
 
+// `Hw::ctx_write64` relies on every pair it is given having its high half right after the
+// low one.
+const _: () = assert!(
+    CTX_PTROOT_HI == CTX_PTROOT_LO + 4
+        && CQ_DESC_HI == CQ_DESC_LO + 4
+        && CQ_AVAIL_HI == CQ_AVAIL_LO + 4
+        && CQ_USED_HI == CQ_USED_LO + 4
+        && DROPIN_VA_HI == DROPIN_VA_LO + 4
+        && DROPIN_GPA_HI == DROPIN_GPA_LO + 4
+        && DROPIN_LIST_HI == DROPIN_LIST_LO + 4
+        && CTX_RKEY_HI == CTX_RKEY_LO + 4
+);
+
 /// MMIO access to BAR0, revocable: after remove, every access fails with `ENODEV`.
 #[pin_data]
 pub(crate) struct Hw {
@@ -90,6 +103,13 @@ impl Hw {
     /// Writes register `offset` of context `ctx`'s block.
     pub(crate) fn ctx_write(&self, ctx: usize, offset: usize, value: u32) -> Result {
         self.write(Self::ctx_offset(ctx, offset)?, value)
+    }
+
+    /// Writes a 64-bit value to the LO/HI register pair of context `ctx` whose low half is at
+    /// `lo` (the high half follows at `lo + 4`, spec §3.1), low half first.
+    pub(crate) fn ctx_write64(&self, ctx: usize, lo: usize, value: u64) -> Result {
+        self.ctx_write(ctx, lo, value as u32)?;
+        self.ctx_write(ctx, lo + 4, (value >> 32) as u32)
     }
 }
 

@@ -52,15 +52,9 @@ impl UserQueue {
     /// context must be disabled (the registers are locked while it runs).
     pub(crate) fn program(&self, hw: &Hw, ctx: usize) -> Result {
         let base = self.mem.dma_addr();
-        let areas = [
-            (CQ_DESC_LO, CQ_DESC_HI, base),
-            (CQ_USED_LO, CQ_USED_HI, base + COMPLETIONS_OFFSET as u64),
-            (CQ_AVAIL_LO, CQ_AVAIL_HI, base + INDICES_OFFSET as u64),
-        ];
-        for (lo, hi, addr) in areas {
-            hw.ctx_write(ctx, lo, addr as u32)?;
-            hw.ctx_write(ctx, hi, (addr >> 32) as u32)?;
-        }
+        hw.ctx_write64(ctx, CQ_DESC_LO, base)?;
+        hw.ctx_write64(ctx, CQ_USED_LO, base + COMPLETIONS_OFFSET as u64)?;
+        hw.ctx_write64(ctx, CQ_AVAIL_LO, base + INDICES_OFFSET as u64)?;
         hw.ctx_write(ctx, CQ_SIZE, SLOTS)?;
         hw.ctx_write(ctx, CQ_FORMAT, CQ_FORMAT_INLINE)?;
         hw.ctx_write(ctx, CQ_READY, 1)

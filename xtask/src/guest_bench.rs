@@ -169,13 +169,7 @@ impl Samples {
             if let Some((name, unit, baseline)) = parse_baseline(line) {
                 out.add_baseline(&name, &unit, vec![baseline]);
             } else if let Some((name, unit, rmnic, baseline)) = parse_sample(line) {
-                if !out.metrics.contains_key(&name) {
-                    out.order.push(name.clone());
-                }
-                let entry = out
-                    .metrics
-                    .entry(name)
-                    .or_insert((unit, Vec::new(), Vec::new()));
+                let entry = out.entry(&name, &unit);
                 entry.1.push(rmnic);
                 entry.2.extend(baseline);
             } else if let Some(rest) = line.strip_prefix("BENCHINFO ") {
@@ -192,28 +186,24 @@ impl Samples {
         out
     }
 
-    /// Adds `metric`, measured by the harness rather than the guest, without a baseline.
-    fn push(&mut self, metric: &str, unit: &str, values: Vec<f64>) {
+    /// `metric`'s (unit, rmnic samples, baseline samples), created (and put in order) if new.
+    fn entry(&mut self, metric: &str, unit: &str) -> &mut (String, Vec<f64>, Vec<f64>) {
         if !self.metrics.contains_key(metric) {
             self.order.push(metric.to_string());
         }
         self.metrics
             .entry(metric.to_string())
             .or_insert_with(|| (unit.to_string(), Vec::new(), Vec::new()))
-            .1
-            .extend(values);
+    }
+
+    /// Adds rmnic samples of `metric` measured by the harness rather than the guest.
+    fn push(&mut self, metric: &str, unit: &str, values: Vec<f64>) {
+        self.entry(metric, unit).1.extend(values);
     }
 
     /// Adds baseline samples of `metric` measured elsewhere (another boot, another VMM).
     fn add_baseline(&mut self, metric: &str, unit: &str, values: Vec<f64>) {
-        if !self.metrics.contains_key(metric) {
-            self.order.push(metric.to_string());
-        }
-        self.metrics
-            .entry(metric.to_string())
-            .or_insert_with(|| (unit.to_string(), Vec::new(), Vec::new()))
-            .2
-            .extend(values);
+        self.entry(metric, unit).2.extend(values);
     }
 
     /// rmnic's samples of `metric` (empty when it was not measured).

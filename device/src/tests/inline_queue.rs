@@ -8,6 +8,7 @@ use crate::fault_ring::FAULT_ACCESS_READ;
 use crate::pci::PciDevice;
 use crate::regs::*;
 use crate::tests::harness::Harness;
+use crate::tests::sequences::copy;
 
 const RW: u32 = DROPIN_ATTR_READ | DROPIN_ATTR_WRITE;
 
@@ -93,17 +94,6 @@ impl Inline {
             COMPLETION_SIZE,
         ));
         Completion::from_bytes(&record).expect("a defined status")
-    }
-}
-
-fn copy(id: u64, dst: u64, src: u64, length: u64) -> CommandRecord {
-    CommandRecord {
-        opcode: Opcode::Copy as u8,
-        id,
-        addr0: dst,
-        addr1: src,
-        length,
-        ..CommandRecord::default()
     }
 }
 

@@ -11,5 +11,5 @@ mod inline_queue;
 mod proptests;
 mod registers;
 mod segments;
-mod sequences;
+pub(crate) mod sequences;
 mod spec;

@@ -15,7 +15,8 @@ use crate::tests::harness::Harness;
 const RW: u32 = DROPIN_ATTR_READ | DROPIN_ATTR_WRITE;
 const HUGE_RW: u32 = RW | DROPIN_ATTR_2M;
 
-fn copy(id: u64, dst: u64, src: u64, length: u64) -> CommandRecord {
+/// A COPY record of `length` bytes from `src` to `dst`.
+pub(crate) fn copy(id: u64, dst: u64, src: u64, length: u64) -> CommandRecord {
     CommandRecord {
         opcode: Opcode::Copy as u8,
         id,
