@@ -538,6 +538,17 @@ impl Context {
     pub(crate) fn resolve_fault(&self, va: u64, write: bool) {
         bump(&self.mirror.stats.faults);
         let filled = self.fill(va, write);
+        if let Err(e) = &filled {
+            if *e != EFAULT && *e != EPERM && *e != EACCES {
+                // A mapped page the miss path could not resolve: the command fails although
+                // the CPU would have succeeded. Never expected; say why.
+                pr_err!(
+                    "rmnic: context {}: miss at {va:#x} ({}) aborted: {e:?}\n",
+                    self.mirror.index,
+                    if write { "write" } else { "read" }
+                );
+            }
+        }
         self.answer(filled);
     }
 
@@ -648,12 +659,11 @@ impl Context {
                 }
                 Err(e) => return Err(e),
             };
-            let first = faulted.entry(0).ok_or(EFAULT)?;
-            if write && !first.writable() {
-                return Err(EPERM);
-            }
             // Step 3 of the hmm.rst protocol: under the update lock, check the sequence and
-            // program the device before dropping the lock.
+            // program the device before dropping the lock. The walk's result means nothing
+            // until the sequence check passed: an invalidation that raced it (a fork's
+            // write-protect, a THP split) can leave the first page read-only or invalid in
+            // the array although the CPU mapping allows the access, so that verdict waits.
             let mut cov = mirror.update.lock();
             if self.notifier.read_retry(faulted.seq()) {
                 drop(cov);
@@ -661,6 +671,16 @@ impl Context {
                 continue;
             }
             if cov.dead {
+                return Err(EFAULT);
+            }
+            // A successful walk under an unchanged sequence faulted the first page in for
+            // `access`: anything else is a broken promise of `hmm_range_fault`; say so.
+            if !faulted.entry(0).is_some_and(|e| !write || e.writable()) {
+                drop(cov);
+                pr_err!(
+                    "rmnic: context {}: the walk of {va:#x} succeeded without the page\n",
+                    mirror.index
+                );
                 return Err(EFAULT);
             }
             let mut listed = 0;
@@ -734,6 +754,10 @@ impl Context {
             }
             return Ok(());
         }
+        pr_err!(
+            "rmnic: context {}: {MAX_FAULT_RETRIES} invalidations raced the miss at {va:#x}\n",
+            mirror.index
+        );
         Err(EBUSY)
     }
 }

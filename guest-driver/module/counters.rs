@@ -21,6 +21,9 @@ pub(crate) static NONBLOCKING_INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
 pub(crate) static NONBLOCKING_DEFERRED: AtomicU64 = AtomicU64::new(0);
 /// Pages marked dirty because the device got a writable translation of them.
 pub(crate) static PAGES_DIRTIED: AtomicU64 = AtomicU64::new(0);
+/// `hmm_range_fault` errors not taken as a verdict because an invalidation raced the walk
+/// (the miss path walked again).
+pub(crate) static WALK_ERRORS_RACED: AtomicU64 = AtomicU64::new(0);
 /// Device recoveries (function resets after a hang or a self-reset).
 pub(crate) static RECOVERIES: AtomicU64 = AtomicU64::new(0);
 
@@ -46,13 +49,14 @@ pub(crate) fn down(counter: &AtomicU64) {
 }
 
 /// The debugfs files (`rmnic/driver/`); the owner argument is unused: the counters are static.
-pub(crate) const DEBUGFS: [(&CStr, fn(&()) -> &AtomicU64); 11] = [
+pub(crate) const DEBUGFS: [(&CStr, fn(&()) -> &AtomicU64); 12] = [
     (c_str!("contexts_live"), |_| &CONTEXTS_LIVE),
     (c_str!("notifiers_live"), |_| &NOTIFIERS_LIVE),
     (c_str!("dma_buffers_live"), |_| &DMA_BUFFERS_LIVE),
     (c_str!("nonblocking_invalidations"), |_| &NONBLOCKING_INVALIDATIONS),
     (c_str!("nonblocking_deferred"), |_| &NONBLOCKING_DEFERRED),
     (c_str!("pages_dirtied"), |_| &PAGES_DIRTIED),
+    (c_str!("walk_errors_raced"), |_| &WALK_ERRORS_RACED),
     (c_str!("recoveries"), |_| &RECOVERIES),
     (c_str!("segments_live"), |_| &SEGMENTS_LIVE),
     (c_str!("attachments_live"), |_| &ATTACHMENTS_LIVE),

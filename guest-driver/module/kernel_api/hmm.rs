@@ -366,6 +366,14 @@ fn fault_loop(
             // An invalidation collided with the walk; `read_begin` waits for it to end.
             continue;
         }
+        if ret != 0 && notifier.check_retry(seq) {
+            // The walk failed while an invalidation ran: what it saw was the page tables
+            // in the middle of a change, so the error is no verdict on the address (step 2
+            // of the protocol holds for failures as for results). Walk again; an address
+            // that is really gone fails again under a stable sequence.
+            crate::counters::up(&crate::counters::WALK_ERRORS_RACED);
+            continue;
+        }
         to_result(ret)?;
         return Ok(seq);
     }

@@ -51,6 +51,7 @@ struct Worker {
 struct Tally {
     ops: u64,
     mismatch: Option<String>,
+    stats: Option<rmnic_abi::ContextStats>,
 }
 
 impl Worker {
@@ -265,6 +266,8 @@ fn run_thread(seed: u64, process: u64, thread: u64, ops: u64, stop: &AtomicBool)
         }
     }
     tally.ops = worker.ops;
+    // The context's miss-path counters: how hard the run pushed the retry protocol.
+    tally.stats = worker.dev.stats().ok();
     for slot in worker.slots.iter().flatten() {
         munmap(slot.addr, (slot.pages * PAGE) as usize)?;
     }
@@ -292,10 +295,16 @@ fn run_process(seed: u64, process: u64, ops: u64, seconds: u64) -> i32 {
         .collect();
     let mut status = 0;
     let mut total = 0;
-    for t in threads {
+    for (thread, t) in threads.into_iter().enumerate() {
         match t.join() {
             Ok(Ok(tally)) => {
                 total += tally.ops;
+                if let Some(s) = tally.stats {
+                    println!(
+                        "rmnic-guest: random: process {process} thread {thread}: {} faults, {} retries, {} aborts, {} invalidations",
+                        s.faults, s.retries, s.aborts, s.invalidations_received
+                    );
+                }
                 if let Some(m) = tally.mismatch {
                     println!("rmnic-guest: random: MISMATCH {m}");
                     status = 1;
@@ -343,6 +352,11 @@ pub fn run(seed: u64, procs: u64, ops: u64, seconds: u64) -> Result<bool> {
     let mut passed = true;
     for pid in pids {
         passed &= crate::scenarios::wait(pid)? == 0;
+    }
+    // How often the miss path's page-table walk failed while an invalidation raced it (the
+    // driver walks again rather than fail the command).
+    if let Ok(raced) = crate::scenarios::driver_counter("walk_errors_raced") {
+        println!("rmnic-guest: random: {raced} miss-path walk errors raced an invalidation and were walked again");
     }
     Ok(passed)
 }
