@@ -657,7 +657,20 @@ impl Context {
                     bump(&mirror.stats.retries);
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The verdict an aborted command reports: cross-checked against the VMA,
+                    // since a refusal where the CPU would succeed is a miss-path bug.
+                    if (e == EFAULT || e == EPERM)
+                        && users.mmap_read_lock().anon_vma_allows(page, write)
+                    {
+                        pr_err!(
+                            "rmnic: context {}: the walk refused the {} miss at {va:#x} ({e:?}) although its anonymous VMA allows it\n",
+                            mirror.index,
+                            if write { "write" } else { "read" }
+                        );
+                    }
+                    return Err(e);
+                }
             };
             // Step 3 of the hmm.rst protocol: under the update lock, check the sequence and
             // program the device before dropping the lock. The walk's result means nothing

@@ -24,6 +24,7 @@ use core::marker::PhantomData;
 use core::ptr::NonNull;
 
 use kernel::bindings;
+use kernel::ffi::c_ulong;
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
@@ -226,6 +227,38 @@ impl Drop for MmUsers {
 pub(crate) struct MmapReadGuard<'a> {
     mm: &'a MmUsers,
     _not_send: PhantomData<*mut ()>,
+}
+
+impl MmapReadGuard<'_> {
+    /// Whether an anonymous VMA (no file: nothing like a hole or an end of file can refuse a
+    /// page) covers `addr` and its flags allow a read (and a write, if `write`) that
+    /// `hmm_range_fault` can mirror (not `VM_IO`/`VM_PFNMAP`). A cross-check for a miss the
+    /// walk refused, not a substitute for the walk.
+    pub(crate) fn anon_vma_allows(&self, addr: usize, write: bool) -> bool {
+        // SAFETY: the read lock is held by the type invariant, which keeps the VMA tree and
+        // the VMA `find_vma` returns alive and unchanged until the guard drops (after this
+        // call); `addr` is any value.
+        let vma = unsafe { bindings::find_vma(self.mm.as_raw(), addr as c_ulong) };
+        if vma.is_null() {
+            return false;
+        }
+        // SAFETY: non-null, alive under the read lock (above); `vm_start`, `vm_flags` and
+        // `vm_file` do not change without the write lock.
+        let (start, flags, file) = unsafe {
+            (
+                (*vma).__bindgen_anon_1.__bindgen_anon_1.vm_start,
+                (*vma).__bindgen_anon_2.vm_flags,
+                (*vma).vm_file,
+            )
+        };
+        let need = if write {
+            bindings::VM_READ | bindings::VM_WRITE
+        } else {
+            bindings::VM_READ
+        } as bindings::vm_flags_t;
+        let refuse = (bindings::VM_IO | bindings::VM_PFNMAP) as bindings::vm_flags_t;
+        file.is_null() && start as usize <= addr && flags & need == need && flags & refuse == 0
+    }
 }
 
 impl Drop for MmapReadGuard<'_> {
