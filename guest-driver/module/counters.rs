@@ -24,6 +24,9 @@ pub(crate) static PAGES_DIRTIED: AtomicU64 = AtomicU64::new(0);
 /// `hmm_range_fault` errors not taken as a verdict because an invalidation raced the walk
 /// (the miss path walked again).
 pub(crate) static WALK_ERRORS_RACED: AtomicU64 = AtomicU64::new(0);
+/// Misses whose fault-ahead window could not be faulted in as a whole (a page past the end of
+/// a file): the faulting page was faulted in alone and the window read as it was.
+pub(crate) static WINDOW_FALLBACKS: AtomicU64 = AtomicU64::new(0);
 /// Device recoveries (function resets after a hang or a self-reset).
 pub(crate) static RECOVERIES: AtomicU64 = AtomicU64::new(0);
 
@@ -49,7 +52,7 @@ pub(crate) fn down(counter: &AtomicU64) {
 }
 
 /// The debugfs files (`rmnic/driver/`); the owner argument is unused: the counters are static.
-pub(crate) const DEBUGFS: [(&CStr, fn(&()) -> &AtomicU64); 12] = [
+pub(crate) const DEBUGFS: [(&CStr, fn(&()) -> &AtomicU64); 13] = [
     (c_str!("contexts_live"), |_| &CONTEXTS_LIVE),
     (c_str!("notifiers_live"), |_| &NOTIFIERS_LIVE),
     (c_str!("dma_buffers_live"), |_| &DMA_BUFFERS_LIVE),
@@ -57,6 +60,7 @@ pub(crate) const DEBUGFS: [(&CStr, fn(&()) -> &AtomicU64); 12] = [
     (c_str!("nonblocking_deferred"), |_| &NONBLOCKING_DEFERRED),
     (c_str!("pages_dirtied"), |_| &PAGES_DIRTIED),
     (c_str!("walk_errors_raced"), |_| &WALK_ERRORS_RACED),
+    (c_str!("window_fallbacks"), |_| &WINDOW_FALLBACKS),
     (c_str!("recoveries"), |_| &RECOVERIES),
     (c_str!("segments_live"), |_| &SEGMENTS_LIVE),
     (c_str!("attachments_live"), |_| &ATTACHMENTS_LIVE),

@@ -383,6 +383,16 @@ impl Rmnic {
             }
             while *tail != head {
                 let at = *tail;
+                // The device writes the sequence word last, with release ordering; reading it
+                // first (acquire) proves the body below is this record's, not a stale one
+                // from an earlier lap of the ring. HEAD already promises that; this checks it.
+                let sequence = self.faults.load_acquire::<u32>(at, FAULT_REC_SEQUENCE);
+                if sequence != Ok(at.wrapping_add(1)) {
+                    pr_err!(
+                        "fault record {at} has sequence {sequence:?} under head {head}; retrying later\n"
+                    );
+                    return;
+                }
                 let record = (
                     self.faults.read::<u16>(at, FAULT_REC_CONTEXT),
                     self.faults.read::<u16>(at, FAULT_REC_ASID),

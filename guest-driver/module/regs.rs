@@ -190,6 +190,8 @@ pub(crate) const FAULT_FLAG_SEGMENT: u8 = 1;
 pub(crate) const FAULT_FLAG_REMOTE: u8 = 2;
 /// Fault record: u64 command id (the tag of a remote fault).
 pub(crate) const FAULT_REC_COMMAND_ID: usize = 16;
+/// Fault record: u32 sequence, (ring index + 1) mod 2^32, written last.
+pub(crate) const FAULT_REC_SEQUENCE: usize = 24;
 /// Fault access bit: write.
 pub(crate) const FAULT_ACCESS_WRITE: u8 = 2;
 

@@ -81,8 +81,11 @@ impl Access {
 enum Want {
     /// Every page, for the access (`default_flags`).
     All(Access),
-    /// The first page for the access; the others are only read from the page tables as they
-    /// are (valid if present, nothing faulted, no error for holes): fault-ahead.
+    /// The first page for the access, and the pages after it as a prefetch (fault-ahead):
+    /// `hmm_range_fault` faults those in the first page's VMA and page table too, and reads
+    /// the others as the page tables hold them (valid if present, no error for holes). If the
+    /// prefetch cannot be faulted in, only the first page is, and the rest is read as it is:
+    /// nothing but the first page makes the walk fail.
     First(Access),
 }
 
@@ -262,11 +265,14 @@ pub(crate) fn fault_range(
     fault(mm, notifier, start, end, Want::All(access))
 }
 
-/// [`fault_range`] that faults in only the first page of `[start, end)` for `access` and
-/// reads the rest from the CPU page tables as they are: a page present there comes back
-/// valid (with its own write permission), a page that is not, or a hole without a VMA,
-/// comes back invalid, and nothing but the first page makes the call fail. The miss path's
-/// fault-ahead window: the device gets the neighbours of a miss that are already mapped.
+/// [`fault_range`] that must fault in the first page of `[start, end)` for `access` and
+/// takes the rest as a prefetch: `hmm_range_fault` faults in, for `access` too, the pages
+/// after the first up to the end of its VMA and of its page table (a 2 MiB boundary), and
+/// reads the pages beyond as the page tables hold them. A page present comes back valid (with
+/// its own write permission), one that is not, or a hole without a VMA, comes back invalid.
+/// Nothing but the first page makes the call fail: when the prefetch cannot be faulted in (a
+/// page past the end of a file), the first page is faulted in alone and the rest read as it
+/// is. The miss path's fault-ahead window.
 pub(crate) fn fault_first(
     mm: &MmUsers,
     notifier: &Handle,
@@ -332,35 +338,38 @@ fn fault_loop(
             return Err(EBUSY);
         }
         let seq = notifier.read_begin();
-        // A page's request is `(hmm_pfns[i] & pfn_flags_mask) | default_flags`; the walk
-        // overwrites the array, so the per-page requests are written again on every try.
-        let (default_flags, pfn_flags_mask) = match want {
-            Want::All(access) => (access.default_flags(), 0),
-            Want::First(access) => {
-                pfns.iter_mut().for_each(|p| *p = 0);
-                if let Some(first) = pfns.first_mut() {
-                    *first = access.default_flags();
-                }
-                (0, HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE)
-            }
-        };
-        let mut range = bindings::hmm_range {
-            notifier: notifier.as_raw(),
-            notifier_seq: seq.raw(),
-            start,
-            end,
-            hmm_pfns: pfns.as_mut_ptr(),
-            default_flags,
-            pfn_flags_mask,
-            dev_private_owner: core::ptr::null_mut(),
-        };
         let ret = {
             let _mmap = mm.mmap_read_lock();
-            // SAFETY: `range.notifier` is inserted (a `&Handle` exists) and covers
-            // `[start, end)`; `mm` is its mm, alive (`mm_users` held) and read-locked;
-            // `hmm_pfns` has one initialised slot per page of the range (checked above) and is
-            // exclusively borrowed for the call.
-            unsafe { bindings::hmm_range_fault(&mut range) }
+            match want {
+                Want::All(access) => walk(notifier, seq, start, pfns, access.default_flags(), 0),
+                Want::First(access) => {
+                    // Per-page requests: the first page's, none for the others. The walk
+                    // overwrites the array, so they are written again on every try.
+                    pfns.iter_mut().for_each(|p| *p = 0);
+                    if let Some(first) = pfns.first_mut() {
+                        *first = access.default_flags();
+                    }
+                    let window = walk(notifier, seq, start, pfns, 0, REQUEST_MASK);
+                    if window == 0 || window == EBUSY.to_errno() {
+                        window
+                    } else {
+                        // `hmm_vma_fault` faults every page from the first to the end of its
+                        // VMA and page table in the window, and one that cannot be faulted
+                        // in (past the end of a file: SIGBUS) fails the whole walk. The
+                        // window is a prefetch: fault the first page alone, then read the
+                        // window as the page tables hold it.
+                        crate::counters::up(&crate::counters::WINDOW_FALLBACKS);
+                        let first = pfns.get_mut(..1).unwrap_or(&mut []);
+                        match walk(notifier, seq, start, first, access.default_flags(), 0) {
+                            0 => {
+                                pfns.iter_mut().for_each(|p| *p = 0);
+                                walk(notifier, seq, start, pfns, 0, 0)
+                            }
+                            alone => alone,
+                        }
+                    }
+                }
+            }
         };
         if ret == EBUSY.to_errno() {
             // An invalidation collided with the walk; `read_begin` waits for it to end.
@@ -377,4 +386,36 @@ fn fault_loop(
         to_result(ret)?;
         return Ok(seq);
     }
+}
+
+/// Per-page request bits a `pfn_flags_mask` lets through.
+const REQUEST_MASK: c_ulong = HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE;
+
+/// One `hmm_range_fault` over `pfns.len()` pages from `start` under `seq`; returns its errno
+/// (0 on success). A page's request is `(pfns[i] & pfn_flags_mask) | default_flags`. The
+/// caller holds the mmap read lock of the notifier's mm and checked that the pages lie inside
+/// the notifier's interval (`check_range`).
+fn walk(
+    notifier: &Handle,
+    seq: Seq,
+    start: usize,
+    pfns: &mut [c_ulong],
+    default_flags: c_ulong,
+    pfn_flags_mask: c_ulong,
+) -> i32 {
+    let mut range = bindings::hmm_range {
+        notifier: notifier.as_raw(),
+        notifier_seq: seq.raw(),
+        start,
+        end: start + (pfns.len() << PAGE_SHIFT),
+        hmm_pfns: pfns.as_mut_ptr(),
+        default_flags,
+        pfn_flags_mask,
+        dev_private_owner: core::ptr::null_mut(),
+    };
+    // SAFETY: `range.notifier` is inserted (a `&Handle` exists) and covers `[start, end)`
+    // (the caller checked); its mm is alive (the caller holds `mm_users`) and read-locked by
+    // the caller; `hmm_pfns` has one initialised slot per page of the range and is exclusively
+    // borrowed for the call.
+    unsafe { bindings::hmm_range_fault(&mut range) }
 }

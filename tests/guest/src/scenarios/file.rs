@@ -82,5 +82,52 @@ pub fn run(dev: &Context, c: &mut Checks) -> Result<()> {
     munmap(addr, LEN)?;
     drop(file);
     std::fs::remove_file(&path)?;
+    miss_next_to_end_of_file(dev, c)
+}
+
+/// A mapping longer than its file: the device's misses on the file's pages must succeed
+/// although the pages after the end of the file cannot be faulted in (the CPU gets SIGBUS
+/// there), and a miss past the end must fail. The fault-ahead window of a miss reaches past
+/// the end of the file: it may take what is there, never make the miss itself fail.
+fn miss_next_to_end_of_file(dev: &Context, c: &mut Checks) -> Result<()> {
+    let path = format!("{}/short", setup::FILE_MOUNT);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    file.write_all_at(&0x5407_7f11_e000_0001u64.to_le_bytes(), 0)?;
+    file.write_all_at(&0x5407_7f11_e000_0002u64.to_le_bytes(), PAGE as u64)?;
+    file.set_len(2 * PAGE as u64)?;
+    let len = 8 * PAGE;
+    let addr = mmap(
+        0,
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+        file.as_raw_fd(),
+        0,
+    )?;
+    let read = dev.read64(addr)?;
+    let written = dev.write64(addr + PAGE as u64 + 8, 0x77)?;
+    let beyond = dev.read64(addr + 2 * PAGE as u64)?;
+    let mut back = [0u8; 8];
+    file.read_exact_at(&mut back, PAGE as u64 + 8)?;
+    c.check(
+        "file-miss-next-to-end-of-file",
+        matches!(read, Ok(0x5407_7f11_e000_0001))
+            && written.is_ok()
+            && u64::from_le_bytes(back) == 0x77
+            && status_of(&beyond) == status::FAULT_UNRESOLVED,
+        format!(
+            "2-page file in an 8-page mapping: read of page 0 {read:?}, write to page 1 \
+             {written:?} (file holds {:#x}), read past the end {beyond:?}",
+            u64::from_le_bytes(back)
+        ),
+    );
+    munmap(addr, len)?;
+    drop(file);
+    std::fs::remove_file(&path)?;
     Ok(())
 }

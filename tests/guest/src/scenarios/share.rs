@@ -141,7 +141,105 @@ pub fn threads(c: &mut Checks) -> Result<()> {
         matches!(joined, Ok(Ok(()))) && wrong == 0 && ok > 0,
         format!("{ok} reads right, {gone} failed cleanly while unmapped, {wrong} wrong"),
     );
+    miss_under_unrelated_munmaps(c)
+}
+
+/// A device miss on a page that stays mapped must be resolved however busy the rest of the
+/// address space is. Two threads, one pinned to each CPU (so one shares a CPU with whatever
+/// task resolves the miss), unmap and map again a page inside a region the context's device
+/// translations span, as fast as they can: every munmap is an invalidation of the
+/// whole-address-space notifier that sends a device invalidation and sleeps until it is done,
+/// and every one waits for the mmap lock the miss path's walk holds. Meanwhile the device
+/// reads another page of the region 200 times, each after MADV_DONTNEED: every read must miss
+/// and read zero. A miss path that gives up after a number of raced walks fails some of them
+/// with FAULT_UNRESOLVED.
+fn miss_under_unrelated_munmaps(c: &mut Checks) -> Result<()> {
+    const READS: u64 = 200;
+    const REGION: usize = 64 * PAGE;
+    let region = mmap(
+        0,
+        REGION,
+        libc::PROT_READ,
+        libc::MAP_ANONYMOUS | libc::MAP_PRIVATE,
+        -1,
+        0,
+    )?;
+    let target = region;
+    let dev = Context::open()?;
+    // The device's translations span the region: its first and last pages.
+    dev.read64(region)??;
+    dev.read64(region + (REGION - PAGE) as u64)??;
+    let stop = Arc::new(AtomicBool::new(false));
+    let churners: Vec<_> = (0..2usize)
+        .map(|cpu| {
+            let stop = stop.clone();
+            let hole = region + ((16 + 16 * cpu) * PAGE) as u64;
+            std::thread::spawn(move || -> Result<u64> {
+                pin_to_cpu(cpu);
+                let mut unmapped = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    munmap(hole, PAGE)?;
+                    mmap(
+                        hole,
+                        PAGE,
+                        libc::PROT_READ,
+                        libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    )?;
+                    unmapped += 1;
+                }
+                Ok(unmapped)
+            })
+        })
+        .collect();
+    let before = dev.stats()?;
+    let (mut zero, mut failed, mut first_failure) = (0u64, 0u64, None);
+    for _ in 0..READS {
+        // SAFETY: our own mapping; DONTNEED drops its page, the next access faults anew.
+        unsafe { libc::madvise(target as *mut libc::c_void, PAGE, libc::MADV_DONTNEED) };
+        match dev.read64(target)? {
+            Ok(0) => zero += 1,
+            other => {
+                failed += 1;
+                first_failure.get_or_insert(format!("{other:?}"));
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let unmapped: u64 = churners
+        .into_iter()
+        .map(|t| match t.join() {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        })
+        .sum();
+    let after = dev.stats()?;
+    munmap(region, REGION)?;
+    c.check(
+        "miss-under-unrelated-munmaps",
+        failed == 0 && zero == READS && unmapped > 0,
+        format!(
+            "{zero}/{READS} device reads of a zapped page read zero while two threads made \
+             {unmapped} munmaps in the region ({} miss-path retries, {} device invalidations); \
+             first failure: {}",
+            after.retries - before.retries,
+            after.invalidations_sent - before.invalidations_sent,
+            first_failure.as_deref().unwrap_or("none")
+        ),
+    );
     Ok(())
+}
+
+/// Pins the calling thread to `cpu` (best effort: a guest with fewer CPUs runs it anywhere).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it; the call
+    // reads it for the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// Two contexts on one mm: an invalidation must reach both.
