@@ -47,7 +47,6 @@ const CHECKS: &[&str] = &[
     "fork-both-write-child-context",
     "shared-anon-across-fork",
     "munmap-while-device-busy",
-    "miss-under-unrelated-munmaps",
     "two-contexts-one-mm",
     "file-shared-device-write-reaches-file",
     "file-writeback-redirty",
