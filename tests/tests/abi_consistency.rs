@@ -155,6 +155,7 @@ fn every_driver_constant_matches_the_device_model() {
         f::FAULT_REC_ASID as FAULT_REC_ASID,
         f::FAULT_REC_ACCESS as FAULT_REC_ACCESS,
         f::FAULT_REC_VA as FAULT_REC_VA,
+        f::FAULT_REC_SEQUENCE as FAULT_REC_SEQUENCE,
         f::FAULT_ACCESS_WRITE as FAULT_ACCESS_WRITE,
         i::INVQ_DESC_SIZE as INVQ_DESC_SIZE,
         i::INVQ_DESC_KIND as INVQ_DESC_KIND,
