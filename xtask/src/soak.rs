@@ -28,6 +28,9 @@ pub enum Workload {
     Suite,
     /// Boot, probe and power off: the platform with almost no load.
     Probe,
+    /// `rmnic-guest random` with a new seed every boot (each console names its seed for a
+    /// replay): how often the seeded stress finds something.
+    Random,
 }
 
 /// Options of one soak run.
@@ -51,6 +54,7 @@ impl Soak {
             Workload::Coherence => vec!["coherence"],
             Workload::Suite => vec!["probe", "--cpus", "2", "+", "coherence"],
             Workload::Probe => vec!["probe", "--cpus", "2"],
+            Workload::Random => vec!["random"],
         };
         words.into_iter().map(String::from).collect()
     }
