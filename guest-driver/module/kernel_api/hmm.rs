@@ -33,7 +33,7 @@ use kernel::ffi::c_ulong;
 use kernel::prelude::*;
 use kernel::time::{ktime_ms_delta, Ktime};
 
-use crate::mm::MmUsers;
+use crate::mm::{MmUsers, MmapReadGuard};
 use crate::mmu::{Handle, Seq};
 
 /// Largest range one [`fault_range`] call resolves: one PMD worth of 4 KiB pages (2 MiB), so the
@@ -339,9 +339,14 @@ fn fault_loop(
         }
         let seq = notifier.read_begin();
         let ret = {
-            let _mmap = mm.mmap_read_lock();
+            let mmap = mm.mmap_read_lock();
+            let locked = Locked {
+                _mmap: &mmap,
+                notifier,
+                seq,
+            };
             match want {
-                Want::All(access) => walk(notifier, seq, start, pfns, access.default_flags(), 0),
+                Want::All(access) => locked.walk(start, pfns, access.default_flags(), 0),
                 Want::First(access) => {
                     // Per-page requests: the first page's, none for the others. The walk
                     // overwrites the array, so they are written again on every try.
@@ -349,7 +354,7 @@ fn fault_loop(
                     if let Some(first) = pfns.first_mut() {
                         *first = access.default_flags();
                     }
-                    let window = walk(notifier, seq, start, pfns, 0, REQUEST_MASK);
+                    let window = locked.walk(start, pfns, 0, REQUEST_MASK);
                     if window == 0 || window == EBUSY.to_errno() {
                         window
                     } else {
@@ -358,12 +363,12 @@ fn fault_loop(
                         // in (past the end of a file: SIGBUS) fails the whole walk. The
                         // window is a prefetch: fault the first page alone, then read the
                         // window as the page tables hold it.
-                        crate::counters::up(&crate::counters::WINDOW_FALLBACKS);
                         let first = pfns.get_mut(..1).unwrap_or(&mut []);
-                        match walk(notifier, seq, start, first, access.default_flags(), 0) {
+                        match locked.walk(start, first, access.default_flags(), 0) {
                             0 => {
+                                crate::counters::up(&crate::counters::WINDOW_FALLBACKS);
                                 pfns.iter_mut().for_each(|p| *p = 0);
-                                walk(notifier, seq, start, pfns, 0, 0)
+                                locked.walk(start, pfns, 0, 0)
                             }
                             alone => alone,
                         }
@@ -391,31 +396,40 @@ fn fault_loop(
 /// Per-page request bits a `pfn_flags_mask` lets through.
 const REQUEST_MASK: c_ulong = HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE;
 
-/// One `hmm_range_fault` over `pfns.len()` pages from `start` under `seq`; returns its errno
-/// (0 on success). A page's request is `(pfns[i] & pfn_flags_mask) | default_flags`. The
-/// caller holds the mmap read lock of the notifier's mm and checked that the pages lie inside
-/// the notifier's interval (`check_range`).
-fn walk(
-    notifier: &Handle,
+/// What one `hmm_range_fault` needs besides its range: the mmap read lock of the notifier's
+/// mm (held for as long as this lives), the notifier and the sequence of the walk.
+struct Locked<'a> {
+    _mmap: &'a MmapReadGuard<'a>,
+    notifier: &'a Handle,
     seq: Seq,
-    start: usize,
-    pfns: &mut [c_ulong],
-    default_flags: c_ulong,
-    pfn_flags_mask: c_ulong,
-) -> i32 {
-    let mut range = bindings::hmm_range {
-        notifier: notifier.as_raw(),
-        notifier_seq: seq.raw(),
-        start,
-        end: start + (pfns.len() << PAGE_SHIFT),
-        hmm_pfns: pfns.as_mut_ptr(),
-        default_flags,
-        pfn_flags_mask,
-        dev_private_owner: core::ptr::null_mut(),
-    };
-    // SAFETY: `range.notifier` is inserted (a `&Handle` exists) and covers `[start, end)`
-    // (the caller checked); its mm is alive (the caller holds `mm_users`) and read-locked by
-    // the caller; `hmm_pfns` has one initialised slot per page of the range and is exclusively
-    // borrowed for the call.
-    unsafe { bindings::hmm_range_fault(&mut range) }
+}
+
+impl Locked<'_> {
+    /// One `hmm_range_fault` over `pfns.len()` pages from `start`; returns its errno (0 on
+    /// success). A page's request is `(pfns[i] & pfn_flags_mask) | default_flags`. The pages
+    /// must lie inside the notifier's interval, and the lock must be of the notifier's mm
+    /// (`check_range` checks both before any walk).
+    fn walk(
+        &self,
+        start: usize,
+        pfns: &mut [c_ulong],
+        default_flags: c_ulong,
+        pfn_flags_mask: c_ulong,
+    ) -> i32 {
+        let mut range = bindings::hmm_range {
+            notifier: self.notifier.as_raw(),
+            notifier_seq: self.seq.raw(),
+            start,
+            end: start + (pfns.len() << PAGE_SHIFT),
+            hmm_pfns: pfns.as_mut_ptr(),
+            default_flags,
+            pfn_flags_mask,
+            dev_private_owner: core::ptr::null_mut(),
+        };
+        // SAFETY: `range.notifier` is inserted (a `&Handle` exists) and covers `[start, end)`
+        // (`check_range`); its mm is alive and read-locked (`_mmap`, taken on that mm after
+        // `check_range` compared them); `hmm_pfns` has one initialised slot per page of the
+        // range and is exclusively borrowed for the call.
+        unsafe { bindings::hmm_range_fault(&mut range) }
+    }
 }
