@@ -767,10 +767,6 @@ impl Context {
             }
             return Ok(());
         }
-        pr_err!(
-            "rmnic: context {}: {MAX_FAULT_RETRIES} invalidations raced the miss at {va:#x}\n",
-            mirror.index
-        );
         Err(EBUSY)
     }
 }

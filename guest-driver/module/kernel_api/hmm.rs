@@ -347,33 +347,7 @@ fn fault_loop(
             };
             match want {
                 Want::All(access) => locked.walk(start, pfns, access.default_flags(), 0),
-                Want::First(access) => {
-                    // Per-page requests: the first page's, none for the others. The walk
-                    // overwrites the array, so they are written again on every try.
-                    pfns.iter_mut().for_each(|p| *p = 0);
-                    if let Some(first) = pfns.first_mut() {
-                        *first = access.default_flags();
-                    }
-                    let window = locked.walk(start, pfns, 0, REQUEST_MASK);
-                    if window == 0 || window == EBUSY.to_errno() {
-                        window
-                    } else {
-                        // `hmm_vma_fault` faults every page from the first to the end of its
-                        // VMA and page table in the window, and one that cannot be faulted
-                        // in (past the end of a file: SIGBUS) fails the whole walk. The
-                        // window is a prefetch: fault the first page alone, then read the
-                        // window as the page tables hold it.
-                        let first = pfns.get_mut(..1).unwrap_or(&mut []);
-                        match locked.walk(start, first, access.default_flags(), 0) {
-                            0 => {
-                                crate::counters::up(&crate::counters::WINDOW_FALLBACKS);
-                                pfns.iter_mut().for_each(|p| *p = 0);
-                                locked.walk(start, pfns, 0, 0)
-                            }
-                            alone => alone,
-                        }
-                    }
-                }
+                Want::First(access) => locked.walk_first(start, pfns, access),
             }
         };
         if ret == EBUSY.to_errno() {
@@ -431,5 +405,31 @@ impl Locked<'_> {
         // `check_range` compared them); `hmm_pfns` has one initialised slot per page of the
         // range and is exclusively borrowed for the call.
         unsafe { bindings::hmm_range_fault(&mut range) }
+    }
+
+    /// [`Want::First`]'s walk of `pfns.len()` pages from `start`; returns its errno.
+    fn walk_first(&self, start: usize, pfns: &mut [c_ulong], access: Access) -> i32 {
+        // Per-page requests: the first page's, none for the others. The walk overwrites the
+        // array, so they are written again on every try.
+        pfns.iter_mut().for_each(|p| *p = 0);
+        if let Some(first) = pfns.first_mut() {
+            *first = access.default_flags();
+        }
+        let window = self.walk(start, pfns, 0, REQUEST_MASK);
+        if window == 0 || window == EBUSY.to_errno() {
+            return window;
+        }
+        // `hmm_vma_fault` faults every page from the first to the end of its VMA and page
+        // table in the window, and one that cannot be faulted in (past the end of a file:
+        // SIGBUS) fails the whole walk. The window is a prefetch: fault the first page alone,
+        // then read the window as the page tables hold it.
+        let first = pfns.get_mut(..1).unwrap_or(&mut []);
+        let alone = self.walk(start, first, access.default_flags(), 0);
+        if alone != 0 {
+            return alone;
+        }
+        crate::counters::up(&crate::counters::WINDOW_FALLBACKS);
+        pfns.iter_mut().for_each(|p| *p = 0);
+        self.walk(start, pfns, 0, 0)
     }
 }

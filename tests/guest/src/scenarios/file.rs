@@ -20,25 +20,36 @@ fn file_holds(file: &std::fs::File, value: u64) -> Result<bool> {
     Ok(bytes.chunks(8).all(|w| w == value.to_le_bytes()))
 }
 
-/// Device writes to a shared file mapping, writeback, truncate.
-pub fn run(dev: &Context, c: &mut Checks) -> Result<()> {
-    setup::file_system()?;
-    let path = format!("{}/shared", setup::FILE_MOUNT);
+/// A new file `name` on the test file system, `file_len` bytes long, mapped shared and
+/// writable over `map_len` bytes: its path, the open file and the mapping's address.
+fn mapped_file(
+    name: &str,
+    file_len: usize,
+    map_len: usize,
+) -> Result<(String, std::fs::File, u64)> {
+    let path = format!("{}/{name}", setup::FILE_MOUNT);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(&path)?;
-    file.set_len(LEN as u64)?;
+    file.set_len(file_len as u64)?;
     let addr = mmap(
         0,
-        LEN,
+        map_len,
         libc::PROT_READ | libc::PROT_WRITE,
         libc::MAP_SHARED,
         file.as_raw_fd(),
         0,
     )?;
+    Ok((path, file, addr))
+}
+
+/// Device writes to a shared file mapping, writeback, truncate.
+pub fn run(dev: &Context, c: &mut Checks) -> Result<()> {
+    setup::file_system()?;
+    let (path, file, addr) = mapped_file("shared", LEN, LEN)?;
     // A second descriptor reads what the file system holds, not what the mapping shows.
     let reader = std::fs::File::open(&path)?;
 
@@ -90,25 +101,10 @@ pub fn run(dev: &Context, c: &mut Checks) -> Result<()> {
 /// there), and a miss past the end must fail. The fault-ahead window of a miss reaches past
 /// the end of the file: it may take what is there, never make the miss itself fail.
 fn miss_next_to_end_of_file(dev: &Context, c: &mut Checks) -> Result<()> {
-    let path = format!("{}/short", setup::FILE_MOUNT);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
+    let len = 8 * PAGE;
+    let (path, file, addr) = mapped_file("short", 2 * PAGE, len)?;
     file.write_all_at(&0x5407_7f11_e000_0001u64.to_le_bytes(), 0)?;
     file.write_all_at(&0x5407_7f11_e000_0002u64.to_le_bytes(), PAGE as u64)?;
-    file.set_len(2 * PAGE as u64)?;
-    let len = 8 * PAGE;
-    let addr = mmap(
-        0,
-        len,
-        libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_SHARED,
-        file.as_raw_fd(),
-        0,
-    )?;
     let read = dev.read64(addr)?;
     let written = dev.write64(addr + PAGE as u64 + 8, 0x77)?;
     let beyond = dev.read64(addr + 2 * PAGE as u64)?;
